@@ -1,0 +1,129 @@
+"""Baselines and Opara plans timed the same way in one process (DESIGN section 8)."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.utils._pytree as pytree
+
+from oparac.measure import time_gpu
+
+METHODS = ("eager", "cudagraph", "torch_compile", "ort_cuda", "opara", "opara_tuned")
+
+
+@dataclass
+class Record:
+    model: str
+    batch: int
+    dtype: str
+    method: str
+    ms_b2b: float | None = None
+    ms_latency: float | None = None
+    compile_s: float | None = None
+    peak_mem_mb: float | None = None
+    max_abs_diff: float | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        if self.error is not None:
+            for k in ("ms_b2b", "ms_latency", "compile_s", "peak_mem_mb", "max_abs_diff"):
+                d.pop(k)
+        else:
+            d.pop("error")
+        return d
+
+
+def max_abs_diff(got, want) -> float:
+    return max((a.float() - b.float()).abs().max().item()
+               for a, b in zip(pytree.tree_leaves(got), pytree.tree_leaves(want)))
+
+
+class SequentialGraph:
+    """The model's forward captured as one single-stream CUDA graph: the baseline Opara must beat."""
+
+    def __init__(self, model, inputs) -> None:
+        self.static = [x.clone() for x in inputs]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(3):
+                model(*self.static)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(self.graph):
+            self.out = model(*self.static)
+
+    def __call__(self, *inputs):
+        for buf, x in zip(self.static, inputs):
+            buf.copy_(x, non_blocking=True)
+        self.graph.replay()
+        return pytree.tree_map_only(torch.Tensor, lambda t: t.clone(), self.out)
+
+
+def build(method: str, model, inputs, device: torch.device, *, plan_options: dict | None = None):
+    """Returns a callable running the model by `method` (setup, capture or compile included)."""
+    if method == "eager":
+        def eager(*xs):
+            with torch.no_grad():
+                return model(*xs)
+        return eager
+    if method == "cudagraph":
+        return SequentialGraph(model, inputs)
+    if method == "torch_compile":
+        compiled = torch.compile(model, mode="reduce-overhead")
+
+        def run(*xs):
+            with torch.no_grad():
+                return compiled(*xs)
+        for _ in range(3):
+            run(*inputs)
+        return run
+    if method == "ort_cuda":
+        from oparac.ort_baseline import ort_cuda_runner
+
+        return ort_cuda_runner(model, inputs)
+    if method in ("opara", "opara_tuned"):
+        import opara_runtime
+        from oparac.pipeline import compile
+
+        options = dict(plan_options or {})
+        plan = compile(model, inputs, device=device, tune=method == "opara_tuned", **options)
+        return opara_runtime.load(plan, model, device=device)
+    raise ValueError(f"unknown method {method!r}")
+
+
+def bench_method(method: str, name: str, model, inputs, dtype: str, device: torch.device, reference,
+                 *, iters: int = 200, warmup: int = 20, plan_options: dict | None = None) -> Record:
+    rec = Record(model=name, batch=int(inputs[0].shape[0]), dtype=dtype, method=method)
+    try:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        t0 = time.perf_counter()
+        fn = build(method, model, inputs, device, plan_options=plan_options)
+        torch.cuda.synchronize(device)
+        rec.compile_s = time.perf_counter() - t0
+        out = fn(*inputs)
+        timing = time_gpu(lambda: fn(*inputs), device, iters=iters, warmup=warmup)
+        rec.ms_b2b, rec.ms_latency = timing.ms_b2b, timing.ms_latency
+        rec.peak_mem_mb = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+        rec.max_abs_diff = max_abs_diff(out, reference)
+        del fn
+    except Exception as e:  # a baseline that cannot run is reported, not fatal
+        rec.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+    torch.cuda.empty_cache()
+    return rec
+
+
+def measure_pair(plan, model, device: torch.device) -> tuple[float, float]:
+    """(sequential CUDA graph ms, plan ms), back-to-back, for `oparac demo`."""
+    import opara_runtime
+    from oparac.verify import inputs_for
+
+    runner = opara_runtime.load(plan, model, device=device)
+    inputs = inputs_for(plan, device)
+    model = model.to(device)
+    seq = SequentialGraph(model, inputs)
+    return time_gpu(lambda: seq(*inputs), device).ms_b2b, time_gpu(lambda: runner(*inputs), device).ms_b2b

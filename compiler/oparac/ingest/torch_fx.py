@@ -1,0 +1,196 @@
+"""PyTorch front end: nn.Module via torch.export (non-strict), or an ATen-level fx.GraphModule as given."""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx
+import torch.utils._pytree as pytree
+
+from opara_plan import ModelError, OutTree, Ref, UnsupportedOpError
+from oparac.graph_builder import GraphBuilder
+
+# Ops that synchronise with the host or produce data-dependent shapes: a CUDA graph cannot hold them.
+HOST_SYNC_OPS = frozenset({
+    "aten._local_scalar_dense", "aten.item", "aten.nonzero", "aten.nonzero_static", "aten.masked_select",
+    "aten.unique", "aten._unique", "aten._unique2", "aten.unique_dim", "aten.unique_consecutive",
+    "aten.equal", "aten.is_nonzero", "aten.allclose", "aten._assert_async", "aten._assert_scalar",
+    "aten.repeat_interleave", "aten.bincount", "aten.histc",
+})
+
+
+def graph_from_module(model: torch.nn.Module, example_inputs: tuple) -> tuple[GraphBuilder, str]:
+    """Export `model` on `example_inputs` to the functional ATen graph."""
+    _check_inputs(example_inputs)
+    try:
+        ep = torch.export.export(model, tuple(example_inputs), strict=False)
+        ep = ep.run_decompositions({})
+    except torch._dynamo.exc.UserError as e:
+        raise ModelError(f"torch.export could not trace the model: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # export raises many kinds of errors for untraceable models
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "data-dependent" in str(e) or "Could not guard on data-dependent" in str(e):
+            raise UnsupportedOpError(f"the model has data-dependent control flow or shapes: {first}") from None
+        raise ModelError(f"torch.export could not trace the model ({type(e).__name__}): {first}") from None
+    return graph_from_exported(ep), "torch.export"
+
+
+def _check_inputs(example_inputs) -> None:
+    if not isinstance(example_inputs, (tuple, list)):
+        raise ModelError(f"example_inputs: expected a tuple of tensors, found {type(example_inputs).__name__}")
+    for i, x in enumerate(example_inputs):
+        if not isinstance(x, torch.Tensor):
+            raise ModelError(f"example input {i}: expected a tensor, found {type(x).__name__}")
+
+
+def graph_from_exported(ep: torch.export.ExportedProgram) -> GraphBuilder:
+    from torch.export.graph_signature import InputKind, OutputKind
+
+    specs = {s.arg.name: s for s in ep.graph_signature.input_specs if hasattr(s.arg, "name")}
+    for spec in ep.graph_signature.output_specs:
+        if spec.kind != OutputKind.USER_OUTPUT:
+            raise UnsupportedOpError(f"the model writes to {spec.target!r} during forward ({spec.kind.name}); "
+                                     f"put it in eval mode or remove the in-place state update")
+    b = GraphBuilder()
+    env: dict[torch.fx.Node, object] = {}
+    for node in ep.graph.nodes:
+        if node.op == "placeholder":
+            spec = specs.get(node.name)
+            kind = spec.kind if spec is not None else InputKind.USER_INPUT
+            val = node.meta.get("val")
+            if not isinstance(val, torch.Tensor):
+                raise ModelError(f"input {node.name!r}: expected a tensor input, found {type(val).__name__}")
+            if kind == InputKind.USER_INPUT:
+                env[node] = b.input(node.name, val.shape, val.dtype)
+            elif kind in (InputKind.PARAMETER, InputKind.BUFFER):
+                # Non-persistent buffers (BERT's position_ids) are model state too: bound like weights.
+                env[node] = b.param(spec.target, val.shape, val.dtype)
+            elif kind == InputKind.CONSTANT_TENSOR:
+                env[node] = _lifted_constant(ep, spec, b)
+            else:
+                raise UnsupportedOpError(f"input {node.name!r}: {kind.name} inputs are not supported")
+        elif node.op == "call_function":
+            env[node] = _call(node, env, b)
+        elif node.op == "output":
+            _output(node, env, b, ep.call_spec.out_spec)
+        else:
+            raise UnsupportedOpError(f"node {node.name!r}: FX op {node.op!r} is not supported in an exported graph")
+    return b
+
+
+def _lifted_constant(ep, spec, b: GraphBuilder) -> Ref:
+    value = ep.constants.get(spec.target)
+    if not isinstance(value, torch.Tensor):
+        raise UnsupportedOpError(f"constant {spec.target!r}: expected a tensor, found {type(value).__name__}")
+    return b.constant(spec.target, value)
+
+
+def _call(node: torch.fx.Node, env, b: GraphBuilder):
+    target = node.target
+    if target is operator.getitem:
+        src, index = node.args
+        refs = env[src]
+        if not isinstance(refs, tuple):
+            raise UnsupportedOpError(f"node {node.name!r}: getitem on a single-output op")
+        return refs[index]
+    if not isinstance(target, torch._ops.OpOverload):
+        raise UnsupportedOpError(f"node {node.name!r}: {getattr(target, '__name__', target)!s} is not an ATen "
+                                 f"operator (control flow, custom Python or symbolic-size code cannot be "
+                                 f"captured in a CUDA graph)")
+    packet = f"{target.namespace}.{target._opname}"
+    if packet in HOST_SYNC_OPS:
+        raise UnsupportedOpError(f"node {node.name!r}: {packet} synchronises with the host or has a "
+                                 f"data-dependent shape; CUDA graphs cannot capture it")
+    args = pytree.tree_map_only(torch.fx.Node, lambda n: _ref_of(n, env, node), node.args)
+    kwargs = pytree.tree_map_only(torch.fx.Node, lambda n: _ref_of(n, env, node), node.kwargs)
+    return b.op(target, args, kwargs, name=node.name, meta=node.meta.get("val"))
+
+
+def _ref_of(n: torch.fx.Node, env, user: torch.fx.Node) -> Ref:
+    ref = env.get(n)
+    if not isinstance(ref, Ref):
+        raise UnsupportedOpError(f"node {user.name!r}: argument {n.name!r} is not a single tensor")
+    return ref
+
+
+def _output(node: torch.fx.Node, env, b: GraphBuilder, out_spec) -> None:
+    flat = pytree.tree_leaves(node.args[0])
+    refs = []
+    for leaf in flat:
+        if not isinstance(leaf, torch.fx.Node) or not isinstance(env.get(leaf), Ref):
+            raise UnsupportedOpError(f"model output {leaf!r}: expected a tensor")
+        refs.append(env[leaf])
+    counter = iter(range(len(refs)))
+    tree = _out_tree(out_spec, counter) if out_spec is not None else \
+        OutTree("tuple", children=tuple(OutTree("tensor", i) for i in range(len(refs))))
+    b.output(refs, tree)
+
+
+def _out_tree(spec, counter) -> OutTree:
+    """pytree TreeSpec -> OutTree. Dicts and dict-like containers (transformers ModelOutput) become dicts."""
+    if spec.is_leaf():
+        return OutTree("tensor", next(counter))
+    children = tuple(_out_tree(c, counter) for c in spec.children_specs)
+    if spec.type is type(None):
+        return OutTree("none")
+    if spec.type is list:
+        return OutTree("list", children=children)
+    if spec.type is tuple or (isinstance(spec.type, type) and issubclass(spec.type, tuple)):
+        return OutTree("tuple", children=children)
+    keys = spec.context
+    if isinstance(keys, (list, tuple)) and len(keys) == len(children) and all(isinstance(k, str) for k in keys):
+        return OutTree("dict", keys=tuple(keys), children=children)
+    if isinstance(keys, (list, tuple)) and len(keys) == 2 and isinstance(keys[1], (list, tuple)):
+        return OutTree("dict", keys=tuple(str(k) for k in keys[1]), children=children)  # dataclass-style
+    raise UnsupportedOpError(f"model output container {spec.type.__name__} is not supported "
+                             f"(expected tensors in tuples, lists or dicts)")
+
+
+def graph_from_fx(gm: torch.fx.GraphModule, example_inputs: tuple) -> tuple[GraphBuilder, str]:
+    """An ATen-level GraphModule (make_fx, export) is ingested as is; a torch-level one is exported."""
+    _check_inputs(example_inputs)
+    if not _is_aten_graph(gm):
+        return graph_from_module(gm, example_inputs)
+    b = GraphBuilder()
+    env: dict[torch.fx.Node, object] = {}
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(example_inputs):
+        raise ModelError(f"the GraphModule takes {len(placeholders)} inputs, {len(example_inputs)} were given")
+    named = dict(gm.named_parameters()) | dict(gm.named_buffers())
+    inputs = dict(zip(placeholders, example_inputs))
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            x = inputs[node]
+            env[node] = b.input(node.name, x.shape, x.dtype)
+        elif node.op == "get_attr":
+            value = named.get(node.target)
+            if value is not None:
+                env[node] = b.param(node.target, value.shape, value.dtype)
+            else:
+                env[node] = b.constant(node.target, _get_attr(gm, node.target))
+        elif node.op == "call_function":
+            env[node] = _call(node, env, b)
+        elif node.op == "output":
+            out = node.args[0]
+            spec = pytree.tree_flatten(out)[1]
+            _output(node, env, b, spec)
+    return b, "fx"
+
+
+def _get_attr(gm, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, torch.Tensor):
+        raise UnsupportedOpError(f"get_attr {target!r}: expected a tensor, found {type(obj).__name__}")
+    return obj
+
+
+def _is_aten_graph(gm: torch.fx.GraphModule) -> bool:
+    for node in gm.graph.nodes:
+        if node.op in ("call_module", "call_method"):
+            return False
+        if node.op == "call_function" and not (isinstance(node.target, torch._ops.OpOverload)
+                                               or node.target is operator.getitem):
+            return False
+    return True

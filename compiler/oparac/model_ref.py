@@ -1,0 +1,93 @@
+"""Models named on the command line: .pt2 files, .onnx files and `package.module:factory` references."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+
+from opara_plan import ModelError
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
+
+
+def parse_shapes(text: str | None) -> dict[str, tuple[tuple[int, ...], str]]:
+    """'x:1x3x224x224,ids:1x128:int64' -> {'x': ((1, 3, 224, 224), 'float32'), 'ids': ((1, 128), 'int64')}."""
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    if not text:
+        return out
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        if len(parts) not in (2, 3) or not parts[0]:
+            raise ModelError(f"--shapes item {item!r}: expected NAME:DxDxD[:DTYPE]")
+        dtype = parts[2] if len(parts) == 3 else "float32"
+        if dtype not in _DTYPES:
+            raise ModelError(f"--shapes item {item!r}: dtype must be one of {sorted(_DTYPES)}")
+        try:
+            dims = tuple(int(d) for d in parts[1].lower().split("x"))
+        except ValueError:
+            raise ModelError(f"--shapes item {item!r}: dimensions must be integers like 1x3x224x224") from None
+        if any(d <= 0 for d in dims):
+            raise ModelError(f"--shapes item {item!r}: dimensions must be positive")
+        out[parts[0]] = (dims, dtype)
+    return out
+
+
+def random_input(shape, dtype: torch.dtype, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Floats ~ N(0, 1); integers in {0, 1} (valid token ids, token types and masks alike); bools random."""
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=generator).to(dtype)
+    if dtype == torch.bool:
+        return torch.randint(0, 2, shape, generator=generator).bool()
+    return torch.randint(0, 2, shape, generator=generator, dtype=dtype)
+
+
+def load_model(ref: str, shapes: str | None = None):
+    """Returns (model, example_inputs or None). Example inputs come from the factory or --shapes."""
+    given = parse_shapes(shapes)
+    if ref.endswith(".onnx"):
+        path = Path(ref)
+        if not path.is_file():
+            raise ModelError(f"model {ref!r}: no such file")
+        return path, None
+    if ref.endswith(".pt2"):
+        return _load_pt2(Path(ref), given)
+    if ":" not in ref:
+        raise ModelError(f"model {ref!r}: expected a .pt2 file, an .onnx file or package.module:factory")
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ModelError(f"model {ref!r}: cannot import {module_name!r}: {e}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ModelError(f"model {ref!r}: {module_name} has no callable {attr!r}")
+    made = factory()
+    model, inputs = (made if isinstance(made, tuple) and len(made) == 2 else (made, None))
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(f"model {ref!r}: the factory returned {type(model).__name__}, expected an nn.Module "
+                         f"or (nn.Module, example_inputs)")
+    if given:
+        inputs = tuple(random_input(shape, _DTYPES[dt]) for shape, dt in given.values())
+    if inputs is None:
+        raise ModelError(f"model {ref!r}: the factory returned no example inputs; give --shapes NAME:1x3x224x224")
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs,)
+    return model.eval(), tuple(inputs)
+
+
+def _load_pt2(path: Path, given):
+    if not path.is_file():
+        raise ModelError(f"model {str(path)!r}: no such file")
+    try:
+        ep = torch.export.load(str(path))
+    except Exception as e:
+        raise ModelError(f"model {str(path)!r}: not a torch.export file ({type(e).__name__}: {e})") from None
+    inputs = None
+    example = getattr(ep, "example_inputs", None)
+    if example is not None:
+        inputs = tuple(example[0])
+    if given:
+        inputs = tuple(random_input(shape, _DTYPES[dt]) for shape, dt in given.values())
+    return ep, inputs

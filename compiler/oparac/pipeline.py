@@ -1,0 +1,161 @@
+"""compile(): the compiler pipeline as a literal sequence of stages."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from opara_plan import (Graph, ModelError, ModelInfo, OparaError, Plan, Profile, Target, TensorSpec, Tool,
+                        graph_fingerprint, validate)
+from oparac import cost_model
+from oparac.graph_builder import GraphBuilder
+from oparac.scheduling import make_schedule
+
+TOOL_VERSION = "0.1.0"
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+class StageError(OparaError):
+    """A stage failed; the message says which and what came before."""
+
+
+def compile(model, example_inputs=None, *, streams: str = "opara", order: str = "opara", max_streams: int = 0,
+            dtype: str = "float32", device=None, tune: bool = False, progress: Callable[[str], None] | None = None,
+            profile_cache=None, shapes: str | None = None) -> Plan:
+    """Compile a model (nn.Module, fx.GraphModule, ExportedProgram or .onnx path) into a plan.
+
+    device: 'cpu' builds a preview plan from the analytic cost model; 'cuda' (default when a GPU is
+    present) profiles every op on the GPU. tune=True measures candidate schedules on the GPU and keeps
+    the fastest (never slower than one stream).
+    """
+    say = progress or (lambda msg: None)
+    if dtype not in DTYPES:
+        raise ModelError(f"dtype: expected one of {DTYPES}, found {dtype!r}")
+    dev = _device(device)
+    say("ingest: exporting the model to ATen")
+    builder, source = _stage("ingest", "", lambda: ingest(model, example_inputs, dtype, shapes))
+    graph = builder.build()
+    say(f"profile: {sum(n.kind == 'op' for n in graph.nodes)} ops on {dev}")
+    target, profile = _stage("profile", "ingest", lambda: profile_graph(graph, dev, dtype, profile_cache, say))
+    say(f"schedule: streams={streams} order={order} max_streams={max_streams}")
+    schedule = _stage("schedule", "ingest, profile", lambda: make_schedule(
+        graph, profile.ops, streams=streams, order=order, max_streams=max_streams))
+    plan = assemble(graph, builder, source, dtype, target, schedule, profile)
+    if tune:
+        if dev.type != "cuda":
+            raise ModelError("--tune measures schedules on the GPU; no CUDA device is in use")
+        from oparac.tune import tune_plan
+
+        say("tune: measuring candidate schedules")
+        plan = _stage("tune", "ingest, profile, schedule", lambda: tune_plan(plan, model_weights(model, dtype),
+                                                                             dev, say))
+    validate(plan)
+    return plan
+
+
+def _stage(name: str, before: str, fn):
+    try:
+        return fn()
+    except OparaError:
+        raise
+    except Exception as e:
+        done = f" (after {before})" if before else ""
+        raise StageError(f"stage {name!r} failed{done}: {type(e).__name__}: {e}") from e
+
+
+def _device(device) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r}: CUDA is not available here; use --device cpu for a preview plan")
+    if dev.type not in ("cpu", "cuda"):
+        raise ModelError(f"device {device!r}: expected 'cpu' or 'cuda[:N]'")
+    return dev
+
+
+def cast_model(model, example_inputs, dtype: str):
+    """A copy of the model and inputs in `dtype` (floating tensors only); float32 leaves them as given."""
+    if dtype == "float32":
+        return model, tuple(example_inputs)
+    dt = getattr(torch, dtype)
+    model = copy.deepcopy(model).to(dt)
+    inputs = tuple(x.to(dt) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+                   for x in example_inputs)
+    return model, inputs
+
+
+def compile_ref(ref: str, *, shapes: str | None = None, **options) -> Plan:
+    """compile() for a model named on the command line (.pt2, .onnx or package.module:factory)."""
+    from oparac.model_ref import load_model
+
+    model, inputs = load_model(ref, shapes)
+    if isinstance(model, Path):
+        options["shapes"] = shapes
+    return compile(model, inputs, **options)
+
+
+def ingest(model, example_inputs, dtype: str, shapes: str | None = None) -> tuple[GraphBuilder, str]:
+    from oparac.ingest.torch_fx import graph_from_exported, graph_from_fx, graph_from_module
+
+    if isinstance(model, (str, Path)) and str(model).endswith(".onnx"):
+        from oparac.ingest.onnx_import import graph_from_onnx
+        from oparac.model_ref import parse_shapes
+
+        return graph_from_onnx(Path(model), parse_shapes(shapes), dtype), "onnx"
+
+    if isinstance(model, torch.export.ExportedProgram):
+        if dtype != "float32":
+            raise ModelError("an ExportedProgram is compiled in the dtype it was exported in; pass the "
+                             "nn.Module to compile in another dtype")
+        return graph_from_exported(model.run_decompositions({})), "torch.export"
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(f"model: expected an nn.Module, fx.GraphModule or ExportedProgram, "
+                         f"found {type(model).__name__}")
+    if example_inputs is None:
+        raise ModelError("example_inputs: a PyTorch model needs example inputs to fix its shapes")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    model, example_inputs = cast_model(model, example_inputs, dtype)
+    if isinstance(model, torch.fx.GraphModule):
+        return graph_from_fx(model, example_inputs)
+    was_training = model.training
+    model.eval()
+    try:
+        return graph_from_module(model, example_inputs)
+    finally:
+        model.train(was_training)
+
+
+def model_weights(model, dtype: str) -> dict:
+    from opara_runtime.bind import weights_of
+
+    if isinstance(model, torch.export.ExportedProgram):
+        return dict(model.state_dict) | dict(model.constants)
+    return weights_of(model)  # nn.Module or .onnx path
+
+
+def profile_graph(graph: Graph, device: torch.device, dtype: str, cache, say) -> tuple[Target, Profile]:
+    if device.type == "cpu":
+        ops = cost_model.estimate(graph)
+        return (Target(device_type="cpu", torch=torch.__version__),
+                Profile(method="cost-model", ops=ops, sequential_ms=sum(o.ms for o in ops)))
+    from oparac.profiler import profile_on_gpu
+
+    return profile_on_gpu(graph, device, dtype, cache, say)
+
+
+def assemble(graph: Graph, builder: GraphBuilder, source: str, dtype: str, target: Target, schedule,
+             profile: Profile) -> Plan:
+    nodes = graph.nodes
+    inputs = tuple(TensorSpec(n.name, n.outputs[0].shape, n.outputs[0].dtype) for n in nodes if n.kind == "input")
+    outputs = []
+    for k, ref in enumerate(nodes[-1].args):
+        meta = nodes[ref.node].outputs[ref.index]
+        outputs.append(TensorSpec(f"output_{k}", meta.shape, meta.dtype))
+    model = ModelInfo(source=source, fingerprint=graph_fingerprint(graph), inputs=inputs, outputs=tuple(outputs),
+                      output_tree=builder.tree, precision=dtype)
+    return Plan(tool=Tool("oparac", TOOL_VERSION), model=model, target=target, graph=graph, schedule=schedule,
+                profile=profile)

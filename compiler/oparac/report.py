@@ -1,0 +1,39 @@
+"""Human-readable tables for the CLI, rendered with rich."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_summary(info: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    g, s, p, t, m = info["graph"], info["schedule"], info["profile"], info["target"], info["model"]
+    table = Table(title="Opara plan", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    ins = ", ".join(f"{x['name']}: {x['dtype']}{x['shape']}" for x in m["inputs"])
+    rows = [
+        ("model", f"{m['source']}, {m['precision']}, inputs {ins}"),
+        ("fingerprint", m["fingerprint"]),
+        ("nodes", f"{g['nodes']} ({g['ops']} ops, {g['kernels']} kernels, {g['params']} params)"),
+        ("streams", f"{s['streams']} ({s['stream_algorithm']} / order {s['order_algorithm']}, "
+                    f"cap {s['max_streams'] or 'none'}), kernels per stream {s['kernels_per_stream']}"),
+        ("waits", str(s["waits"])),
+        ("predicted", f"{s['predicted_ms']:.3f} ms vs {p['sequential_ms']:.3f} ms sequential "
+                      f"({p['predicted_speedup']:.2f}x, {p['method']})"),
+        ("target", f"{t['device_type']} {t['gpu']} cc {t['compute_capability'] or '-'}, "
+                   f"torch {t['torch']}, cuda {t['cuda'] or '-'}"),
+        ("tool", f"{info['tool']['name']} {info['tool']['version']}, schema {info['tool']['schema_version']}"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+    if p["candidates"]:
+        cand = Table(title="Tuning candidates")
+        for col in ("streams", "order", "max streams", "predicted ms", "measured ms", ""):
+            cand.add_column(col)
+        for c in sorted(p["candidates"], key=lambda c: (c["measured_ms"] is None, c["measured_ms"] or 0.0)):
+            measured = f"{c['measured_ms']:.4f}" if c["measured_ms"] is not None else "-"
+            cand.add_row(c["streams"], c["order"], str(c["max_streams"] or "-"), f"{c['predicted_ms']:.4f}",
+                         measured, "chosen" if c["chosen"] else "")
+        console.print(cand)

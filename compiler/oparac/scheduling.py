@@ -1,0 +1,60 @@
+"""From a graph and its per-op profile to a plan Schedule: streams, launch order, waits, prediction."""
+from __future__ import annotations
+
+from opara_plan import Graph, OpProfile, Schedule
+from oparac.dag import Dag
+from oparac.schedule import (Costs, assign_streams, order_launches, reduce_waits, simulate)
+
+# Per-SM limits of Hopper (H100/H200); used only to put kernel demands on a common 0..1 scale.
+SM_THREADS = 2048
+SM_REGISTERS = 65536
+SM_SHARED_MEMORY = 228 * 1024
+SM_COUNT = 132
+
+
+def demand(op: OpProfile, graph: Graph, node_id: int) -> float:
+    """Resource demand of the op's largest kernel relative to one SM (Opara's launch-order key)."""
+    if op.intensity == "free":
+        return 0.0
+    if op.kernels:
+        worst = 0.0
+        for k in op.kernels:
+            threads = max(1, k.block[0] * k.block[1] * k.block[2]) if k.block else 1
+            worst = max(worst, threads / SM_THREADS, k.registers_per_thread * threads / SM_REGISTERS,
+                        k.shared_memory / SM_SHARED_MEMORY)
+        return worst
+    # No kernel records (cost model): the fraction of the GPU's threads the output would occupy.
+    numel = sum(_numel(m.shape) for m in graph.nodes[node_id].outputs)
+    return min(1.0, numel / (SM_COUNT * SM_THREADS))
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def costs_of(graph: Graph, dag: Dag, ops: tuple[OpProfile, ...]) -> Costs:
+    return Costs(ms={i: ops[i].ms for i in dag.ops},
+                 intensity={i: ops[i].intensity for i in dag.ops},
+                 demand={i: demand(ops[i], graph, i) for i in dag.ops})
+
+
+def dag_of(graph: Graph, ops: tuple[OpProfile, ...]) -> Dag:
+    free = frozenset(i for i, n in enumerate(graph.nodes) if n.kind == "op" and ops[i].intensity == "free")
+    return Dag.from_graph(graph, free)
+
+
+def make_schedule(graph: Graph, ops: tuple[OpProfile, ...], *, streams: str, order: str,
+                  max_streams: int) -> Schedule:
+    dag = dag_of(graph, ops)
+    costs = costs_of(graph, dag, ops)
+    assignment = assign_streams(dag, costs, algorithm=streams, max_streams=max_streams)
+    launch = order_launches(dag, assignment, costs, algorithm=order)
+    waits = reduce_waits(dag, assignment.stream, launch)
+    predicted = simulate(dag, assignment.stream, launch, waits, costs).makespan_ms
+    stream = tuple(assignment.stream.get(i, -1) for i in range(len(graph.nodes)))
+    return Schedule(stream_algorithm=streams, order_algorithm=order, max_streams=max_streams,
+                    num_streams=max(1, assignment.num_streams), stream=stream, launch_order=tuple(launch),
+                    waits=tuple(waits), predicted_ms=float(predicted))

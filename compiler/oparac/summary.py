@@ -1,0 +1,40 @@
+"""A plan summarised as plain data: what `oparac inspect` prints and `--json` emits."""
+from __future__ import annotations
+
+from collections import Counter
+
+from opara_plan import Plan
+
+
+def summarize(plan: Plan) -> dict:
+    nodes, s, p = plan.graph.nodes, plan.schedule, plan.profile
+    ops = [i for i, n in enumerate(nodes) if n.kind == "op"]
+    kernels = [i for i in ops if p.ops[i].intensity != "free"]
+    per_stream = Counter(s.stream[i] for i in kernels)
+    t = plan.target
+    return {
+        "model": {"source": plan.model.source, "fingerprint": plan.model.fingerprint,
+                  "precision": plan.model.precision,
+                  "inputs": [{"name": x.name, "shape": list(x.shape), "dtype": x.dtype} for x in plan.model.inputs],
+                  "outputs": [{"name": x.name, "shape": list(x.shape), "dtype": x.dtype}
+                              for x in plan.model.outputs]},
+        "graph": {"nodes": len(nodes), "ops": len(ops), "kernels": len(kernels),
+                  "params": sum(n.kind == "param" for n in nodes),
+                  "constants": sum(n.kind == "constant" for n in nodes)},
+        "schedule": {"streams": s.num_streams, "stream_algorithm": s.stream_algorithm,
+                     "order_algorithm": s.order_algorithm, "max_streams": s.max_streams,
+                     "waits": len(s.waits), "devices": s.num_devices,
+                     "kernels_per_stream": [per_stream.get(k, 0) for k in range(s.num_streams)],
+                     "predicted_ms": s.predicted_ms},
+        "profile": {"method": p.method, "sequential_ms": p.sequential_ms,
+                    "predicted_speedup": p.sequential_ms / s.predicted_ms if s.predicted_ms > 0 else 1.0,
+                    "candidates": [{"streams": c.streams, "order": c.order, "max_streams": c.max_streams,
+                                    "predicted_ms": c.predicted_ms,
+                                    "measured_ms": c.measured_ms if c.measured_ms >= 0 else None,
+                                    "chosen": c.chosen} for c in p.candidates]},
+        "target": {"device_type": t.device_type, "gpu": t.gpu_name,
+                   "compute_capability": ".".join(map(str, t.compute_capability)), "sm_count": t.sm_count,
+                   "devices": t.device_count, "driver": t.driver, "cuda": t.cuda, "torch": t.torch},
+        "tool": {"name": plan.tool.name, "version": plan.tool.version,
+                 "schema_version": ".".join(map(str, plan.schema_version))},
+    }

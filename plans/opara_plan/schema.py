@@ -1,0 +1,191 @@
+"""The plan: frozen dataclasses of plain data (ints, strings, floats, tuples) shared by compiler and runtime."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+SCHEMA_VERSION: tuple[int, int] = (1, 0)
+FORMAT = "opara-plan"
+NODE_KINDS = ("input", "param", "constant", "op", "output")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference to output `index` of graph node `node` (an argument of another node)."""
+
+    node: int
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class Sym:
+    """A literal that is not plain data: kind is 'dtype', 'device', 'layout' or 'memory_format'."""
+
+    kind: str
+    value: str
+
+
+# An argument tree: plain literals, references to node outputs, symbols, and tuples of those.
+Arg = Union[None, bool, int, float, str, Ref, Sym, tuple]
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Node:
+    """One graph node. Its id is its index in Graph.nodes, which is a topological order.
+
+    kind 'input' and 'param' name a model input or a weight (state-dict key / ONNX initializer);
+    'constant' carries its bytes in `data`; 'op' calls the ATen overload `target`; the single
+    'output' node lists the flat model outputs in `args`.
+    """
+
+    kind: str
+    name: str
+    target: str = ""
+    args: tuple = ()
+    kwargs: tuple[tuple[str, Arg], ...] = ()
+    outputs: tuple[TensorMeta, ...] = ()
+    multi: bool = False  # the op returns a sequence; Refs index into it
+    data: bytes = b""
+
+
+@dataclass(frozen=True)
+class OutTree:
+    """How the flat outputs are put back into the model's own structure.
+
+    kind: 'tensor' (flat output `index`), 'tuple', 'list', 'dict' (with `keys`), 'none'.
+    """
+
+    kind: str
+    index: int = 0
+    keys: tuple[str, ...] = ()
+    children: tuple[OutTree, ...] = ()
+
+
+@dataclass(frozen=True)
+class Graph:
+    nodes: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    source: str  # 'torch.export', 'fx' or 'onnx'
+    fingerprint: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    output_tree: OutTree
+    precision: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """The machine the profile was taken on. device_type 'cpu' means a cost-model preview plan."""
+
+    device_type: str
+    gpu_name: str = ""
+    compute_capability: tuple[int, ...] = ()
+    sm_count: int = 0
+    device_count: int = 1
+    driver: str = ""
+    cuda: str = ""
+    torch: str = ""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Where and when every op runs. Per-node tables are indexed by node id (-1 for non-ops)."""
+
+    stream_algorithm: str
+    order_algorithm: str
+    max_streams: int
+    num_streams: int
+    stream: tuple[int, ...]
+    launch_order: tuple[int, ...]
+    waits: tuple[tuple[int, int], ...]  # (consumer, producer): consumer's stream waits for producer
+    predicted_ms: float
+    num_devices: int = 1
+    device: tuple[int, ...] = ()  # empty: every node on device 0
+
+
+@dataclass(frozen=True)
+class KernelInfo:
+    name: str
+    grid: tuple[int, ...]
+    block: tuple[int, ...]
+    registers_per_thread: int
+    shared_memory: int
+    occupancy: float
+
+
+@dataclass(frozen=True)
+class OpProfile:
+    ms: float
+    flops: float
+    bytes: float
+    intensity: str  # 'compute', 'memory' or 'free' (launches no kernel)
+    kernels: tuple[KernelInfo, ...] = ()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    streams: str
+    order: str
+    max_streams: int
+    predicted_ms: float
+    measured_ms: float = -1.0  # -1: not measured
+    chosen: bool = False
+
+
+@dataclass(frozen=True)
+class Profile:
+    method: str  # 'cost-model' or 'cuda-graph'
+    ops: tuple[OpProfile, ...]  # indexed by node id
+    sequential_ms: float
+    candidates: tuple[Candidate, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    tool: Tool
+    model: ModelInfo
+    target: Target
+    graph: Graph
+    schedule: Schedule
+    profile: Profile
+    schema_version: tuple[int, ...] = SCHEMA_VERSION
+    format: str = FORMAT
+    extra: tuple[tuple[str, str], ...] = field(default=())
+
+    def to_bytes(self) -> bytes:
+        from opara_plan.codec import plan_to_bytes
+
+        return plan_to_bytes(self)
+
+    @staticmethod
+    def from_bytes(data: bytes) -> Plan:
+        from opara_plan.codec import plan_from_bytes
+
+        return plan_from_bytes(data)
+
+    def save(self, path) -> None:
+        from opara_plan.codec import save_plan
+
+        save_plan(self, path)

@@ -1,0 +1,197 @@
+"""Semantic checks of a decoded plan: graph well-formed, schedule complete, topological and race-free."""
+from __future__ import annotations
+
+from opara_plan.errors import PlanFormatError
+from opara_plan.fingerprint import graph_fingerprint
+from opara_plan.schema import NODE_KINDS, Plan, Ref, Sym
+
+DTYPE_SIZES = {
+    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
+    "int8": 1, "uint8": 1, "bool": 1, "complex64": 8, "complex128": 16,
+}
+MAX_NODES = 1_000_000
+MAX_STREAMS = 1024
+
+
+def node_label(plan: Plan, i: int) -> str:
+    node = plan.graph.nodes[i]
+    return f"node {i} ({node.target or node.kind} {node.name!r})"
+
+
+def iter_refs(arg):
+    """Every Ref inside an argument tree."""
+    if isinstance(arg, Ref):
+        yield arg
+    elif isinstance(arg, tuple):
+        for a in arg:
+            yield from iter_refs(a)
+
+
+def node_refs(node):
+    yield from iter_refs(node.args)
+    for _, v in node.kwargs:
+        yield from iter_refs(v)
+
+
+def validate(plan: Plan) -> None:
+    """Raise PlanFormatError naming the field or node at the first inconsistency."""
+    _check_graph(plan)
+    _check_model(plan)
+    if plan.model.fingerprint != graph_fingerprint(plan.graph):
+        raise PlanFormatError("plan field model.fingerprint: does not match the plan's graph "
+                              "(the file was altered or corrupted)")
+    _check_schedule(plan)
+    if len(plan.profile.ops) != len(plan.graph.nodes):
+        raise PlanFormatError(f"plan field profile.ops: expected {len(plan.graph.nodes)} entries "
+                              f"(one per node), found {len(plan.profile.ops)}")
+
+
+def _check_graph(plan: Plan) -> None:
+    nodes = plan.graph.nodes
+    if not nodes or len(nodes) > MAX_NODES:
+        raise PlanFormatError(f"plan field graph.nodes: expected 1..{MAX_NODES} nodes, found {len(nodes)}")
+    if nodes[-1].kind != "output" or sum(n.kind == "output" for n in nodes) != 1:
+        raise PlanFormatError("plan field graph.nodes: expected exactly one 'output' node, the last")
+    for i, node in enumerate(nodes):
+        where = f"plan node {i} ({node.target or node.kind} {node.name!r})"
+        if node.kind not in NODE_KINDS:
+            raise PlanFormatError(f"{where}: kind must be one of {NODE_KINDS}, found {node.kind!r}")
+        if node.kind == "op" and node.target.count(".") != 2:
+            raise PlanFormatError(f"{where}: target must be 'namespace.op.overload', found {node.target!r}")
+        if node.kind not in ("op", "output") and (node.args or node.kwargs):
+            raise PlanFormatError(f"{where}: a {node.kind} node takes no arguments")
+        if node.kind != "output" and not node.outputs:
+            raise PlanFormatError(f"{where}: output metadata missing")
+        for o, meta in enumerate(node.outputs):
+            if meta.dtype not in DTYPE_SIZES:
+                raise PlanFormatError(f"{where} output {o}: unknown dtype {meta.dtype!r}")
+            if any(d < 0 for d in meta.shape):
+                raise PlanFormatError(f"{where} output {o}: negative dimension in shape {list(meta.shape)}")
+        if node.kind == "constant":
+            meta = node.outputs[0]
+            numel = 1
+            for d in meta.shape:
+                numel *= d
+            if numel * DTYPE_SIZES[meta.dtype] != len(node.data):
+                raise PlanFormatError(f"{where}: constant holds {len(node.data)} bytes, its shape "
+                                      f"{list(meta.shape)} {meta.dtype} needs {numel * DTYPE_SIZES[meta.dtype]}")
+        for ref in node_refs(node):
+            if not 0 <= ref.node < i:
+                raise PlanFormatError(f"{where}: refers to node {ref.node}, expected an earlier node (0..{i - 1})")
+            src = nodes[ref.node]
+            if src.kind == "output" or not 0 <= ref.index < len(src.outputs):
+                raise PlanFormatError(f"{where}: refers to output {ref.index} of node {ref.node}, "
+                                      f"which has {len(src.outputs)} outputs")
+        _check_syms(node.args, where)
+
+
+def _check_syms(arg, where):
+    if isinstance(arg, Sym) and arg.kind == "dtype" and arg.value not in DTYPE_SIZES:
+        raise PlanFormatError(f"{where}: unknown dtype argument {arg.value!r}")
+    if isinstance(arg, tuple):
+        for a in arg:
+            _check_syms(a, where)
+
+
+def _check_model(plan: Plan) -> None:
+    inputs = [n for n in plan.graph.nodes if n.kind == "input"]
+    specs = plan.model.inputs
+    if len(inputs) != len(specs):
+        raise PlanFormatError(f"plan field model.inputs: {len(specs)} specs for {len(inputs)} input nodes")
+    for spec, node in zip(specs, inputs):
+        meta = node.outputs[0]
+        if (spec.name, tuple(spec.shape), spec.dtype) != (node.name, meta.shape, meta.dtype):
+            raise PlanFormatError(f"plan field model.inputs: spec {spec.name!r} does not match input node "
+                                  f"{node.name!r} {meta.dtype}{list(meta.shape)}")
+    flat = len(plan.graph.nodes[-1].args)
+    _check_tree(plan.model.output_tree, flat, "model.output_tree", 0)
+
+
+def _check_tree(tree, flat: int, path: str, depth: int) -> None:
+    if depth > 32:
+        raise PlanFormatError(f"plan field {path}: nested deeper than 32")
+    if tree.kind == "tensor":
+        if not 0 <= tree.index < flat:
+            raise PlanFormatError(f"plan field {path}.index: expected 0..{flat - 1}, found {tree.index}")
+    elif tree.kind == "dict":
+        if len(tree.keys) != len(tree.children):
+            raise PlanFormatError(f"plan field {path}: {len(tree.keys)} keys for {len(tree.children)} values")
+    elif tree.kind not in ("tuple", "list", "none"):
+        raise PlanFormatError(f"plan field {path}.kind: expected tensor/tuple/list/dict/none, found {tree.kind!r}")
+    for i, child in enumerate(tree.children):
+        _check_tree(child, flat, f"{path}.children[{i}]", depth + 1)
+
+
+def _check_schedule(plan: Plan) -> None:
+    nodes, s = plan.graph.nodes, plan.schedule
+    n = len(nodes)
+    ops = [i for i, node in enumerate(nodes) if node.kind == "op"]
+    if not 1 <= s.num_streams <= MAX_STREAMS:
+        raise PlanFormatError(f"plan field schedule.num_streams: expected 1..{MAX_STREAMS}, found {s.num_streams}")
+    if not 1 <= s.num_devices <= 64:
+        raise PlanFormatError(f"plan field schedule.num_devices: expected 1..64, found {s.num_devices}")
+    if len(s.stream) != n:
+        raise PlanFormatError(f"plan field schedule.stream: expected {n} entries (one per node), found {len(s.stream)}")
+    if s.device and len(s.device) != n:
+        raise PlanFormatError(f"plan field schedule.device: expected {n} entries or none, found {len(s.device)}")
+    for i, node in enumerate(nodes):
+        if node.kind == "op" and not 0 <= s.stream[i] < s.num_streams:
+            raise PlanFormatError(f"plan {node_label(plan, i)}: stream {s.stream[i]} out of range 0..{s.num_streams - 1}")
+        if s.device and not 0 <= s.device[i] < s.num_devices:
+            raise PlanFormatError(f"plan {node_label(plan, i)}: device {s.device[i]} out of range 0..{s.num_devices - 1}")
+
+    position = {}
+    for pos, i in enumerate(s.launch_order):
+        if not 0 <= i < n or nodes[i].kind != "op":
+            raise PlanFormatError(f"plan field schedule.launch_order[{pos}]: {i} is not an op node")
+        if i in position:
+            raise PlanFormatError(f"plan {node_label(plan, i)} appears twice in the launch order")
+        position[i] = pos
+    if len(position) != len(ops):
+        missing = next(i for i in ops if i not in position)
+        raise PlanFormatError(f"plan {node_label(plan, missing)} is missing from the launch order")
+
+    waits_of: dict[int, list[int]] = {}
+    for k, (consumer, producer) in enumerate(s.waits):
+        for v in (consumer, producer):
+            if v not in position:
+                raise PlanFormatError(f"plan field schedule.waits[{k}]: {v} is not a launched op")
+        if position[producer] >= position[consumer]:
+            raise PlanFormatError(f"plan {node_label(plan, consumer)} waits on node {producer}, "
+                                  f"which launches later")
+        waits_of.setdefault(consumer, []).append(producer)
+
+    _check_coverage(plan, position, waits_of)
+
+
+def _check_coverage(plan: Plan, position: dict[int, int], waits_of: dict[int, list[int]]) -> None:
+    """Every dependency is ordered: same stream (launch order) or a chain of waits across streams.
+
+    Vector clocks: done[i][t] is how many ops of stream t are known finished once op i is.
+    """
+    nodes, s = plan.graph.nodes, plan.schedule
+    streams = s.num_streams
+    launched_on = [0] * streams
+    last_on: list[list[int] | None] = [None] * streams
+    done: dict[int, list[int]] = {}
+    seq: dict[int, int] = {}
+    for i in s.launch_order:
+        st = s.stream[i]
+        clock = list(last_on[st]) if last_on[st] is not None else [0] * streams
+        for p in waits_of.get(i, ()):
+            clock = [max(a, b) for a, b in zip(clock, done[p])]
+        for ref in node_refs(nodes[i]):
+            p = ref.node
+            if nodes[p].kind != "op":
+                continue
+            if position[p] >= position[i]:
+                raise PlanFormatError(f"plan launch order is not topological: {node_label(plan, i)} "
+                                      f"launches before its input node {p}")
+            if clock[s.stream[p]] < seq[p]:
+                raise PlanFormatError(f"plan {node_label(plan, i)} on stream {st} reads node {p} of stream "
+                                      f"{s.stream[p]} without waiting for it")
+        launched_on[st] += 1
+        seq[i] = launched_on[st]
+        clock[st] = seq[i]
+        done[i] = clock
+        last_on[st] = clock

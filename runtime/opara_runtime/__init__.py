@@ -1,0 +1,31 @@
+"""Opara runtime: load a plan, bind the model's weights, capture one multi-stream CUDA graph, replay it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from opara_plan import Plan, load_plan, validate
+from opara_runtime.bind import weights_of
+from opara_runtime.runner import Runner, check_target, choose_device, rebuild
+
+__all__ = ["Runner", "load", "rebuild"]
+
+
+def load(plan: Plan | str | Path, model, *, device=None, capture: bool | None = None) -> Runner:
+    """Load `plan` (a Plan or a path) for `model` (nn.Module, state dict or .onnx path).
+
+    device: None picks the plan's target kind (a CUDA plan runs on the CPU, sequentially, with a
+    warning where no GPU exists). On CUDA the plan is captured as one multi-stream CUDA graph;
+    capture=False runs the ops one by one instead (for debugging). Raises PlanFormatError for a bad
+    plan and PlanMismatchError when the model, the GPU or the machine does not fit it.
+    """
+    if isinstance(plan, (str, Path)):
+        plan = load_plan(plan)
+    elif isinstance(plan, Plan):
+        validate(plan)
+    else:
+        from opara_plan import PlanFormatError
+
+        raise PlanFormatError(f"plan: expected a Plan or a path, found {type(plan).__name__}")
+    dev = choose_device(plan, device)
+    check_target(plan, dev)
+    return Runner(plan, weights_of(model), dev, capture=capture)

@@ -1,0 +1,70 @@
+"""Binding a model's weights to a plan: collect them, check them against the plan's params, place them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from opara_plan import ModelError, Plan, PlanMismatchError
+from opara_runtime.ops import dtype_name, torch_dtype
+
+_REDUCED = ("float16", "bfloat16")
+
+
+def weights_of(model) -> dict[str, torch.Tensor]:
+    """Weights by name from an nn.Module, a state dict, or an ONNX file path."""
+    if isinstance(model, torch.nn.Module):
+        named = dict(model.named_parameters(remove_duplicate=False))
+        named.update(model.named_buffers(remove_duplicate=False))
+        return named
+    if isinstance(model, dict):
+        for key, value in model.items():
+            if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+                raise ModelError(f"weights dict: expected str -> tensor, found {type(key).__name__} -> "
+                                 f"{type(value).__name__} at key {key!r}")
+        return dict(model)
+    if isinstance(model, (str, Path)) and str(model).endswith(".onnx"):
+        from opara_runtime.onnx_weights import onnx_weights  # imports onnx only here
+
+        return onnx_weights(Path(model))
+    raise ModelError(f"model: expected an nn.Module, a dict of tensors or a path to an .onnx file, "
+                     f"found {type(model).__name__}")
+
+
+def _spec(dtype: str, shape) -> str:
+    return f"{dtype}[{', '.join(map(str, shape))}]"
+
+
+def check_weights(plan: Plan, weights: dict[str, torch.Tensor]) -> None:
+    """PlanMismatchError naming the first param whose presence, shape or dtype differs from the plan."""
+    precision = plan.model.precision
+    for i, node in enumerate(plan.graph.nodes):
+        if node.kind != "param":
+            continue
+        meta = node.outputs[0]
+        w = weights.get(node.name)
+        if w is None:
+            raise PlanMismatchError(f"the model has no parameter {node.name!r}, which the plan needs as "
+                                    f"{_spec(meta.dtype, meta.shape)} (plan node {i}); is this the model "
+                                    f"the plan was compiled for?")
+        found = dtype_name(w.dtype)
+        if tuple(w.shape) != meta.shape:
+            raise PlanMismatchError(f"parameter {node.name!r}: the plan expects {_spec(meta.dtype, meta.shape)}, "
+                                    f"the model has {_spec(found, tuple(w.shape))}")
+        castable = meta.dtype == precision and precision in _REDUCED and w.is_floating_point()
+        if found != meta.dtype and not castable:
+            raise PlanMismatchError(f"parameter {node.name!r}: the plan expects {_spec(meta.dtype, meta.shape)}, "
+                                    f"the model has {_spec(found, tuple(w.shape))}")
+
+
+def place_weights(plan: Plan, weights: dict[str, torch.Tensor], device: torch.device) -> dict[int, torch.Tensor]:
+    """Node id -> the weight on `device` in the plan's dtype. A weight used by several nodes is copied once."""
+    placed: dict[str, torch.Tensor] = {}
+    out = {}
+    for i, node in enumerate(plan.graph.nodes):
+        if node.kind == "param":
+            if node.name not in placed:
+                dtype = torch_dtype(node.outputs[0].dtype)
+                placed[node.name] = weights[node.name].detach().to(device=device, dtype=dtype).contiguous()
+            out[i] = placed[node.name]
+    return out

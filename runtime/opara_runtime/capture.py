@@ -1,0 +1,43 @@
+"""One multi-stream CUDA graph per plan: warm up in the plan's stream layout, capture, replay."""
+from __future__ import annotations
+
+import torch
+
+from opara_plan import Plan
+from opara_runtime.execute import StreamLauncher
+from opara_runtime.ops import materialize
+
+
+class CapturedPlan:
+    """Static input buffers, the captured graph and its static outputs."""
+
+    def __init__(self, plan: Plan, base_values: list, device: torch.device, *, warmup: int = 2) -> None:
+        self.plan = plan
+        self.device = device
+        self.launcher = StreamLauncher(plan, device)
+        self.input_ids = [i for i, n in enumerate(plan.graph.nodes) if n.kind == "input"]
+        self.static_inputs = [base_values[i] for i in self.input_ids]
+        self.base_values = base_values
+        with torch.cuda.device(device):
+            # Warm-up creates cuBLAS/cuDNN handles and workspaces for every stream before capture.
+            side = torch.cuda.Stream(device=device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    self.launcher.launch(list(base_values))
+            torch.cuda.current_stream(device).wait_stream(side)
+            torch.cuda.synchronize(device)
+            self.graph = torch.cuda.CUDAGraph()
+            values = list(base_values)
+            with torch.cuda.graph(self.graph):
+                self.launcher.launch(values)
+            out_node = plan.graph.nodes[-1]
+            self.static_outputs = [materialize(r, values, device) for r in out_node.args]
+            del values
+            torch.cuda.synchronize(device)
+
+    def replay(self, inputs) -> list[torch.Tensor]:
+        for buf, x in zip(self.static_inputs, inputs):
+            buf.copy_(x, non_blocking=True)
+        self.graph.replay()
+        return self.static_outputs

@@ -1,0 +1,101 @@
+"""Turning plan nodes into torch calls: resolve ATen targets, materialize arguments, know which ops alias."""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from opara_plan import Node, PlanMismatchError, Ref, Sym
+
+ALLOWED_NAMESPACES = ("aten", "prims")
+
+_LAYOUTS = {"strided": torch.strided, "sparse_coo": torch.sparse_coo}
+_MEMORY_FORMATS = {
+    "contiguous_format": torch.contiguous_format, "channels_last": torch.channels_last,
+    "preserve_format": torch.preserve_format, "channels_last_3d": torch.channels_last_3d,
+}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise PlanMismatchError(f"dtype {name!r} is not known to torch {torch.__version__}")
+    return dtype
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@functools.lru_cache(maxsize=None)
+def resolve_op(target: str) -> torch._ops.OpOverload:
+    """'aten.convolution.default' -> torch.ops.aten.convolution.default, only from allowed namespaces."""
+    ns, name, overload = target.split(".")
+    if ns not in ALLOWED_NAMESPACES:
+        raise PlanMismatchError(f"op {target!r}: namespace {ns!r} is not allowed (expected one of "
+                                f"{ALLOWED_NAMESPACES})")
+    try:
+        op = getattr(getattr(getattr(torch.ops, ns), name), overload)
+    except (AttributeError, RuntimeError):
+        raise PlanMismatchError(f"op {target!r} does not exist in torch {torch.__version__}") from None
+    if not isinstance(op, torch._ops.OpOverload):
+        raise PlanMismatchError(f"op {target!r} is not an operator overload")
+    return op
+
+
+def op_target(op: torch._ops.OpOverload) -> str:
+    return f"{op.namespace}.{op._opname}.{op._overloadname}"
+
+
+@functools.lru_cache(maxsize=None)
+def aliased_input(target: str) -> int | None:
+    """Index of the argument whose storage the op's first output aliases (views), else None."""
+    schema = resolve_op(target)._schema
+    ret = schema.returns[0].alias_info if schema.returns else None
+    if ret is None or ret.is_write:
+        return None
+    for i, arg in enumerate(schema.arguments):
+        if arg.alias_info is not None and arg.alias_info.before_set & ret.before_set:
+            return i
+    return None
+
+
+def materialize(arg, values, device: torch.device):
+    """Argument tree -> torch call arguments. values[node] is a tensor or a tuple (multi-output op)."""
+    if isinstance(arg, Ref):
+        v = values[arg.node]
+        return v[arg.index] if isinstance(v, (tuple, list)) else v
+    if isinstance(arg, tuple):
+        return [materialize(a, values, device) for a in arg]
+    if isinstance(arg, Sym):
+        if arg.kind == "dtype":
+            return torch_dtype(arg.value)
+        if arg.kind == "device":
+            return device
+        table = _LAYOUTS if arg.kind == "layout" else _MEMORY_FORMATS
+        if arg.value not in table:
+            raise PlanMismatchError(f"unknown {arg.kind} {arg.value!r} (expected one of {sorted(table)})")
+        return table[arg.value]
+    return arg
+
+
+def run_node(node: Node, values, device: torch.device):
+    op = resolve_op(node.target)
+    args = [materialize(a, values, device) for a in node.args]
+    kwargs = {k: materialize(v, values, device) for k, v in node.kwargs}
+    return op(*args, **kwargs)
+
+
+def constant_tensor(node: Node, device: torch.device) -> torch.Tensor:
+    meta = node.outputs[0]
+    dtype = torch_dtype(meta.dtype)
+    if not node.data:
+        return torch.empty(meta.shape, dtype=dtype, device=device)
+    flat = torch.frombuffer(bytearray(node.data), dtype=dtype)
+    return flat.reshape(meta.shape).to(device)
+
+
+def constant_bytes(t: torch.Tensor) -> bytes:
+    """Little-endian raw bytes of a tensor (the encoding of constant nodes)."""
+    t = t.detach().contiguous().cpu()
+    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""

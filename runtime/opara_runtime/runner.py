@@ -1,0 +1,134 @@
+"""Runner: a loaded plan bound to weights on a device; call it like the model."""
+from __future__ import annotations
+
+import threading
+import warnings
+
+import torch
+
+from opara_plan import InputError, OutTree, Plan, PlanMismatchError
+from opara_runtime.bind import check_weights, place_weights
+from opara_runtime.execute import run_sequential
+from opara_runtime.ops import constant_tensor, materialize, torch_dtype
+
+
+def _spec(dtype, shape, device=None) -> str:
+    s = f"{dtype}[{', '.join(map(str, shape))}]"
+    return f"{s} on {device}" if device is not None else s
+
+
+def rebuild(tree: OutTree, flat: list):
+    """Flat outputs -> the model's own structure (dicts and ModelOutputs come back as dicts)."""
+    if tree.kind == "tensor":
+        return flat[tree.index]
+    if tree.kind == "none":
+        return None
+    children = [rebuild(c, flat) for c in tree.children]
+    if tree.kind == "list":
+        return children
+    if tree.kind == "dict":
+        return dict(zip(tree.keys, children))
+    return tuple(children)
+
+
+class Runner:
+    """Executes one plan. On CUDA, one captured multi-stream graph is replayed per call.
+
+    Calls are serialised: the static buffers of a captured graph admit one inference at a time.
+    """
+
+    def __init__(self, plan: Plan, weights: dict, device: torch.device, *, capture: bool | None = None) -> None:
+        check_weights(plan, weights)
+        self.plan = plan
+        self.device = device
+        self._lock = threading.Lock()
+        nodes = plan.graph.nodes
+        base: list = [None] * len(nodes)
+        for i, w in place_weights(plan, weights, device).items():
+            base[i] = w
+        for i, node in enumerate(nodes):
+            if node.kind == "constant":
+                base[i] = constant_tensor(node, device)
+            elif node.kind == "input":
+                meta = node.outputs[0]
+                base[i] = torch.empty(meta.shape, dtype=torch_dtype(meta.dtype), device=device)
+        self._base = base
+        self._input_nodes = [node for node in nodes if node.kind == "input"]
+        self._input_ids = [i for i, node in enumerate(nodes) if node.kind == "input"]
+        use_graph = device.type == "cuda" if capture is None else capture
+        self.captured = None
+        if use_graph:
+            from opara_runtime.capture import CapturedPlan
+
+            self.captured = CapturedPlan(plan, base, device)
+
+    def check_inputs(self, inputs) -> None:
+        if len(inputs) != len(self._input_nodes):
+            names = ", ".join(repr(n.name) for n in self._input_nodes)
+            raise InputError(f"expected {len(self._input_nodes)} inputs ({names}), got {len(inputs)}")
+        for k, (node, x) in enumerate(zip(self._input_nodes, inputs)):
+            meta = node.outputs[0]
+            want = _spec(meta.dtype, meta.shape, self.device)
+            if not isinstance(x, torch.Tensor):
+                raise InputError(f"input {k} {node.name!r}: expected {want}, got {type(x).__name__}")
+            got_dtype = str(x.dtype).removeprefix("torch.")
+            same_device = x.device.type == self.device.type and (
+                self.device.index is None or x.device.index in (None, self.device.index))
+            if tuple(x.shape) != meta.shape or got_dtype != meta.dtype or not same_device:
+                raise InputError(f"input {k} {node.name!r}: expected {want}, "
+                                 f"got {_spec(got_dtype, tuple(x.shape), x.device)}")
+
+    def __call__(self, *inputs, zero_copy: bool = False):
+        self.check_inputs(inputs)
+        with self._lock:
+            if self.captured is not None:
+                flat = self.captured.replay(inputs)
+                if not zero_copy:
+                    flat = [t.clone() for t in flat]
+            else:
+                values = list(self._base)
+                for i, x in zip(self._input_ids, inputs):
+                    values[i] = x
+                run_sequential(self.plan, values, self.device)
+                flat = [materialize(r, values, self.device) for r in self.plan.graph.nodes[-1].args]
+        return rebuild(self.plan.model.output_tree, flat)
+
+
+def choose_device(plan: Plan, device) -> torch.device:
+    """The plan's target kind when available; a CUDA plan falls back to the CPU path with a warning."""
+    if device is not None:
+        device = torch.device(device)
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise PlanMismatchError(f"device {device} was asked for, but CUDA is not available here")
+            if device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
+        return device
+    if plan.target.device_type == "cuda":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        warnings.warn("the plan was compiled for a CUDA GPU but CUDA is not available: running it on the "
+                      "CPU, sequentially (correctness path)", stacklevel=3)
+    return torch.device("cpu")
+
+
+def check_target(plan: Plan, device: torch.device) -> None:
+    """Refuse a different compute capability; warn on a different GPU name or software versions."""
+    t = plan.target
+    if device.type != "cuda" or t.device_type != "cuda":
+        return
+    props = torch.cuda.get_device_properties(device)
+    here = (props.major, props.minor)
+    if tuple(t.compute_capability) != here:
+        raise PlanMismatchError(f"plan target: compiled for compute capability "
+                                f"{'.'.join(map(str, t.compute_capability))} ({t.gpu_name}), this GPU "
+                                f"{props.name} is {here[0]}.{here[1]}; recompile the plan on this GPU")
+    if t.gpu_name != props.name:
+        warnings.warn(f"plan was profiled on {t.gpu_name}, running on {props.name}: its schedule may not be "
+                      f"the best here", stacklevel=3)
+    if t.device_count > torch.cuda.device_count():
+        raise PlanMismatchError(f"plan target: needs {t.device_count} GPUs, this machine has "
+                                f"{torch.cuda.device_count()}")
+    if t.torch and t.torch.split("+")[0] != torch.__version__.split("+")[0]:
+        warnings.warn(f"plan was profiled with torch {t.torch}, running with torch {torch.__version__}",
+                      stacklevel=3)
