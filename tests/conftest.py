@@ -1,0 +1,50 @@
+"""Shared fixtures; GPU tests are skipped where CUDA is absent."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from opara_plan import (Graph, ModelInfo, Node, OpProfile, OutTree, Plan, Profile, Ref, Schedule, Target,
+                        TensorMeta, TensorSpec, Tool, graph_fingerprint)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def make_tiny_plan() -> Plan:
+    """x[2,3] @ w[3,3] -> relu (stream 1) and sigmoid (stream 0) -> add (stream 0). A fork-join."""
+    f32 = "float32"
+    m = TensorMeta((2, 3), f32)
+    nodes = (
+        Node(kind="input", name="x", outputs=(m,)),
+        Node(kind="param", name="w", outputs=(TensorMeta((3, 3), f32),)),
+        Node(kind="op", name="mm", target="aten.mm.default", args=(Ref(0), Ref(1)), outputs=(m,)),
+        Node(kind="op", name="relu", target="aten.relu.default", args=(Ref(2),), outputs=(m,)),
+        Node(kind="op", name="sigmoid", target="aten.sigmoid.default", args=(Ref(2),), outputs=(m,)),
+        Node(kind="op", name="add", target="aten.add.Tensor", args=(Ref(3), Ref(4)), kwargs=(("alpha", 1),),
+             outputs=(m,)),
+        Node(kind="output", name="output", args=(Ref(5),)),
+    )
+    graph = Graph(nodes)
+    free = OpProfile(ms=0.0, flops=0.0, bytes=0.0, intensity="free")
+    op = OpProfile(ms=0.01, flops=36.0, bytes=96.0, intensity="memory")
+    schedule = Schedule(stream_algorithm="opara", order_algorithm="topo", max_streams=0, num_streams=2,
+                        stream=(-1, -1, 0, 1, 0, 0, -1), launch_order=(2, 3, 4, 5),
+                        waits=((3, 2), (5, 3)), predicted_ms=0.03)
+    model = ModelInfo(source="fx", fingerprint=graph_fingerprint(graph), inputs=(TensorSpec("x", (2, 3), f32),),
+                      outputs=(TensorSpec("output_0", (2, 3), f32),), output_tree=OutTree("tensor", 0),
+                      precision=f32)
+    return Plan(tool=Tool("oparac", "0.1.0"), model=model, target=Target(device_type="cpu", torch=torch.__version__),
+                graph=graph, schedule=schedule,
+                profile=Profile(method="cost-model", ops=(free, free, op, op, op, op, free), sequential_ms=0.04))
+
+
+@pytest.fixture
+def tiny_plan() -> Plan:
+    return make_tiny_plan()

@@ -1,0 +1,86 @@
+"""validate(): every way a decoded plan can be inconsistent is named precisely."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from opara_plan import Graph, Node, PlanFormatError, Ref, TensorMeta, graph_fingerprint, validate
+
+
+def _sched(plan, **changes):
+    return dataclasses.replace(plan, schedule=dataclasses.replace(plan.schedule, **changes))
+
+
+def _graph(plan, nodes):
+    graph = Graph(tuple(nodes))
+    model = dataclasses.replace(plan.model, fingerprint=graph_fingerprint(graph))
+    return dataclasses.replace(plan, graph=graph, model=model)
+
+
+def test_the_valid_plan_passes(tiny_plan):
+    validate(tiny_plan)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"launch_order": (2, 3, 3, 5)}, r"node 3 \(aten.relu.default 'relu'\) appears twice"),
+    ({"launch_order": (2, 3, 5)}, r"node 4 \(aten.sigmoid.default 'sigmoid'\) is missing from the launch order"),
+    ({"launch_order": (2, 3, 4, 1)}, r"launch_order\[3\]: 1 is not an op node"),
+    ({"launch_order": (2, 5, 3, 4), "waits": ((3, 2),)}, "not topological|without waiting"),
+    ({"waits": ((5, 3),)}, r"node 3 \(aten.relu.default 'relu'\) on stream 1 reads node 2 of stream 0 without waiting"),
+    ({"waits": ((3, 2),)}, r"node 5 \(aten.add.Tensor 'add'\) on stream 0 reads node 3 of stream 1 without waiting"),
+    ({"waits": ((2, 3), (5, 3))}, r"node 2 .* waits on node 3, which launches later"),
+    ({"stream": (-1, -1, 0, 2, 0, 0, -1)}, r"stream 2 out of range 0..1"),
+    ({"num_streams": 0}, r"num_streams: expected 1..1024"),
+    ({"stream": (0, 0, 0)}, r"schedule.stream: expected 7 entries"),
+    ({"device": (0, 0, 0, 0, 0, 3, 0)}, r"device 3 out of range"),
+])
+def test_schedule_errors_name_the_node(tiny_plan, changes, message):
+    with pytest.raises(PlanFormatError, match=message):
+        validate(_sched(tiny_plan, **changes))
+
+
+def test_waits_can_be_transitive(tiny_plan):
+    # add (stream 0) already follows mm on stream 0; relu's wait covers mm -> relu.
+    validate(_sched(tiny_plan, waits=((3, 2), (5, 3))))
+
+
+def test_fingerprint_must_match_graph(tiny_plan):
+    nodes = list(tiny_plan.graph.nodes)
+    nodes[3] = dataclasses.replace(nodes[3], target="aten.tanh.default")
+    with pytest.raises(PlanFormatError, match="fingerprint"):
+        validate(dataclasses.replace(tiny_plan, graph=Graph(tuple(nodes))))
+
+
+@pytest.mark.parametrize("index, node, message", [
+    (3, Node(kind="op", name="relu", target="aten.relu.default", args=(Ref(5),),
+             outputs=(TensorMeta((2, 3), "float32"),)), r"refers to node 5, expected an earlier node"),
+    (3, Node(kind="op", name="relu", target="aten.relu.default", args=(Ref(2, 4),),
+             outputs=(TensorMeta((2, 3), "float32"),)), r"refers to output 4 of node 2"),
+    (3, Node(kind="op", name="relu", target="relu", args=(Ref(2),),
+             outputs=(TensorMeta((2, 3), "float32"),)), r"target must be 'namespace.op.overload'"),
+    (3, Node(kind="op", name="relu", target="aten.relu.default", args=(Ref(2),),
+             outputs=(TensorMeta((2, 3), "float99"),)), r"unknown dtype 'float99'"),
+    (3, Node(kind="blob", name="relu"), r"kind must be one of"),
+    (1, Node(kind="constant", name="w", outputs=(TensorMeta((3, 3), "float32"),), data=b"\0" * 8),
+     r"constant holds 8 bytes.*needs 36"),
+    (6, Node(kind="op", name="add2", target="aten.relu.default", args=(Ref(5),),
+             outputs=(TensorMeta((2, 3), "float32"),)), r"exactly one 'output' node"),
+])
+def test_graph_errors_name_the_node(tiny_plan, index, node, message):
+    nodes = list(tiny_plan.graph.nodes)
+    nodes[index] = node
+    with pytest.raises(PlanFormatError, match=message):
+        validate(_graph(tiny_plan, nodes))
+
+
+def test_input_spec_must_match_input_node(tiny_plan):
+    model = dataclasses.replace(tiny_plan.model, inputs=())
+    with pytest.raises(PlanFormatError, match="model.inputs"):
+        validate(dataclasses.replace(tiny_plan, model=model))
+
+
+def test_profile_must_cover_every_node(tiny_plan):
+    profile = dataclasses.replace(tiny_plan.profile, ops=tiny_plan.profile.ops[:3])
+    with pytest.raises(PlanFormatError, match="profile.ops: expected 7"):
+        validate(dataclasses.replace(tiny_plan, profile=profile))
