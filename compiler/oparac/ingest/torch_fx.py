@@ -18,6 +18,11 @@ HOST_SYNC_OPS = frozenset({
     "aten.repeat_interleave", "aten.bincount", "aten.histc",
 })
 
+# Compile-time checks of static metadata that export leaves in the graph; shapes are fixed in a plan and
+# the runtime checks every input's shape and dtype, so they are dropped.
+METADATA_ASSERTIONS = frozenset({"aten._assert_tensor_metadata", "aten.sym_constrain_range_for_size",
+                                 "aten.sym_constrain_range"})
+
 
 def graph_from_module(model: torch.nn.Module, example_inputs: tuple) -> tuple[GraphBuilder, str]:
     """Export `model` on `example_inputs` to the functional ATen graph."""
@@ -101,6 +106,8 @@ def _call(node: torch.fx.Node, env, b: GraphBuilder):
     if packet in HOST_SYNC_OPS:
         raise UnsupportedOpError(f"node {node.name!r}: {packet} synchronises with the host or has a "
                                  f"data-dependent shape; CUDA graphs cannot capture it")
+    if packet in METADATA_ASSERTIONS and not node.users:
+        return None
     args = pytree.tree_map_only(torch.fx.Node, lambda n: _ref_of(n, env, node), node.args)
     kwargs = pytree.tree_map_only(torch.fx.Node, lambda n: _ref_of(n, env, node), node.kwargs)
     return b.op(target, args, kwargs, name=node.name, meta=node.meta.get("val"))
@@ -130,7 +137,7 @@ def _out_tree(spec, counter) -> OutTree:
     """pytree TreeSpec -> OutTree. Dicts and dict-like containers (transformers ModelOutput) become dicts."""
     if spec.is_leaf():
         return OutTree("tensor", next(counter))
-    children = tuple(_out_tree(c, counter) for c in spec.children_specs)
+    children = tuple(_out_tree(c, counter) for c in (spec.children() if hasattr(spec, "children") else spec.children_specs))
     if spec.type is type(None):
         return OutTree("none")
     if spec.type is list:

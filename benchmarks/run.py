@@ -1,0 +1,80 @@
+"""The benchmark suite: every model x batch x dtype x method, timed in one process; writes JSON + BENCHMARKS.md.
+
+    python benchmarks/run.py                      # the full suite (GPU)
+    python benchmarks/run.py --models googlenet --batches 1 --methods cudagraph,opara
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+SUITE = {  # model -> batches
+    "googlenet": (1, 8, 32), "inception_v3": (1, 8, 32), "densenet121": (1,), "resnet50": (1,),
+    "nasnet": (1,), "bert": (1,),
+}
+
+
+def main(argv=None) -> int:
+    from oparac import zoo
+    from oparac.bench import METHODS, bench_method
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(SUITE))
+    ap.add_argument("--batches", default="", help="override the batches of every model, e.g. 1,8")
+    ap.add_argument("--dtypes", default="float32")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("the benchmark suite needs a CUDA GPU", file=sys.stderr)
+        return 1
+    device = torch.device("cuda")
+    records = []
+    for name in args.models.split(","):
+        batches = [int(b) for b in args.batches.split(",")] if args.batches else SUITE[name]
+        for batch in batches:
+            for dtype in args.dtypes.split(","):
+                model, inputs = getattr(zoo, name)(batch)
+                dt = getattr(torch, dtype)
+                model = model.to(device=device, dtype=dt).eval()
+                inputs = tuple((x.to(dt) if x.is_floating_point() else x).to(device) for x in inputs)
+                with torch.no_grad():
+                    reference = model(*inputs)
+                for method in args.methods.split(","):
+                    t0 = time.perf_counter()
+                    options = {"dtype": dtype} if dtype != "float32" else {}
+                    rec = bench_method(method, name, model, inputs, dtype, device, reference, iters=args.iters,
+                                       plan_options=options)
+                    records.append(rec.as_dict())
+                    shown = f"{rec.ms_b2b:.3f} ms b2b, {rec.ms_latency:.3f} ms latency" if rec.error is None \
+                        else rec.error
+                    print(f"{name} b{batch} {dtype} {method}: {shown} ({time.perf_counter() - t0:.0f} s)", flush=True)
+                del model, inputs, reference
+                torch.cuda.empty_cache()
+    result = {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "records": records}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    path = out / f"suite-{stamp}{'-' + args.tag if args.tag else ''}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {path}")
+    from report import write_markdown
+
+    write_markdown(path, HERE.parent / "BENCHMARKS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The oparac command line, driven through its real entry point."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from oparac.cli import main
+
+MODEL = "oparac.zoo:squeezenet"
+
+
+@pytest.fixture(scope="module")
+def plan_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "sq.plan"
+    result = CliRunner().invoke(main, ["compile", MODEL, "-o", str(path), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output
+    return path
+
+
+def test_inspect_table_and_json(plan_path):
+    result = CliRunner().invoke(main, ["inspect", str(plan_path)])
+    assert result.exit_code == 0, result.output
+    assert "streams" in result.output and "fingerprint" in result.output
+    info = json.loads(CliRunner().invoke(main, ["inspect", str(plan_path), "--json"]).output)
+    assert info["graph"]["kernels"] > 0 and info["schedule"]["streams"] >= 1
+    assert info["profile"]["method"] == "cost-model"
+
+
+def test_verify_ok(plan_path):
+    result = CliRunner().invoke(main, ["verify", str(plan_path), MODEL, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("OK")
+
+
+def test_verify_mismatched_model_is_one_line(plan_path):
+    result = CliRunner().invoke(main, ["verify", str(plan_path), "oparac.zoo:mobilenet_v3", "--device", "cpu"])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert result.output.strip().startswith("error: ") and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["inspect", "nope.plan"], "cannot read plan"),
+    (["compile", "nope.pt2", "-o", "x.plan"], "no such file"),
+    (["compile", "no_such_module:f", "-o", "x.plan"], "cannot import"),
+    (["compile", "oparac.zoo:nothing", "-o", "x.plan"], "no callable"),
+    (["compile", "oparac.zoo:squeezenet", "-o", "x.plan", "--shapes", "x:1xA"], "dimensions must be integers"),
+])
+def test_user_errors_print_one_line(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_corrupt_plan_is_refused(tmp_path):
+    bad = tmp_path / "bad.plan"
+    bad.write_bytes(b"\x85garbage")
+    result = CliRunner().invoke(main, ["inspect", str(bad)])
+    assert result.exit_code == 1 and "error:" in result.output
+
+
+def test_pt2_model(tmp_path):
+    import torch
+
+    from oparac import zoo
+
+    model, inputs = zoo.squeezenet()
+    ep = torch.export.export(model, inputs)
+    torch.export.save(ep, tmp_path / "sq.pt2")
+    out = tmp_path / "sq.plan"
+    result = CliRunner().invoke(main, ["compile", str(tmp_path / "sq.pt2"), "-o", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["verify", str(out), str(tmp_path / "sq.pt2"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+
+
+def test_demo_on_cpu(tmp_path):
+    result = CliRunner().invoke(main, ["demo", "--model", "squeezenet", "-o", str(tmp_path / "d.plan"),
+                                       "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "verify: OK" in result.output
+
+
+def test_help_is_instant():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0 and "compile" in result.output

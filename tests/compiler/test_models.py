@@ -1,0 +1,54 @@
+"""Every model of the suite compiles on CPU and its plan matches eager under every stream/order choice."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import pytest
+import torch
+import torch.utils._pytree as pytree
+
+import opara_runtime
+import oparac
+from oparac import zoo
+from oparac.scheduling import make_schedule
+
+STREAMS = ("opara", "nimble", "critical", "single")
+ORDERS = ("topo", "opara", "critical")
+MODELS = ("googlenet", "inception_v3", "resnet50", "densenet121", "squeezenet", "mobilenet_v3",
+          "inception_timm", "bert")
+QUICK = {"squeezenet", "mobilenet_v3", "googlenet"}
+
+
+@functools.lru_cache(maxsize=2)
+def _compiled(name: str, batch: int):
+    torch.manual_seed(0)
+    model, inputs = getattr(zoo, name)(batch)
+    plan = oparac.compile(model, inputs, device="cpu")
+    with torch.no_grad():
+        want = model(*inputs)
+    return model, inputs, plan, want
+
+
+def _assert_close(got, want, rel=1e-5):
+    for a, b in zip(pytree.tree_leaves(got), pytree.tree_leaves(want), strict=True):
+        scale = b.abs().max().item()
+        assert (a - b).abs().max().item() <= rel * scale, f"relative error above {rel}"
+
+
+def _params(batch):
+    marks = lambda name: () if (name in QUICK and batch == 1) else (pytest.mark.slow,)
+    return [pytest.param(name, batch, marks=marks(name), id=f"{name}-b{batch}") for name in MODELS]
+
+
+@pytest.mark.parametrize("name, batch", _params(1) + _params(8))
+def test_plan_matches_eager_for_every_schedule(name, batch):
+    model, inputs, plan, want = _compiled(name, batch)
+    combos = [(s, o) for s in STREAMS for o in ORDERS]
+    if batch > 1:
+        combos = [("opara", "opara"), ("nimble", "critical"), ("critical", "topo")]
+    for streams, order in combos:
+        schedule = make_schedule(plan.graph, plan.profile.ops, streams=streams, order=order, max_streams=0)
+        variant = dataclasses.replace(plan, schedule=schedule)
+        got = opara_runtime.load(variant, model)(*inputs)
+        _assert_close(got, want)

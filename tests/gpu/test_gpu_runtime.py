@@ -1,0 +1,159 @@
+"""The GPU path: profile, capture, replay, tune, precision, overhead and memory, on the device machine."""
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+
+import pytest
+import torch
+
+import opara_runtime
+import oparac
+from oparac import zoo
+from oparac.bench import SequentialGraph
+from oparac.measure import time_gpu
+from oparac.verify import TOLERANCE, compare, verify
+
+pytestmark = pytest.mark.gpu
+STREAMS = ("opara", "nimble", "critical", "single")
+
+
+@pytest.fixture(autouse=True)
+def no_tf32():
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def test_googlenet_compiles_fast_and_matches_eager(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPARA_CACHE_DIR", str(tmp_path))
+    model, inputs = zoo.googlenet()
+    start = time.perf_counter()
+    plan = oparac.compile(model, inputs, device="cuda")
+    elapsed = time.perf_counter() - start
+    assert elapsed < 30, f"GoogLeNet compile took {elapsed:.1f} s"
+    assert plan.profile.method == "cuda-graph" and plan.target.device_type == "cuda"
+    assert plan.schedule.num_streams > 1
+    kernels = [op for op in plan.profile.ops if op.intensity != "free" and op.kernels]
+    assert kernels and all(k.block and k.grid for op in kernels for k in op.kernels)
+    assert verify(plan, model.cuda(), device="cuda").ok
+    # the cache makes the second compile skip profiling
+    start = time.perf_counter()
+    again = oparac.compile(model, inputs, device="cuda")
+    assert again.profile == plan.profile
+    assert time.perf_counter() - start < elapsed
+
+
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3", "resnet50", "densenet121", "bert"])
+def test_suite_models_match_eager_under_every_stream_algorithm(name):
+    model, inputs = getattr(zoo, name)()
+    model = model.cuda()
+    for streams in STREAMS:
+        plan = oparac.compile(model, tuple(x.cuda() for x in inputs), device="cuda", streams=streams)
+        verdict = verify(plan, model, device="cuda")
+        assert verdict.ok, f"{name}/{streams}: rel {verdict.max_rel:.2e}"
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_reduced_precision(dtype):
+    model, inputs = zoo.googlenet()
+    plan = oparac.compile(model, inputs, device="cuda", dtype=dtype)
+    assert plan.model.precision == dtype
+    verdict = verify(plan, model, device="cuda")
+    assert verdict.ok, f"rel {verdict.max_rel:.2e} > {TOLERANCE[dtype]}"
+
+
+def test_zero_copy_and_copies():
+    model, inputs = zoo.squeezenet()
+    plan = oparac.compile(model, inputs, device="cuda")
+    runner = opara_runtime.load(plan, model, device="cuda")
+    x1, x2 = torch.randn_like(inputs[0]).cuda(), torch.randn_like(inputs[0]).cuda()
+    y1 = runner(x1)
+    z1 = runner(x1, zero_copy=True)
+    torch.testing.assert_close(y1, z1)
+    y2 = runner(x2)
+    assert not torch.equal(y1, y2), "copied outputs must not change on the next call"
+    assert torch.equal(z1, y2), "zero-copy outputs are the static buffers, overwritten by the next call"
+
+
+def test_calls_are_serialised_across_threads():
+    model, inputs = zoo.squeezenet()
+    model = model.cuda()
+    plan = oparac.compile(model, inputs, device="cuda")
+    runner = opara_runtime.load(plan, model, device="cuda")
+    xs = [torch.randn_like(inputs[0]).cuda() for _ in range(8)]
+    with torch.no_grad():
+        wants = [model(x) for x in xs]
+    errors = []
+
+    def work(k):
+        for _ in range(20):
+            got = runner(xs[k])
+            torch.cuda.current_stream().synchronize()
+            if compare(got, wants[k], 1e-4).max_rel > 1e-4:
+                errors.append(k)
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_inputs_checked_on_every_call():
+    model, inputs = zoo.squeezenet()
+    plan = oparac.compile(model, inputs, device="cuda")
+    runner = opara_runtime.load(plan, model, device="cuda")
+    from opara_plan import InputError
+    with pytest.raises(InputError, match=r"on cuda:0, got float32\[1, 3, 224, 224\] on cpu"):
+        runner(inputs[0])
+
+
+def test_per_call_overhead_and_memory():
+    model, inputs = zoo.googlenet()
+    model = model.cuda()
+    x = inputs[0].cuda()
+    plan = oparac.compile(model, (x,), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    runner = opara_runtime.load(plan, model, device="cuda")
+    opara_peak = torch.cuda.max_memory_allocated() - base
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    seq = SequentialGraph(model, (x,))
+    seq_peak = torch.cuda.max_memory_allocated() - base
+    overheads = []
+    for _ in range(3):
+        t = time_gpu(lambda: runner(x, zero_copy=True), torch.device("cuda"))
+        overheads.append((t.ms_latency - t.ms_b2b) * 1e3)
+    overhead_us = statistics.median(overheads)
+    print(f"per-call overhead {overhead_us:.1f} us; peak memory opara {opara_peak / 2**20:.1f} MiB, "
+          f"sequential graph {seq_peak / 2**20:.1f} MiB")
+    assert overhead_us <= 20.0
+    del seq
+
+
+def test_tuned_plan_is_never_slower_than_one_stream():
+    model, inputs = zoo.googlenet()
+    model = model.cuda()
+    plan = oparac.compile(model, tuple(x.cuda() for x in inputs), device="cuda", tune=True)
+    cands = plan.profile.candidates
+    chosen = [c for c in cands if c.chosen]
+    single = [c for c in cands if c.streams == "single"]
+    assert len(chosen) == 1 and single
+    assert chosen[0].measured_ms <= single[0].measured_ms
+    assert verify(plan, model, device="cuda").ok
+
+
+def test_plan_for_another_gpu_is_refused():
+    import dataclasses
+
+    from opara_plan import PlanMismatchError
+    model, inputs = zoo.squeezenet()
+    plan = oparac.compile(model, inputs, device="cuda")
+    target = dataclasses.replace(plan.target, compute_capability=(7, 5))
+    with pytest.raises(PlanMismatchError, match="compute capability 7.5"):
+        opara_runtime.load(dataclasses.replace(plan, target=target), model, device="cuda")
