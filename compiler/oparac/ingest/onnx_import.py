@@ -1,0 +1,225 @@
+"""ONNX model -> plan graph: each ONNX node lowered to ATen calls, shape computations folded at compile time."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from opara_plan import ModelError, OutTree, Ref, UnsupportedOpError
+from oparac.graph_builder import GraphBuilder
+from oparac.ingest.onnx_ops import HANDLERS, ONNX_DTYPES, Context
+
+MIN_OPSET = 9
+# Initializers above this many elements are weights: ops on them run at deploy time on param nodes (so new
+# weights in the .onnx file take effect) instead of being folded into plan constants.
+FOLD_LIMIT = 4096
+CONTROL_FLOW = ("If", "Loop", "Scan", "SequenceMap")
+
+
+def graph_from_onnx(path: Path, shapes: dict, dtype: str) -> GraphBuilder:
+    """Import an .onnx file. shapes: input name -> (shape, dtype str) fixing symbolic dimensions."""
+    return OnnxImporter(load_onnx(Path(path)), shapes or {}, dtype).run()
+
+
+def load_onnx(path: Path):
+    """The model with external data loaded (relative to its folder) and local functions inlined."""
+    import onnx
+    import onnx.inliner
+
+    if not path.is_file():
+        raise ModelError(f"ONNX model {str(path)!r}: no such file")
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except Exception as e:
+        raise ModelError(f"ONNX model {str(path)!r} cannot be read: {e}") from None
+    if model.functions:
+        model = onnx.inliner.inline_local_functions(model)
+    return model
+
+
+def model_opset(model) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise ModelError("ONNX model: no opset is imported for the default domain (ai.onnx)")
+
+
+def tensor_from_proto(proto) -> torch.Tensor:
+    """An initializer or attribute TensorProto as a CPU tensor (external data already loaded)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    if proto.data_type not in ONNX_DTYPES:
+        raise UnsupportedOpError(f"tensor {proto.name!r}: element type {proto.data_type} is not supported")
+    if proto.data_type == 16:  # bfloat16: numpy has no such type, go through its bits
+        bits = numpy_helper.to_array(proto).view(np.uint16)
+        return torch.from_numpy(bits.copy()).view(torch.bfloat16)
+    array = numpy_helper.to_array(proto)
+    return torch.from_numpy(np.ascontiguousarray(array).copy()).to(ONNX_DTYPES[proto.data_type])
+
+
+class OnnxImporter:
+    def __init__(self, model, shapes: dict, dtype: str) -> None:
+        self.model = model
+        self.graph = model.graph
+        self.shapes = shapes
+        self.float_dtype = getattr(torch, dtype)
+        self.opset = model_opset(model)
+        self.builder = GraphBuilder()
+        self.values: dict[str, object] = {}  # value name -> CPU tensor (compile-time) or Ref
+        self.origin: dict[str, str] = {}  # value name -> initializer it is (through Identity)
+        self.params: dict[str, Ref] = {}
+        self.constants: dict[int, tuple[torch.Tensor, Ref]] = {}
+        self.node_index = 0
+
+    def run(self) -> GraphBuilder:
+        import onnx
+
+        latest = onnx.defs.onnx_opset_version()
+        if not MIN_OPSET <= self.opset <= latest:
+            raise ModelError(f"ONNX model: opset {self.opset} is not supported (expected {MIN_OPSET} to {latest})")
+        if self.graph.sparse_initializer:
+            raise UnsupportedOpError("ONNX model: sparse initializers are not supported")
+        for init in self.graph.initializer:
+            self.values[init.name] = tensor_from_proto(init)
+            self.origin[init.name] = init.name
+        self._inputs()
+        for k, node in enumerate(self.graph.node):
+            self.node_index = k
+            self._lower(node)
+        self._outputs()
+        return self.builder
+
+    # -- graph inputs and outputs ---------------------------------------------------------------------
+    def _inputs(self) -> None:
+        names = [i.name for i in self.graph.input if i.name not in self.values]
+        unknown = sorted(set(self.shapes) - set(names))
+        if unknown:
+            raise ModelError(f"--shapes names {unknown}, which are not inputs of the ONNX model "
+                             f"(inputs: {names})")
+        for vi in self.graph.input:
+            if vi.name in self.values:  # IR < 4: initializers are listed as inputs too
+                continue
+            tt = vi.type.tensor_type
+            if not vi.type.HasField("tensor_type") or tt.elem_type not in ONNX_DTYPES:
+                raise UnsupportedOpError(f"ONNX input {vi.name!r}: only tensor inputs of numeric or bool "
+                                         f"element type are supported")
+            dtype = ONNX_DTYPES[tt.elem_type]
+            if dtype == torch.float32:
+                dtype = self.float_dtype
+            self.values[vi.name] = self.builder.input(vi.name, self._input_shape(vi), dtype)
+
+    def _input_shape(self, vi) -> tuple[int, ...]:
+        dims = vi.type.tensor_type.shape.dim
+        declared = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+        if vi.name in self.shapes:
+            given = tuple(self.shapes[vi.name][0])
+            if vi.type.tensor_type.HasField("shape") and len(given) != len(declared):
+                raise ModelError(f"--shapes {vi.name}: the ONNX input has rank {len(declared)} {declared}, "
+                                 f"found {len(given)} dimensions {list(given)}")
+            for g, d in zip(given, declared):
+                if isinstance(d, int) and d != g:
+                    raise ModelError(f"--shapes {vi.name}: the ONNX input's shape is {declared}, found "
+                                     f"{list(given)}")
+            return given
+        if not vi.type.tensor_type.HasField("shape"):
+            raise ModelError(f"ONNX input {vi.name!r} has no declared shape; give it with --shapes "
+                             f"{vi.name}:DxDx...")
+        symbolic = [d for d in declared if not isinstance(d, int)]
+        if symbolic:
+            example = "x".join(str(d) if isinstance(d, int) else "N" for d in declared)
+            raise ModelError(f"ONNX input {vi.name!r} has symbolic dimensions {declared}; fix them with "
+                             f"--shapes {vi.name}:{example} (shapes={{'{vi.name}': (shape, dtype)}} from Python)")
+        return tuple(declared)
+
+    def _outputs(self) -> None:
+        refs = []
+        for vi in self.graph.output:
+            if vi.name not in self.values:
+                raise ModelError(f"ONNX output {vi.name!r} is not produced by any node")
+            refs.append(self.runtime(vi.name))
+        if len(refs) == 1:
+            tree = OutTree("tensor", 0)
+        else:
+            tree = OutTree("tuple", children=tuple(OutTree("tensor", k) for k in range(len(refs))))
+        self.builder.output(refs, tree)
+
+    # -- values ---------------------------------------------------------------------------------------
+    def tensor_of(self, proto) -> torch.Tensor:
+        return tensor_from_proto(proto)
+
+    def runtime(self, name: str) -> Ref:
+        """The value as a graph Ref: initializers become param nodes, other constants constant nodes."""
+        v = self.values[name]
+        if isinstance(v, Ref):
+            return v
+        init = self.origin.get(name)
+        if init is not None:
+            if init not in self.params:
+                dtype = self.float_dtype if v.dtype == torch.float32 else v.dtype
+                self.params[init] = self.builder.param(init, tuple(v.shape), dtype)
+            return self.params[init]
+        return self.constant_node(v, name)
+
+    def constant_node(self, t: torch.Tensor, name: str = "") -> Ref:
+        hit = self.constants.get(id(t))
+        if hit is not None and hit[0] is t:
+            return hit[1]
+        data = t.to(self.float_dtype) if t.dtype == torch.float32 else t
+        ref = self.builder.constant(name or f"const_{len(self.builder.nodes)}", data.contiguous())
+        self.constants[id(t)] = (t, ref)
+        return ref
+
+    # -- nodes ----------------------------------------------------------------------------------------
+    def _lower(self, node) -> None:
+        where = f"{node.op_type} node {node.name or '(unnamed)'!r} (opset {self.opset})"
+        if node.domain not in ("", "ai.onnx"):
+            raise UnsupportedOpError(f"{where}: operators of domain {node.domain!r} are not supported "
+                                     f"(only the default ONNX domain)")
+        if node.op_type in CONTROL_FLOW:
+            raise UnsupportedOpError(f"{where}: control flow ({node.op_type}) is not supported; CUDA graphs "
+                                     f"replay one static sequence of kernels")
+        handler = HANDLERS.get(node.op_type)
+        if handler is None:
+            raise UnsupportedOpError(f"{where}: operator {node.op_type} is not supported by the ONNX importer")
+        version = self._since_version(node.op_type)
+        if version < handler.min_version:
+            raise UnsupportedOpError(f"{where}: {node.op_type}-{version} is not supported (from "
+                                     f"{node.op_type}-{handler.min_version} on)")
+        for name in node.input:
+            if name and name not in self.values:
+                raise ModelError(f"{where}: input {name!r} is not produced before this node (the graph must "
+                                 f"be topologically sorted)")
+        ctx = Context(self, node, version, fold=self._foldable(node))
+        result = handler.fn(ctx)
+        unread = ctx.unread_attrs()
+        if unread:
+            raise ctx.unsupported(f"attribute(s) {unread}")
+        outputs = list(result) if isinstance(result, (list, tuple)) else [result]
+        for k, name in enumerate(node.output):
+            if not name:
+                continue
+            if k >= len(outputs) or outputs[k] is None:
+                raise ctx.unsupported(f"output {k} ({name!r})")
+            self.values[name] = outputs[k]
+        if node.op_type == "Identity" and node.input[0] in self.origin:
+            self.origin[node.output[0]] = self.origin[node.input[0]]
+
+    def _since_version(self, op_type: str) -> int:
+        import onnx
+
+        try:
+            return onnx.defs.get_schema(op_type, self.opset, "").since_version
+        except Exception:
+            raise UnsupportedOpError(f"operator {op_type} does not exist in ONNX opset {self.opset}") from None
+
+    def _foldable(self, node) -> bool:
+        """All inputs known at compile time, and none of them a weight (see FOLD_LIMIT)."""
+        present = [n for n in node.input if n]
+        for name in present:
+            v = self.values[name]
+            if not isinstance(v, torch.Tensor):
+                return False
+            if name in self.origin and v.numel() > FOLD_LIMIT:
+                return False
+        return True

@@ -1,0 +1,195 @@
+"""Elementwise ONNX ops: activations, arithmetic, comparisons, logic, Clip, Cast, Where and variadic Sum/Mean/Min/Max."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from oparac.ingest.onnx_ops.base import Context, aten, handles
+
+_UNARY = {
+    "Relu": aten.relu.default, "Sigmoid": aten.sigmoid.default, "Tanh": aten.tanh.default, "Erf": aten.erf.default,
+    "Sqrt": aten.sqrt.default, "Reciprocal": aten.reciprocal.default, "Exp": aten.exp.default,
+    "Log": aten.log.default, "Neg": aten.neg.default, "Abs": aten.abs.default, "Not": aten.logical_not.default,
+    "Floor": aten.floor.default, "Ceil": aten.ceil.default, "Sin": aten.sin.default, "Cos": aten.cos.default,
+    "Tan": aten.tan.default, "Sign": aten.sign.default, "HardSwish": aten.hardswish.default,
+    "Round": aten.round.default, "Asin": aten.asin.default, "Acos": aten.acos.default, "Atan": aten.atan.default,
+    "Sinh": aten.sinh.default, "Cosh": aten.cosh.default, "Asinh": aten.asinh.default,
+    "Acosh": aten.acosh.default, "Atanh": aten.atanh.default, "Mish": aten.mish.default,
+}
+_BINARY = {
+    "Add": aten.add.Tensor, "Sub": aten.sub.Tensor, "Mul": aten.mul.Tensor,
+    "Equal": aten.eq.Tensor, "Less": aten.lt.Tensor, "Greater": aten.gt.Tensor,
+    "LessOrEqual": aten.le.Tensor, "GreaterOrEqual": aten.ge.Tensor,
+    "And": aten.logical_and.default, "Or": aten.logical_or.default, "Xor": aten.logical_xor.default,
+}
+
+
+@handles(*_UNARY)
+def unary(ctx: Context):
+    if ctx.node.op_type == "Abs" and ctx.dtype(0) in (torch.uint8, torch.uint16, torch.uint32, torch.uint64):
+        return ctx.input(0)
+    return ctx.op(_UNARY[ctx.node.op_type], ctx.input(0))
+
+
+@handles(*_BINARY)
+def binary(ctx: Context):
+    return ctx.op(_BINARY[ctx.node.op_type], ctx.input(0), ctx.input(1))
+
+
+@handles("Div")
+def div(ctx: Context):
+    a, b = ctx.input(0), ctx.input(1)
+    if ctx.dtype(0).is_floating_point:
+        return ctx.op(aten.div.Tensor, a, b)
+    return ctx.op(aten.div.Tensor_mode, a, b, rounding_mode="trunc")  # ONNX integer division truncates
+
+
+@handles("Mod")
+def mod(ctx: Context):
+    a, b = ctx.input(0), ctx.input(1)
+    if ctx.attr("fmod", 0) or ctx.dtype(0).is_floating_point:
+        return ctx.op(aten.fmod.Tensor, a, b)
+    return ctx.op(aten.remainder.Tensor, a, b)
+
+
+@handles("Pow")
+def pow_(ctx: Context):
+    out = ctx.op(aten.pow.Tensor_Tensor, ctx.input(0), ctx.input(1))
+    if ctx.value_meta(out).dtype != ctx.dtype(0):  # ONNX keeps the base's type
+        out = ctx.op(aten._to_copy.default, out, dtype=ctx.dtype(0))
+    return out
+
+
+@handles("LeakyRelu")
+def leaky_relu(ctx: Context):
+    return ctx.op(aten.leaky_relu.default, ctx.input(0), float(ctx.attr("alpha", 0.01)))
+
+
+@handles("Elu")
+def elu(ctx: Context):
+    return ctx.op(aten.elu.default, ctx.input(0), float(ctx.attr("alpha", 1.0)))
+
+
+@handles("Selu")
+def selu(ctx: Context):
+    alpha, gamma = float(ctx.attr("alpha", 1.67326319217681884765625)), float(ctx.attr("gamma", 1.05070102214813232421875))
+    return ctx.op(aten.elu.default, ctx.input(0), alpha, gamma)
+
+
+@handles("Celu")
+def celu(ctx: Context):
+    return ctx.op(aten.celu.default, ctx.input(0), float(ctx.attr("alpha", 1.0)))
+
+
+@handles("ThresholdedRelu")
+def thresholded_relu(ctx: Context):
+    return ctx.op(aten.threshold.default, ctx.input(0), float(ctx.attr("alpha", 1.0)), 0.0)
+
+
+@handles("PRelu")
+def prelu(ctx: Context):
+    x = ctx.input(0)
+    neg = ctx.op(aten.mul.Tensor, x, ctx.input(1))
+    return ctx.op(aten.where.self, ctx.op(aten.lt.Scalar, x, 0), neg, x)
+
+
+@handles("HardSigmoid")
+def hard_sigmoid(ctx: Context):
+    alpha, beta = float(ctx.attr("alpha", 0.2)), float(ctx.attr("beta", 0.5))
+    if math.isclose(alpha, 1 / 6, rel_tol=1e-6) and beta == 0.5:
+        return ctx.op(aten.hardsigmoid.default, ctx.input(0))
+    y = ctx.op(aten.add.Scalar, ctx.op(aten.mul.Scalar, ctx.input(0), alpha), beta)
+    return ctx.op(aten.clamp.default, y, 0.0, 1.0)
+
+
+@handles("Gelu", since=20)
+def gelu(ctx: Context):
+    approximate = ctx.attr("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise ctx.unsupported(f"approximate={approximate!r}")
+    return ctx.op(aten.gelu.default, ctx.input(0), approximate=approximate)
+
+
+@handles("Softplus")
+def softplus(ctx: Context):
+    # threshold above which torch returns x itself; there exp(x)+1 == exp(x) in float32 anyway
+    return ctx.op(aten.softplus.default, ctx.input(0), 1, 20)
+
+
+@handles("Softsign")
+def softsign(ctx: Context):
+    x = ctx.input(0)
+    return ctx.op(aten.div.Tensor, x, ctx.op(aten.add.Scalar, ctx.op(aten.abs.default, x), 1))
+
+
+@handles("Clip")
+def clip(ctx: Context):
+    x = ctx.input(0)
+    if ctx.version < 11:
+        lo, hi = ctx.attr("min", -3.4028234663852886e38), ctx.attr("max", 3.4028234663852886e38)
+        return ctx.op(aten.clamp.default, x, float(lo), float(hi))
+    bounds = []
+    for i in (1, 2):
+        if not ctx.has(i):
+            bounds.append(None)
+        elif ctx.is_const(i):
+            v = ctx.const(i).reshape(-1)[0].item()
+            bounds.append(v)
+        else:
+            return ctx.op(aten.clamp.Tensor, x, ctx.input(1), ctx.input(2))
+    if bounds == [None, None]:
+        return x
+    return ctx.op(aten.clamp.default, x, *bounds)
+
+
+@handles("Cast")
+def cast(ctx: Context):
+    if ctx.attr("saturate", 1) != 1:
+        raise ctx.unsupported("saturate=0 (a float8 option)")
+    ctx.attr("round_mode")
+    dtype = ctx.onnx_dtype(ctx.attr("to"))
+    return ctx.op(aten._to_copy.default, ctx.input(0), dtype=dtype)
+
+
+@handles("CastLike", since=15)
+def cast_like(ctx: Context):
+    if ctx.attr("saturate", 1) != 1:
+        raise ctx.unsupported("saturate=0 (a float8 option)")
+    ctx.attr("round_mode")
+    target = ctx.value_meta(ctx.input(1)).dtype
+    return ctx.op(aten._to_copy.default, ctx.input(0), dtype=target)
+
+
+@handles("Where", since=9)
+def where(ctx: Context):
+    return ctx.op(aten.where.self, ctx.input(0), ctx.input(1), ctx.input(2))
+
+
+def _variadic(ctx: Context, op):
+    present = [i for i in range(ctx.n_inputs) if ctx.has(i)]
+    acc = ctx.input(present[0])
+    for i in present[1:]:
+        acc = ctx.op(op, acc, ctx.input(i))
+    return acc, len(present)
+
+
+@handles("Sum")
+def sum_(ctx: Context):
+    return _variadic(ctx, aten.add.Tensor)[0]
+
+
+@handles("Mean")
+def mean(ctx: Context):
+    acc, n = _variadic(ctx, aten.add.Tensor)
+    return ctx.op(aten.div.Scalar, acc, n)
+
+
+@handles("Max")
+def max_(ctx: Context):
+    return _variadic(ctx, aten.maximum.default)[0]
+
+
+@handles("Min")
+def min_(ctx: Context):
+    return _variadic(ctx, aten.minimum.default)[0]
