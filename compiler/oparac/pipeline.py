@@ -23,12 +23,13 @@ class StageError(OparaError):
 
 def compile(model, example_inputs=None, *, streams: str = "opara", order: str = "opara", max_streams: int = 0,
             dtype: str = "float32", device=None, tune: bool = False, progress: Callable[[str], None] | None = None,
-            profile_cache=None, shapes: str | None = None) -> Plan:
+            profile_cache=None, shapes: str | None = None, fuse: str = "") -> Plan:
     """Compile a model (nn.Module, fx.GraphModule, ExportedProgram or .onnx path) into a plan.
 
     device: 'cpu' builds a preview plan from the analytic cost model; 'cuda' (default when a GPU is
     present) profiles every op on the GPU. tune=True measures candidate schedules on the GPU and keeps
-    the fastest (never slower than one stream).
+    the fastest (never slower than one stream). fuse='inductor' compiles each stream segment with
+    TorchInductor (measured and, with tune, chosen against the unfused plan on the GPU).
     """
     say = progress or (lambda msg: None)
     if dtype not in DTYPES:
@@ -51,8 +52,25 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
         say("tune: measuring candidate schedules")
         plan = _stage("tune", "ingest, profile, schedule", lambda: tune_plan(plan, model_weights(model, dtype),
                                                                              dev, say))
+    if fuse:
+        plan = _stage("fuse", "ingest, profile, schedule", lambda: fuse_stage(plan, model, dtype, dev, fuse, tune, say))
     validate(plan)
     return plan
+
+
+def fuse_stage(plan: Plan, model, dtype: str, dev: torch.device, backend: str, tune: bool, say) -> Plan:
+    from oparac.fuse import BACKENDS, fuse_plan, measure_fused, tune_fused
+
+    if backend not in BACKENDS:
+        raise ModelError(f"fuse: expected one of {BACKENDS}, found {backend!r}")
+    if dev.type != "cuda":
+        return fuse_plan(plan, backend)  # segments recorded; the CPU path runs them unfused
+    weights = model_weights(model, dtype)
+    if tune:
+        say("fuse: measuring fused candidates (inductor compiles each segment)")
+        return tune_fused(plan, weights, dev, backend, say)
+    say("fuse: compiling segments with inductor")
+    return measure_fused(fuse_plan(plan, backend), weights, dev)[0]
 
 
 def _stage(name: str, before: str, fn):

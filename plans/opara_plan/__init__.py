@@ -3,13 +3,14 @@ from opara_plan.codec import load_plan, plan_from_bytes, plan_to_bytes, save_pla
 from opara_plan.errors import (InputError, ModelError, OparaError, PlanFormatError, PlanMismatchError,
                                UnsupportedOpError)
 from opara_plan.fingerprint import graph_fingerprint
-from opara_plan.schema import (SCHEMA_VERSION, Candidate, Graph, KernelInfo, ModelInfo, Node, OpProfile,
+from opara_plan.segments import cut_segments
+from opara_plan.schema import (NO_FUSION, SCHEMA_VERSION, Candidate, Fusion, Segment, Graph, KernelInfo, ModelInfo, Node, OpProfile,
                                OutTree, Plan, Profile, Ref, Schedule, Sym, Target, TensorMeta, TensorSpec,
                                Tool)
 from opara_plan.validate import DTYPE_SIZES, iter_refs, node_refs, validate
 
 __all__ = [
-    "SCHEMA_VERSION", "Candidate", "DTYPE_SIZES", "Graph", "InputError", "KernelInfo", "ModelError",
+    "NO_FUSION", "SCHEMA_VERSION", "Candidate", "Fusion", "Segment", "cut_segments", "DTYPE_SIZES", "Graph", "InputError", "KernelInfo", "ModelError",
     "ModelInfo", "Node", "OpProfile", "OparaError", "OutTree", "Plan", "PlanFormatError",
     "PlanMismatchError", "Profile", "Ref", "Schedule", "Sym", "Target", "TensorMeta", "TensorSpec", "Tool",
     "UnsupportedOpError", "graph_fingerprint", "iter_refs", "load_plan", "node_refs", "plan_from_bytes",

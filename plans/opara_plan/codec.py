@@ -179,7 +179,7 @@ def plan_from_bytes(data: bytes) -> Plan:
     try:
         obj = msgpack.unpackb(
             bytes(data), raw=False, strict_map_key=True, use_list=True, ext_hook=_reject_ext,
-            max_buffer_size=n, max_str_len=n, max_bin_len=n, max_array_len=n, max_map_len=n,
+            max_str_len=n, max_bin_len=n, max_array_len=n, max_map_len=n,
             max_ext_len=0)
     except PlanFormatError:
         raise

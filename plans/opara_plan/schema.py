@@ -47,7 +47,7 @@ class Node:
     kind: str
     name: str
     target: str = ""
-    args: tuple = ()
+    args: tuple[Arg, ...] = ()
     kwargs: tuple[tuple[str, Arg], ...] = ()
     outputs: tuple[TensorMeta, ...] = ()
     multi: bool = False  # the op returns a sequence; Refs index into it
@@ -163,6 +163,32 @@ class Profile:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """A maximal run of one stream's ops with no cross-stream edge inside, compiled as one fused unit.
+
+    ops are in launch order; waits are the segments whose completion this one waits for.
+    """
+
+    stream: int
+    ops: tuple[int, ...]
+    waits: tuple[int, ...] = ()
+    ms: float = -1.0  # measured time of the fused segment; -1: not measured
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How ops are fused: backend '' (none) or 'inductor', the segments, and the backend's cache artifacts."""
+
+    backend: str = ""
+    segments: tuple[Segment, ...] = ()
+    cache: bytes = b""
+    cache_key: str = ""  # torch version + GPU the cache artifacts were made with
+
+
+NO_FUSION = Fusion()
+
+
+@dataclass(frozen=True)
 class Plan:
     tool: Tool
     model: ModelInfo
@@ -170,6 +196,7 @@ class Plan:
     graph: Graph
     schedule: Schedule
     profile: Profile
+    fusion: Fusion = NO_FUSION
     schema_version: tuple[int, ...] = SCHEMA_VERSION
     format: str = FORMAT
     extra: tuple[tuple[str, str], ...] = field(default=())

@@ -41,6 +41,8 @@ def validate(plan: Plan) -> None:
         raise PlanFormatError("plan field model.fingerprint: does not match the plan's graph "
                               "(the file was altered or corrupted)")
     _check_schedule(plan)
+    if plan.fusion.backend or plan.fusion.segments:
+        _check_fusion(plan)
     if len(plan.profile.ops) != len(plan.graph.nodes):
         raise PlanFormatError(f"plan field profile.ops: expected {len(plan.graph.nodes)} entries "
                               f"(one per node), found {len(plan.profile.ops)}")
@@ -195,3 +197,55 @@ def _check_coverage(plan: Plan, position: dict[int, int], waits_of: dict[int, li
         clock[st] = seq[i]
         done[i] = clock
         last_on[st] = clock
+
+
+FUSION_BACKENDS = ("inductor",)
+
+
+def _check_fusion(plan: Plan) -> None:
+    """Segments partition the ops, follow their stream's order, and sync only at their ends."""
+    f, s = plan.fusion, plan.schedule
+    if f.backend not in FUSION_BACKENDS:
+        raise PlanFormatError(f"plan field fusion.backend: expected one of {FUSION_BACKENDS}, found {f.backend!r}")
+    position = {i: p for p, i in enumerate(s.launch_order)}
+    stream_seq: dict[int, list[int]] = {}
+    for i in s.launch_order:
+        stream_seq.setdefault(s.stream[i], []).append(i)
+    index_on_stream = {i: k for seq in stream_seq.values() for k, i in enumerate(seq)}
+    owner: dict[int, int] = {}
+    last_first = -1
+    for k, seg in enumerate(f.segments):
+        where = f"plan fusion.segments[{k}]"
+        if not seg.ops:
+            raise PlanFormatError(f"{where}: empty segment")
+        for j, i in enumerate(seg.ops):
+            if i not in position:
+                raise PlanFormatError(f"{where}: {i} is not a launched op")
+            if i in owner:
+                raise PlanFormatError(f"{where}: {node_label(plan, i)} is already in segment {owner[i]}")
+            owner[i] = k
+            if s.stream[i] != seg.stream:
+                raise PlanFormatError(f"{where}: {node_label(plan, i)} runs on stream {s.stream[i]}, "
+                                      f"the segment on {seg.stream}")
+            if j and index_on_stream[i] != index_on_stream[seg.ops[j - 1]] + 1:
+                raise PlanFormatError(f"{where}: ops must be consecutive on stream {seg.stream}")
+        if position[seg.ops[0]] <= last_first:
+            raise PlanFormatError(f"{where}: segments must be in the launch order of their first ops")
+        last_first = position[seg.ops[0]]
+    missing = [i for i in s.launch_order if i not in owner]
+    if missing:
+        raise PlanFormatError(f"plan {node_label(plan, missing[0])} is in no fusion segment")
+    for c, p in s.waits:
+        seg_c, seg_p = f.segments[owner[c]], f.segments[owner[p]]
+        if seg_c.ops[0] != c:
+            raise PlanFormatError(f"plan {node_label(plan, c)} waits on another stream inside fusion segment "
+                                  f"{owner[c]}; it must start a segment")
+        if seg_p.ops[-1] != p:
+            raise PlanFormatError(f"plan {node_label(plan, p)} is waited on inside fusion segment {owner[p]}; "
+                                  f"it must end a segment")
+        if owner[p] not in seg_c.waits:
+            raise PlanFormatError(f"plan fusion.segments[{owner[c]}]: waits must include segment {owner[p]}")
+    for k, seg in enumerate(f.segments):
+        for w in seg.waits:
+            if not 0 <= w < k:
+                raise PlanFormatError(f"plan fusion.segments[{k}]: waits on segment {w}, expected an earlier one")

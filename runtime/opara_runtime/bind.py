@@ -12,7 +12,11 @@ _REDUCED = ("float16", "bfloat16")
 
 
 def weights_of(model) -> dict[str, torch.Tensor]:
-    """Weights by name from an nn.Module, a state dict, or an ONNX file path."""
+    """Weights by name from an nn.Module, an ExportedProgram (or .pt2 path), a state dict, or an .onnx path."""
+    if isinstance(model, (str, Path)) and str(model).endswith(".pt2"):
+        model = torch.export.load(str(model))
+    if isinstance(model, torch.export.ExportedProgram):
+        return dict(model.state_dict) | {k: v for k, v in model.constants.items() if isinstance(v, torch.Tensor)}
     if isinstance(model, torch.nn.Module):
         named = dict(model.named_parameters(remove_duplicate=False))
         named.update(model.named_buffers(remove_duplicate=False))
@@ -27,8 +31,8 @@ def weights_of(model) -> dict[str, torch.Tensor]:
         from opara_runtime.onnx_weights import onnx_weights  # imports onnx only here
 
         return onnx_weights(Path(model))
-    raise ModelError(f"model: expected an nn.Module, a dict of tensors or a path to an .onnx file, "
-                     f"found {type(model).__name__}")
+    raise ModelError(f"model: expected an nn.Module, an ExportedProgram, a dict of tensors or a path to a "
+                     f".pt2 or .onnx file, found {type(model).__name__}")
 
 
 def _spec(dtype: str, shape) -> str:

@@ -11,10 +11,11 @@ from opara_runtime.ops import materialize
 class CapturedPlan:
     """Static input buffers, the captured graph and its static outputs."""
 
-    def __init__(self, plan: Plan, base_values: list, device: torch.device, *, warmup: int = 2) -> None:
+    def __init__(self, plan: Plan, base_values: list, device: torch.device, *, warmup: int = 2,
+                 programs=None) -> None:
         self.plan = plan
         self.device = device
-        self.launcher = StreamLauncher(plan, device)
+        self.launcher = StreamLauncher(plan, device, programs)
         self.input_ids = [i for i, n in enumerate(plan.graph.nodes) if n.kind == "input"]
         self.static_inputs = [base_values[i] for i in self.input_ids]
         self.base_values = base_values

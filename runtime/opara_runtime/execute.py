@@ -21,9 +21,10 @@ def run_sequential(plan: Plan, values: list, device: torch.device) -> None:
 class StreamLauncher:
     """Launches the plan's ops on its streams with its waits; the same code warms up and captures."""
 
-    def __init__(self, plan: Plan, device: torch.device) -> None:
+    def __init__(self, plan: Plan, device: torch.device, programs=None) -> None:
         self.plan = plan
         self.device = device
+        self.programs = programs  # compiled fused segments, or None to launch op by op
         s = plan.schedule
         self.waits_of: dict[int, list[int]] = {}
         for consumer, producer in s.waits:
@@ -34,13 +35,21 @@ class StreamLauncher:
 
     def launch(self, values: list) -> None:
         """Launch everything from the current stream: fork side streams, run, join them back."""
-        plan, nodes, stream = self.plan, self.plan.graph.nodes, self.plan.schedule.stream
         main = torch.cuda.current_stream(self.device)
         streams = [main, *self.side_streams]
         fork = torch.cuda.Event()
         fork.record(main)
         for st in self.side_streams:
             st.wait_event(fork)
+        if self.programs is None:
+            self._launch_ops(values, streams)
+        else:
+            self._launch_segments(values, streams)
+        for st in self.side_streams:
+            main.wait_stream(st)
+
+    def _launch_ops(self, values: list, streams: list) -> None:
+        plan, nodes, stream = self.plan, self.plan.graph.nodes, self.plan.schedule.stream
         events = {p: torch.cuda.Event() for p in self.signalled}
         for i in plan.schedule.launch_order:
             st = streams[stream[i]]
@@ -52,5 +61,16 @@ class StreamLauncher:
                 events[i].record(st)
             for j in self.release.get(i, ()):
                 values[j] = None
-        for st in self.side_streams:
-            main.wait_stream(st)
+
+    def _launch_segments(self, values: list, streams: list) -> None:
+        """Fused segments keep their outputs for the whole graph; their insides belong to inductor."""
+        segments = self.plan.fusion.segments
+        events = {w: torch.cuda.Event() for seg in segments for w in seg.waits}
+        for k, program in enumerate(self.programs):
+            st = streams[program.segment.stream]
+            for w in program.segment.waits:
+                st.wait_event(events[w])
+            with torch.cuda.stream(st):
+                program(values)
+            if k in events:
+                events[k].record(st)

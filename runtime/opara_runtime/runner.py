@@ -57,10 +57,15 @@ class Runner:
         self._input_ids = [i for i, node in enumerate(nodes) if node.kind == "input"]
         use_graph = device.type == "cuda" if capture is None else capture
         self.captured = None
+        self.programs = None
+        if use_graph and plan.fusion.backend:
+            from opara_runtime.fused import prepare_fused
+
+            self.programs = prepare_fused(plan, device)
         if use_graph:
             from opara_runtime.capture import CapturedPlan
 
-            self.captured = CapturedPlan(plan, base, device)
+            self.captured = CapturedPlan(plan, base, device, programs=self.programs)
 
     def check_inputs(self, inputs) -> None:
         if len(inputs) != len(self._input_nodes):

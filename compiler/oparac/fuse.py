@@ -1,0 +1,89 @@
+"""--fuse inductor: cut the schedule into segments, measure them fused, embed inductor's cache artifacts."""
+from __future__ import annotations
+
+import dataclasses
+import gc
+
+import torch
+
+from opara_plan import Candidate, Fusion, Plan, cut_segments
+from oparac.measure import time_graph_replays
+from oparac.scheduling import make_schedule
+
+BACKENDS = ("inductor",)
+# Fused tuning compiles every candidate's segments with inductor (seconds each), so it tries a few
+# schedules that cut differently, always with the single-stream fused plan and the unfused plan.
+FUSED_CANDIDATES = (("single", "topo", 0), ("opara", "opara", 0), ("opara", "opara", 4), ("critical", "critical", 8))
+
+
+def fuse_plan(plan: Plan, backend: str, *, max_ops: int = 0) -> Plan:
+    """The plan with its schedule cut into segments (no GPU work)."""
+    return dataclasses.replace(plan, fusion=Fusion(backend=backend, segments=cut_segments(plan.schedule, max_ops)))
+
+
+def measure_fused(plan: Plan, weights: dict, device: torch.device) -> tuple[Plan, float]:
+    """Compile and capture the fused plan; measured segment times, replay latency and cache artifacts."""
+    from opara_runtime.fused import cache_key
+    from opara_runtime.runner import Runner
+
+    runner = Runner(plan, weights, device)
+    replay_ms = time_graph_replays(runner.captured.graph, device, repeats=7, replays=20)
+    seg_ms = segment_times(runner, device)
+    segments = tuple(dataclasses.replace(s, ms=ms) for s, ms in zip(plan.fusion.segments, seg_ms))
+    artifacts = torch.compiler.save_cache_artifacts()
+    cache = artifacts[0] if artifacts else b""
+    fusion = dataclasses.replace(plan.fusion, segments=segments, cache=bytes(cache), cache_key=cache_key(device))
+    del runner
+    gc.collect()
+    return dataclasses.replace(plan, fusion=fusion), replay_ms
+
+
+def segment_times(runner, device: torch.device) -> list[float]:
+    """Each compiled segment alone, 10 times inside a small CUDA graph, from the runner's live values."""
+    values = list(runner._base)
+    runner.captured.launcher.launch(values)  # eager run on the plan's streams fills every segment's inputs
+    torch.cuda.synchronize(device)
+    times = []
+    stream = torch.cuda.Stream(device=device)
+    for program in runner.programs:
+        g = torch.cuda.CUDAGraph()
+        scratch = list(values)
+        with torch.cuda.graph(g, stream=stream):
+            for _ in range(10):
+                program(scratch)
+        times.append(time_graph_replays(g, device) / 10)
+        del g
+    return times
+
+
+def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, say=None) -> Plan:
+    """Measure a few fused schedules against the given (unfused) plan; keep the fastest."""
+    from opara_runtime.bind import place_weights
+    from opara_runtime.runner import Runner
+
+    placed = {plan.graph.nodes[i].name: w for i, w in place_weights(plan, weights, device).items()}
+    unfused = Runner(plan, placed, device)
+    best_plan, best_ms = plan, time_graph_replays(unfused.captured.graph, device, repeats=7, replays=20)
+    del unfused
+    candidates = [Candidate(streams=plan.schedule.stream_algorithm, order=plan.schedule.order_algorithm,
+                            max_streams=plan.schedule.max_streams, predicted_ms=plan.schedule.predicted_ms,
+                            measured_ms=best_ms)]
+    for streams, order, cap in FUSED_CANDIDATES:
+        sched = make_schedule(plan.graph, plan.profile.ops, streams=streams, order=order, max_streams=cap)
+        fused = fuse_plan(dataclasses.replace(plan, schedule=sched), backend)
+        fused, ms = measure_fused(fused, placed, device)
+        if say:
+            say(f"tune: fused {streams}/{order}/cap {cap or '-'}: {len(fused.fusion.segments)} segments, {ms:.4f} ms")
+        candidates.append(Candidate(streams=f"{streams}+{backend}", order=order, max_streams=cap,
+                                    predicted_ms=sched.predicted_ms, measured_ms=ms))
+        if ms < best_ms:
+            best_plan, best_ms = fused, ms
+    # Earlier (unfused) tuning candidates stay on record; exactly one candidate ends up chosen.
+    earlier = tuple(dataclasses.replace(c, chosen=False) for c in plan.profile.candidates)
+    winner = next(k for k, c in enumerate(candidates) if c.measured_ms == best_ms)
+    if winner == 0 and any(c.chosen for c in plan.profile.candidates):
+        earlier, candidates[0] = plan.profile.candidates, candidates[0]
+    else:
+        candidates[winner] = dataclasses.replace(candidates[winner], chosen=True)
+    profile = dataclasses.replace(best_plan.profile, candidates=earlier + tuple(candidates))
+    return dataclasses.replace(best_plan, profile=profile)

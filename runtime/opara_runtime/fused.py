@@ -1,0 +1,120 @@
+"""Fused segments: each segment of a plan becomes an FX graph of its ATen ops, compiled by TorchInductor."""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.fx
+
+from opara_plan import Plan, Ref, Segment, node_refs
+from opara_runtime.ops import materialize, resolve_op
+
+Key = tuple[int, int]  # (node, output index)
+
+
+@dataclass
+class SegmentProgram:
+    """A segment as a callable: external values in, the values other segments or outputs read, out."""
+
+    segment: Segment
+    inputs: list[Key]
+    outputs: list[Key]
+    module: torch.fx.GraphModule
+    arity: dict[int, int]  # outputs of each multi-output op the segment produces
+    fn: object = None
+
+    def __call__(self, values: list) -> None:
+        outs = self.fn(*[_value(values, k) for k in self.inputs])
+        for (node, index), t in zip(self.outputs, outs):
+            if node in self.arity:
+                if not isinstance(values[node], list):
+                    values[node] = [None] * self.arity[node]
+                values[node][index] = t
+            else:
+                values[node] = t
+
+
+def _value(values: list, key: Key):
+    v = values[key[0]]
+    return v[key[1]] if isinstance(v, (list, tuple)) else v
+
+
+def segment_programs(plan: Plan, device: torch.device) -> list[SegmentProgram]:
+    nodes = plan.graph.nodes
+    owner = {i: k for k, seg in enumerate(plan.fusion.segments) for i in seg.ops}
+    needed_outside: set[Key] = set()
+    for i, node in enumerate(nodes):
+        for ref in node_refs(node):
+            if ref.node in owner and (node.kind == "output" or owner.get(i) != owner[ref.node]):
+                needed_outside.add((ref.node, ref.index))
+    return [_build(plan, seg, needed_outside, device) for seg in plan.fusion.segments]
+
+
+def _build(plan: Plan, seg: Segment, needed_outside: set[Key], device: torch.device) -> SegmentProgram:
+    nodes = plan.graph.nodes
+    members = set(seg.ops)
+    g = torch.fx.Graph()
+    env: dict[Key, torch.fx.Node] = {}
+    inputs: list[Key] = []
+
+    def lookup(ref: Ref):
+        key = (ref.node, ref.index)
+        if key not in env:
+            if ref.node in members:
+                raise AssertionError(f"segment op {ref.node} used before it is computed")
+            env[key] = g.placeholder(f"in_{ref.node}_{ref.index}")
+            inputs.append(key)
+        return env[key]
+
+    def convert(arg):
+        if isinstance(arg, Ref):
+            return lookup(arg)
+        if isinstance(arg, tuple):
+            return [convert(a) for a in arg]
+        return materialize(arg, None, device)
+
+    for i in seg.ops:
+        node = nodes[i]
+        call = g.call_function(resolve_op(node.target), tuple(convert(a) for a in node.args),
+                               {k: convert(v) for k, v in node.kwargs})
+        if node.multi:
+            for index in range(len(node.outputs)):
+                env[(i, index)] = g.call_function(operator.getitem, (call, index))
+        else:
+            env[(i, 0)] = call
+    outputs = sorted(k for k in needed_outside if k[0] in members)
+    g.output(tuple(env[k] for k in outputs))
+    module = torch.fx.GraphModule(torch.nn.Module(), g)
+    arity = {i: len(nodes[i].outputs) for i in seg.ops if nodes[i].multi}
+    return SegmentProgram(segment=seg, inputs=inputs, outputs=outputs, module=module, arity=arity)
+
+
+def compile_segments(programs: list[SegmentProgram]) -> None:
+    """torch.compile each segment: inductor, whole graph, static shapes, no CUDA graphs of its own
+    (the plan's single graph captures everything)."""
+    for prog in programs:
+        prog.fn = torch.compile(prog.module, backend="inductor", fullgraph=True, dynamic=False,
+                                options={"triton.cudagraphs": False})
+
+
+def cache_key(device: torch.device) -> str:
+    """What inductor's cache artifacts depend on: the torch build and the GPU."""
+    props = torch.cuda.get_device_properties(device)
+    return f"torch {torch.__version__} | {props.name} | sm {props.major}.{props.minor}"
+
+
+def prepare_fused(plan: Plan, device: torch.device) -> list[SegmentProgram]:
+    """Segment programs ready to launch; the plan's embedded inductor artifacts are loaded first when they
+    were made with this torch and GPU, so deployment does not compile again."""
+    import warnings
+
+    if plan.fusion.cache:
+        if plan.fusion.cache_key == cache_key(device):
+            torch.compiler.load_cache_artifacts(plan.fusion.cache)
+        else:
+            warnings.warn(f"the plan's inductor artifacts were made with {plan.fusion.cache_key}, this is "
+                          f"{cache_key(device)}: segments are compiled afresh", stacklevel=3)
+    programs = segment_programs(plan, device)
+    compile_segments(programs)
+    return programs
