@@ -8,9 +8,8 @@ import torch
 from opara_plan import ModelError
 
 # ONNX TensorProto element type -> torch dtype, for the types a plan can hold.
-_DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 4: torch.uint16, 5: torch.int16, 6: torch.int32,
-           7: torch.int64, 9: torch.bool, 10: torch.float16, 11: torch.float64, 12: torch.uint32,
-           13: torch.uint64, 16: torch.bfloat16}
+_DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32, 7: torch.int64,
+           9: torch.bool, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16}
 
 
 def onnx_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ import torch
 from opara_plan import ModelError, OutTree, Ref, UnsupportedOpError
 from oparac.graph_builder import GraphBuilder
 from oparac.ingest.onnx_ops import HANDLERS, ONNX_DTYPES, Context
+from oparac.ingest.onnx_ops.base import type_name
 
 MIN_OPSET = 9
 # Initializers above this many elements are weights: ops on them run at deploy time on param nodes (so new
@@ -34,7 +35,21 @@ def load_onnx(path: Path):
         raise ModelError(f"ONNX model {str(path)!r} cannot be read: {e}") from None
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
-    return model
+    return upgrade_opset(model)
+
+
+def upgrade_opset(model):
+    """Models older than opset 9 are converted to opset 9 with onnx's version converter."""
+    import onnx.version_converter
+
+    opset = model_opset(model)
+    if opset >= MIN_OPSET:
+        return model
+    try:
+        return onnx.version_converter.convert_version(model, MIN_OPSET)
+    except Exception as e:
+        raise ModelError(f"ONNX model: opset {opset} is older than {MIN_OPSET} and onnx's version converter "
+                         f"cannot upgrade it: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def model_opset(model) -> int:

@@ -8,12 +8,20 @@ import torch
 
 from opara_plan import Ref, UnsupportedOpError
 
-# ONNX TensorProto element type -> torch dtype (types torch cannot hold are absent: strings, float8, int4...).
-ONNX_DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 4: torch.uint16, 5: torch.int16, 6: torch.int32,
-               7: torch.int64, 9: torch.bool, 10: torch.float16, 11: torch.float64, 12: torch.uint32,
-               13: torch.uint64, 16: torch.bfloat16}
+# ONNX TensorProto element type -> torch dtype, for the types a plan can hold (not: strings, float8, int4,
+# uint16/32/64, which the plan format and most ATen kernels lack).
+ONNX_DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32, 7: torch.int64,
+               9: torch.bool, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16}
 
 aten = torch.ops.aten
+
+
+class CompileTimeValueError(UnsupportedOpError):
+    """An operand that fixes a shape (axes, pads, a target shape...) is only known at run time."""
+
+    def __init__(self, message: str, value: str) -> None:
+        super().__init__(message)
+        self.value = value
 
 
 @dataclass(frozen=True)
@@ -104,8 +112,10 @@ class Context:
             return None
         v = self.importer.values[self.node.input[i]]
         if not isinstance(v, torch.Tensor):
-            raise self.unsupported(f"a {what or f'input {i}'} computed at run time (input {i} "
-                                   f"{self.node.input[i]!r} must be a compile-time constant: static shapes)")
+            raise CompileTimeValueError(
+                f"{self.where()}: input {i} ({what or 'operand'}) {self.node.input[i]!r} is computed at run time; "
+                f"it must be a compile-time constant (an initializer, a Constant or a shape computation), "
+                f"because plans have static shapes", self.node.input[i])
         return v
 
     def ints(self, i: int, what: str = "") -> list[int] | None:
@@ -129,7 +139,7 @@ class Context:
         """An ONNX element type as it is computed here: FLOAT is the plan's float dtype at run time."""
         dt = ONNX_DTYPES.get(elem_type)
         if dt is None:
-            raise self.unsupported(f"element type {elem_type} ({_type_name(elem_type)})")
+            raise self.unsupported(f"element type {elem_type} ({type_name(elem_type)})")
         if dt == torch.float32 and not self.fold:
             return self.importer.float_dtype
         return dt
@@ -152,7 +162,7 @@ class Context:
         return t if self.fold else self.importer.constant_node(t)
 
 
-def _type_name(elem_type: int) -> str:
+def type_name(elem_type: int) -> str:
     import onnx
 
     try:

@@ -48,7 +48,7 @@ def div(ctx: Context):
 @handles("Mod")
 def mod(ctx: Context):
     a, b = ctx.input(0), ctx.input(1)
-    if ctx.attr("fmod", 0) or ctx.dtype(0).is_floating_point:
+    if ctx.attr("fmod", 0):
         return ctx.op(aten.fmod.Tensor, a, b)
     return ctx.op(aten.remainder.Tensor, a, b)
 
@@ -89,8 +89,14 @@ def thresholded_relu(ctx: Context):
 
 @handles("PRelu")
 def prelu(ctx: Context):
-    x = ctx.input(0)
-    neg = ctx.op(aten.mul.Tensor, x, ctx.input(1))
+    x, slope = ctx.input(0), ctx.input(1)
+    src, sshape = ctx.shape(0), ctx.shape(1)
+    if len(sshape) == 1 and len(src) > 2 and sshape[0] == src[1] != src[-1]:
+        # a per-channel slope of an opset < 7 model (then broadcast from axis 1, not from the right)
+        from oparac.ingest.onnx_ops.shape import reshape
+
+        slope = reshape(ctx, slope, [sshape[0]] + [1] * (len(src) - 2))
+    neg = ctx.op(aten.mul.Tensor, x, slope)
     return ctx.op(aten.where.self, ctx.op(aten.lt.Scalar, x, 0), neg, x)
 
 

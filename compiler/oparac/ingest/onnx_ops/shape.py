@@ -92,7 +92,8 @@ def reshape_op(ctx: Context):
 @handles("Flatten")
 def flatten(ctx: Context):
     src = ctx.shape(0)
-    axis = norm_axis(ctx.attr("axis", 1), len(src) + 1, ctx)
+    axis = ctx.attr("axis", 1)
+    axis = norm_axis(axis + len(src) if axis < 0 else axis, len(src) + 1, ctx)
     return reshape(ctx, ctx.input(0), [math.prod(src[:axis]), math.prod(src[axis:])])
 
 
