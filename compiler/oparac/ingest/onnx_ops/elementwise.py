@@ -199,3 +199,21 @@ def max_(ctx: Context):
 @handles("Min")
 def min_(ctx: Context):
     return _variadic(ctx, aten.minimum.default)[0]
+
+
+@handles("IsNaN", since=9)
+def is_nan(ctx: Context):
+    return ctx.op(aten.isnan.default, ctx.input(0))
+
+
+@handles("IsInf", since=10)
+def is_inf(ctx: Context):
+    pos, neg = ctx.attr("detect_positive", 1), ctx.attr("detect_negative", 1)
+    x = ctx.input(0)
+    if pos and neg:
+        return ctx.op(aten.isinf.default, x)
+    if pos:
+        return ctx.op(aten.isposinf.default, x)
+    if neg:
+        return ctx.op(aten.isneginf.default, x)
+    return ctx.op(aten.zeros_like.default, x, dtype=torch.bool)

@@ -285,3 +285,23 @@ def _pad_indices(mode: str, n: int, begin: int, end: int) -> torch.Tensor:
     period = 2 * (n - 1)
     r = pos.remainder(period)
     return torch.where(r < n, r, period - r)
+
+
+@handles("GatherND", since=11)
+def gather_nd(ctx: Context):
+    src, idx_shape = ctx.shape(0), ctx.shape(1)
+    b = ctx.attr("batch_dims", 0)
+    k = idx_shape[-1]
+    batch, picked, rest = src[:b], src[b:b + k], src[b + k:]
+    n_batch, n_picked = math.prod(batch), math.prod(picked)
+    strides = [math.prod(picked[j + 1:]) for j in range(k)]
+    # every index tuple becomes one row of data viewed as [batch * picked, rest...]
+    idx = ctx.op(aten.remainder.Tensor, ctx.input(1), ctx.constant(torch.tensor(picked, dtype=torch.int64)))
+    linear = ctx.op(aten.sum.dim_IntList, ctx.op(aten.mul.Tensor, idx, ctx.constant(torch.tensor(strides))),
+                    [-1], False)
+    if b:
+        offsets = (torch.arange(n_batch) * n_picked).reshape(batch + [1] * (len(idx_shape) - 1 - b))
+        linear = ctx.op(aten.add.Tensor, linear, ctx.constant(offsets))
+    flat = reshape(ctx, ctx.input(0), [n_batch * n_picked] + rest)
+    rows = ctx.op(aten.index_select.default, flat, 0, reshape(ctx, linear, [math.prod(idx_shape[:-1])]))
+    return reshape(ctx, rows, idx_shape[:-1] + rest)
