@@ -81,7 +81,8 @@ def reference(plan: Plan, model, inputs, device):
 
         return run_onnxruntime(Path(model), [x.cpu() for x in inputs])
     if isinstance(model, torch.export.ExportedProgram):
-        model = model.module()
+        with torch.no_grad():  # an exported module is already in inference form (and refuses .eval())
+            return model.module().to(device)(*inputs)
     from oparac.pipeline import cast_model
 
     model, _ = cast_model(model, (), plan.model.precision)
