@@ -68,12 +68,28 @@ def compile_cmd(model, output, shapes, streams, order, max_streams, dtype, devic
 @main.command()
 @click.argument("plan", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="machine-readable summary")
-def inspect(plan, as_json) -> None:
+@click.option("--timeline", type=click.Path(dir_okay=False), help="Gantt chart of the schedule (.png or .svg)")
+@click.option("--svg", type=click.Path(dir_okay=False), help="the Gantt chart as SVG (with or without --timeline)")
+@click.option("--dot", type=click.Path(dir_okay=False), help="the op DAG as Graphviz DOT, coloured by stream")
+@click.option("--aggregate", type=click.FloatRange(min=0), default=None,
+              help="merge a stream's consecutive ops shorter than MS (default: automatic for big graphs; 0: off)")
+@click.option("--zoom", metavar="START_MS:END_MS", help="draw only this time window")
+@click.option("--measured", type=click.Path(dir_okay=False), help="draw measured times from an `oparac trace` file")
+def inspect(plan, as_json, timeline, svg, dot, aggregate, zoom, measured) -> None:
     """Summarise PLAN: nodes, kernels, streams, waits, predicted latency, target, candidates."""
     from opara_plan import load_plan
     from oparac.summary import summarize
 
-    info = summarize(load_plan(plan))
+    loaded = load_plan(plan)
+    info = summarize(loaded)
+    if timeline or svg or dot or measured or zoom or aggregate is not None:
+        from pathlib import Path
+
+        from oparac.timeline import write_pictures
+
+        written = write_pictures(loaded, timeline=timeline, svg=svg, dot=dot, aggregate_ms=aggregate, zoom=zoom,
+                                 measured=measured, title=Path(plan).stem)
+        click.echo(f"wrote {', '.join(written)}", err=as_json)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -113,6 +129,61 @@ def demo(name, output, device) -> None:
     from oparac.demo import run_demo
 
     run_demo(name, output, device=device, progress=_progress)
+
+
+@main.command()
+@click.argument("plan", type=click.Path())
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Chrome/Perfetto trace to write")
+@click.option("--shapes", help="input shapes when the model factory gives no example inputs")
+@click.option("--device", default=None, help="CUDA device, e.g. cuda:1")
+@click.option("--replays", type=click.IntRange(min=1), default=20, show_default=True, help="graph replays timed")
+@click.option("--timeline", type=click.Path(dir_okay=False), help="also draw the measured timeline (.png or .svg)")
+def trace(plan, model, output, shapes, device, replays, timeline) -> None:
+    """Replay PLAN for MODEL on the GPU under torch.profiler, a range per plan node; write a trace."""
+    from oparac.trace import print_trace_report, trace_plan
+
+    print_trace_report(trace_plan(plan, model, output, shapes=shapes, device=device, replays=replays,
+                                  timeline=timeline, progress=_progress))
+
+
+@main.command()
+@click.argument("plan_a", type=click.Path())
+@click.argument("plan_b", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="machine-readable diff")
+def diff(plan_a, plan_b, as_json) -> None:
+    """Compare two plans: model, target, schedule, profile, predicted and measured latency."""
+    from oparac.diff import diff_files
+
+    info = diff_files(plan_a, plan_b)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    from pathlib import Path
+
+    from oparac.diff import print_diff
+
+    print_diff(info, (f"A {Path(plan_a).name}", f"B {Path(plan_b).name}"))
+
+
+@main.command()
+@click.argument("plan", type=click.Path())
+@click.argument("model")
+@click.option("--shapes", help="input shapes when the model factory gives no example inputs")
+@click.option("--device", default=None, help="CUDA device, e.g. cuda:1")
+@click.option("--iters", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("--baselines", help="comma-separated subset of eager,cudagraph,torch_compile,ort_cuda (default: all)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable records")
+def bench(plan, model, shapes, device, iters, warmup, baselines, as_json) -> None:
+    """Time PLAN (as the runtime loads it) against the baselines for MODEL on the GPU."""
+    from oparac.bench_cli import bench_plan, print_bench
+
+    result = bench_plan(plan, model, shapes=shapes, device=device, iters=iters, warmup=warmup, baselines=baselines)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    print_bench(result)
 
 
 if __name__ == "__main__":
