@@ -43,5 +43,5 @@ def onnx_weights(path: Path) -> dict[str, torch.Tensor]:
         if init.data_type == 16:  # bfloat16 arrives as raw bits
             weights[init.name] = torch.from_numpy(array.view(np.uint16).copy()).view(torch.bfloat16)
         else:
-            weights[init.name] = torch.from_numpy(np.ascontiguousarray(array).copy()).to(_DTYPES[init.data_type])
+            weights[init.name] = torch.from_numpy(np.array(array, copy=True)).to(_DTYPES[init.data_type])
     return weights

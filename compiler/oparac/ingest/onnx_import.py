@@ -70,7 +70,7 @@ def tensor_from_proto(proto) -> torch.Tensor:
         bits = numpy_helper.to_array(proto).view(np.uint16)
         return torch.from_numpy(bits.copy()).view(torch.bfloat16)
     array = numpy_helper.to_array(proto)
-    return torch.from_numpy(np.ascontiguousarray(array).copy()).to(ONNX_DTYPES[proto.data_type])
+    return torch.from_numpy(np.array(array, copy=True)).to(ONNX_DTYPES[proto.data_type])
 
 
 class OnnxImporter:
