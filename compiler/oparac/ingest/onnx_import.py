@@ -116,9 +116,12 @@ class OnnxImporter:
             if vi.name in self.values:  # IR < 4: initializers are listed as inputs too
                 continue
             tt = vi.type.tensor_type
-            if not vi.type.HasField("tensor_type") or tt.elem_type not in ONNX_DTYPES:
-                raise UnsupportedOpError(f"ONNX input {vi.name!r}: only tensor inputs of numeric or bool "
-                                         f"element type are supported")
+            if not vi.type.HasField("tensor_type"):
+                raise UnsupportedOpError(f"ONNX input {vi.name!r}: only tensor inputs are supported (found a "
+                                         f"{vi.type.WhichOneof('value')})")
+            if tt.elem_type not in ONNX_DTYPES:
+                raise UnsupportedOpError(f"ONNX input {vi.name!r}: element type {type_name(tt.elem_type)} is not "
+                                         f"supported (supported: {', '.join(type_name(t) for t in ONNX_DTYPES)})")
             dtype = ONNX_DTYPES[tt.elem_type]
             if dtype == torch.float32:
                 dtype = self.float_dtype

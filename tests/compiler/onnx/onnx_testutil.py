@@ -17,10 +17,12 @@ NP_TO_ONNX = {np.float32: TensorProto.FLOAT, np.int64: TensorProto.INT64, np.boo
 
 
 def make_model(nodes, inputs: dict, outputs: list[str], *, initializers: dict | None = None, opset: int = 17,
-               ir_version: int = 8) -> onnx.ModelProto:
-    """inputs: name -> example array (its dtype and shape declare the input); initializers: name -> array."""
+               ir_version: int = 8, out_types: dict | None = None) -> onnx.ModelProto:
+    """inputs: name -> example array (its dtype and shape declare the input); out_types: name -> (elem type,
+    shape) declares outputs fully (onnx's checker wants that), initializers: name -> array."""
     ins = [helper.make_tensor_value_info(k, NP_TO_ONNX[v.dtype.type], list(v.shape)) for k, v in inputs.items()]
-    outs = [helper.make_empty_tensor_value_info(k) for k in outputs]
+    outs = [helper.make_tensor_value_info(k, *out_types[k]) if out_types and k in out_types else
+            helper.make_empty_tensor_value_info(k) for k in outputs]
     inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in (initializers or {}).items()]
     graph = helper.make_graph(nodes, "g", ins, outs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

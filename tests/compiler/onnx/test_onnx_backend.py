@@ -1,0 +1,45 @@
+"""Opara as an onnx.backend.base.Backend: prepare/run, devices, shape operands given at run time."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from onnx_testutil import make_model
+from opara_plan import UnsupportedOpError
+from oparac import onnx_backend
+from oparac.onnx_backend import OparaBackend
+
+F = TensorProto.FLOAT
+
+
+def one_node(op, inputs, out, **kw):
+    return make_model([helper.make_node(op, list(inputs), ["y"])], inputs, ["y"], out_types={"y": out}, **kw)
+
+
+def test_prepare_and_run():
+    x = np.arange(6, dtype=np.float32).reshape(2, 3) - 2
+    rep = OparaBackend.prepare(one_node("Relu", {"x": x}, (F, [2, 3])), "CPU")
+    (y,) = rep.run([x])
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    (y,) = onnx_backend.run_model(one_node("Neg", {"x": x}, (F, [2, 3])), [x])
+    np.testing.assert_array_equal(y, -x)
+
+
+def test_shape_operand_given_at_run_time_is_compiled_in():
+    x = np.arange(6, dtype=np.float32)
+    rep = OparaBackend.prepare(one_node("Reshape", {"x": x, "s": np.array([2, 3])}, (F, ["a", "b"]), opset=14))
+    assert rep.run([x, np.array([2, 3])])[0].shape == (2, 3)
+    assert rep.run([x, np.array([3, 2])])[0].shape == (3, 2)
+
+
+def test_unsupported_op_is_reported_by_prepare():
+    x = np.zeros((2, 2), dtype=np.float32)
+    with pytest.raises(UnsupportedOpError, match="NonZero"):
+        OparaBackend.prepare(one_node("NonZero", {"x": x}, (TensorProto.INT64, [2, "n"])), "CPU")
+
+
+def test_supports_device():
+    assert OparaBackend.supports_device("CPU")
+    assert OparaBackend.supports_device("CUDA") == torch.cuda.is_available()

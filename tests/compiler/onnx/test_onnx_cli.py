@@ -1,0 +1,34 @@
+"""The CLI path for ONNX models: oparac compile model.onnx, then oparac verify model.plan model.onnx."""
+from __future__ import annotations
+
+import numpy as np
+from click.testing import CliRunner
+from onnx import helper
+
+from onnx_testutil import make_model, save
+from oparac.cli import main
+
+
+def test_compile_then_verify(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["y"])]
+    model = make_model(nodes, {"x": x}, ["y"], initializers={"w": rng.standard_normal((4, 3, 3, 3), np.float32)})
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    path = save(model, tmp_path)
+    plan = tmp_path / "model.plan"
+    result = CliRunner().invoke(main, ["compile", str(path), "-o", str(plan), "--device", "cpu",
+                                       "--shapes", "x:2x3x8x8"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["verify", str(plan), str(path), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("OK")
+
+
+def test_compile_unsupported_op_is_one_line(tmp_path):
+    x = np.zeros((2, 2), dtype=np.float32)
+    path = save(make_model([helper.make_node("NonZero", ["x"], ["y"], name="nz")], {"x": x}, ["y"]), tmp_path)
+    result = CliRunner().invoke(main, ["compile", str(path), "-o", str(tmp_path / "p.plan"), "--device", "cpu"])
+    assert result.exit_code == 1
+    assert "NonZero node 'nz'" in result.output and "Traceback" not in result.output
