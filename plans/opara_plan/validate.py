@@ -1,6 +1,7 @@
 """Semantic checks of a decoded plan: graph well-formed, schedule complete, topological and race-free."""
 from __future__ import annotations
 
+from opara_plan.clocks import vector_clocks
 from opara_plan.errors import PlanFormatError
 from opara_plan.fingerprint import graph_fingerprint
 from opara_plan.schema import NODE_KINDS, Plan, Ref, Sym
@@ -153,7 +154,6 @@ def _check_schedule(plan: Plan) -> None:
         missing = next(i for i in ops if i not in position)
         raise PlanFormatError(f"plan {node_label(plan, missing)} is missing from the launch order")
 
-    waits_of: dict[int, list[int]] = {}
     for k, (consumer, producer) in enumerate(s.waits):
         for v in (consumer, producer):
             if v not in position:
@@ -161,27 +161,15 @@ def _check_schedule(plan: Plan) -> None:
         if position[producer] >= position[consumer]:
             raise PlanFormatError(f"plan {node_label(plan, consumer)} waits on node {producer}, "
                                   f"which launches later")
-        waits_of.setdefault(consumer, []).append(producer)
 
-    _check_coverage(plan, position, waits_of)
+    _check_coverage(plan, position)
 
 
-def _check_coverage(plan: Plan, position: dict[int, int], waits_of: dict[int, list[int]]) -> None:
-    """Every dependency is ordered: same stream (launch order) or a chain of waits across streams.
-
-    Vector clocks: done[i][t] is how many ops of stream t are known finished once op i is.
-    """
+def _check_coverage(plan: Plan, position: dict[int, int]) -> None:
+    """Every dependency is ordered: same stream (launch order) or a chain of waits across streams."""
     nodes, s = plan.graph.nodes, plan.schedule
-    streams = s.num_streams
-    launched_on = [0] * streams
-    last_on: list[list[int] | None] = [None] * streams
-    done: dict[int, list[int]] = {}
-    seq: dict[int, int] = {}
+    seq, start = vector_clocks(s.launch_order, s.stream, s.num_streams, s.waits)
     for i in s.launch_order:
-        st = s.stream[i]
-        clock = list(last_on[st]) if last_on[st] is not None else [0] * streams
-        for p in waits_of.get(i, ()):
-            clock = [max(a, b) for a, b in zip(clock, done[p])]
         for ref in node_refs(nodes[i]):
             p = ref.node
             if nodes[p].kind != "op":
@@ -189,15 +177,9 @@ def _check_coverage(plan: Plan, position: dict[int, int], waits_of: dict[int, li
             if position[p] >= position[i]:
                 raise PlanFormatError(f"plan launch order is not topological: {node_label(plan, i)} "
                                       f"launches before its input node {p}")
-            if clock[s.stream[p]] < seq[p]:
-                raise PlanFormatError(f"plan {node_label(plan, i)} on stream {st} reads node {p} of stream "
+            if s.stream[p] != s.stream[i] and start[i][s.stream[p]] < seq[p]:
+                raise PlanFormatError(f"plan {node_label(plan, i)} on stream {s.stream[i]} reads node {p} of stream "
                                       f"{s.stream[p]} without waiting for it")
-        launched_on[st] += 1
-        seq[i] = launched_on[st]
-        clock[st] = seq[i]
-        done[i] = clock
-        last_on[st] = clock
-
 
 FUSION_BACKENDS = ("inductor",)
 
