@@ -9,7 +9,8 @@ import torch.utils._pytree as pytree
 
 from oparac.measure import time_gpu
 
-METHODS = ("eager", "cudagraph", "torch_compile", "ort_cuda", "opara", "opara_tuned")
+METHODS = ("eager", "cudagraph", "torch_compile", "ort_cuda", "opara", "opara_tuned", "opara_fused",
+           "opara_fused_tuned")
 
 
 @dataclass
@@ -84,12 +85,14 @@ def build(method: str, model, inputs, device: torch.device, *, plan_options: dic
         from oparac.ort_baseline import ort_cuda_runner
 
         return ort_cuda_runner(model, inputs)
-    if method in ("opara", "opara_tuned"):
+    if method.startswith("opara"):
         import opara_runtime
         from oparac.pipeline import compile
 
         options = dict(plan_options or {})
-        plan = compile(model, inputs, device=device, tune=method == "opara_tuned", **options)
+        if "fused" in method:
+            options["fuse"] = "inductor"
+        plan = compile(model, inputs, device=device, tune=method.endswith("tuned"), **options)
         return opara_runtime.load(plan, model, device=device)
     raise ValueError(f"unknown method {method!r}")
 
