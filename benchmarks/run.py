@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--tag", default="")
+    ap.add_argument("--tag", default="", help="session name: BENCHMARKS.md merges every result file with this tag")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("the benchmark suite needs a CUDA GPU", file=sys.stderr)
@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     print(f"wrote {path}")
     from report import write_markdown
 
-    write_markdown(path, HERE.parent / "BENCHMARKS.md")
+    same = sorted(out.glob(f"suite-*-{args.tag}.json")) if args.tag else [path]
+    write_markdown(same, HERE.parent / "BENCHMARKS.md")
     return 0
 
 

@@ -13,7 +13,7 @@ from oparac.scheduling import make_schedule
 BACKENDS = ("inductor",)
 # Fused tuning compiles every candidate's segments with inductor (seconds each), so it tries a few
 # schedules that cut differently, always with the single-stream fused plan and the unfused plan.
-FUSED_CANDIDATES = (("single", "topo", 0), ("opara", "opara", 0), ("opara", "opara", 4), ("critical", "critical", 8))
+FUSED_CANDIDATES = (("single", "topo", 0), ("opara", "opara", 0), ("opara", "opara", 4))
 
 
 def fuse_plan(plan: Plan, backend: str, *, max_ops: int = 0) -> Plan:

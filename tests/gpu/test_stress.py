@@ -12,7 +12,7 @@ from oparac import cost_model
 from oparac.graph_builder import GraphBuilder
 from oparac.pipeline import assemble
 from oparac.scheduling import make_schedule
-from opara_plan import OutTree, Profile, Target
+from opara_plan import OutTree, Profile
 
 aten = torch.ops.aten
 SHAPE = (1, 8, 24, 24)
@@ -59,7 +59,8 @@ def random_dag_plan(seed: int, size: int):
     ops = cost_model.estimate(graph)
     profile = Profile(method="cost-model", ops=ops, sequential_ms=sum(o.ms for o in ops))
     schedule = make_schedule(graph, ops, streams="single", order="topo", max_streams=0)
-    plan = assemble(graph, b, "fx", "float32", Target(device_type="cuda"), schedule, profile)
+    from oparac.profiler import gpu_target
+    plan = assemble(graph, b, "fx", "float32", gpu_target(torch.device("cuda")), schedule, profile)
     return plan, weights
 
 
