@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,12 @@ def main(argv=None) -> int:
         return 1
     device = torch.device("cuda")
     records = []
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    path = out / f"suite-{stamp}{'-' + args.tag if args.tag else ''}.json"
+    header = {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     for name in args.models.split(","):
         batches = [int(b) for b in args.batches.split(",")] if args.batches else SUITE[name]
         for batch in batches:
@@ -55,25 +62,24 @@ def main(argv=None) -> int:
                     rec = bench_method(method, name, model, inputs, dtype, device, reference, iters=args.iters,
                                        plan_options=options)
                     records.append(rec.as_dict())
+                    _write(path, dict(header, records=records))  # after every record: a killed run keeps its rows
                     shown = f"{rec.ms_b2b:.3f} ms b2b, {rec.ms_latency:.3f} ms latency" if rec.error is None \
                         else rec.error
                     print(f"{name} b{batch} {dtype} {method}: {shown} ({time.perf_counter() - t0:.0f} s)", flush=True)
                 del model, inputs, reference
                 torch.cuda.empty_cache()
-    result = {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "records": records}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    path = out / f"suite-{stamp}{'-' + args.tag if args.tag else ''}.json"
-    path.write_text(json.dumps(result, indent=1))
     print(f"wrote {path}")
     from report import write_markdown
 
     same = sorted(out.glob(f"suite-*-{args.tag}.json")) if args.tag else [path]
     write_markdown(same, HERE.parent / "BENCHMARKS.md")
     return 0
+
+
+def _write(path: Path, result: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
