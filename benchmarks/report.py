@@ -67,13 +67,21 @@ def targets(result: dict) -> str:
 
 def merge(paths: list[Path]) -> dict:
     """Records of several runs of one session (same GPU, torch and CUDA) as one result."""
-    results = [json.loads(Path(p).read_text()) for p in paths]
+    results = [json.loads(Path(p).read_text()) for p in sorted(paths)]
     first = results[0]
     for r in results[1:]:
         if (r["gpu"], r["torch"], r["cuda"]) != (first["gpu"], first["torch"], first["cuda"]):
             raise SystemExit(f"cannot merge runs of different machines: {r['gpu']} vs {first['gpu']}")
     dates = sorted(r["date"] for r in results)
-    records = [rec for r in results for rec in r["records"]]
+    # Ratios compare methods of one run: each (model, batch, dtype) group comes whole from the newest file
+    # (names sort by time) that measured it.
+    groups: dict[tuple, list] = {}
+    for r in results:
+        mine: dict[tuple, list] = {}
+        for rec in r["records"]:
+            mine.setdefault((rec["model"], rec["batch"], rec["dtype"]), []).append(rec)
+        groups.update(mine)
+    records = [rec for group in groups.values() for rec in group]
     return {"gpu": first["gpu"], "torch": first["torch"], "cuda": first["cuda"],
             "date": dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}", "records": records}
 

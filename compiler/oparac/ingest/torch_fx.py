@@ -110,7 +110,24 @@ def _call(node: torch.fx.Node, env, b: GraphBuilder):
         return None
     args = pytree.tree_map_only(torch.fx.Node, lambda n: _ref_of(n, env, node), node.args)
     kwargs = pytree.tree_map_only(torch.fx.Node, lambda n: _ref_of(n, env, node), node.kwargs)
+    if target is torch.ops.aten._native_batch_norm_legit_no_training.default and _only_first_output_used(node):
+        return _inference_batch_norm(node, args, b)
     return b.op(target, args, kwargs, name=node.name, meta=node.meta.get("val"))
+
+
+def _only_first_output_used(node: torch.fx.Node) -> bool:
+    return all(u.target is operator.getitem and u.args[1] == 0 for u in node.users)
+
+
+def _inference_batch_norm(node: torch.fx.Node, args, b: GraphBuilder):
+    """Export's functional inference batch norm launches ATen's native kernel; eager PyTorch runs
+    `batch_norm`, which picks cuDNN on a GPU and is faster there. Same function, no state written
+    (training=False), so the plan calls what eager calls. Only output 0 exists afterwards."""
+    x, weight, bias, mean, var, momentum, eps = args
+    val = node.meta.get("val")
+    ref = b.op(torch.ops.aten.batch_norm.default, (x, weight, bias, mean, var, False, momentum, eps, True),
+               name=node.name, meta=val[0] if val is not None else None)
+    return (ref,)
 
 
 def _ref_of(n: torch.fx.Node, env, user: torch.fx.Node) -> Ref:
