@@ -1,9 +1,10 @@
 """Stream assignment: opara (Opara Alg. 1), nimble (minimum chain cover), critical (list scheduling), single."""
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
-from oparac.schedule.paths import bottom_levels
+from oparac.schedule.simulate import bottom_levels
 
 STREAM_ALGORITHMS = ("opara", "nimble", "critical", "single")
 
@@ -15,88 +16,98 @@ class StreamAssignment:
 
 
 def assign_streams(dag, costs, *, algorithm: str, max_streams: int = 0) -> StreamAssignment:
-    """Stream per op, dense ids, the first op on stream 0; at most max_streams streams when > 0."""
+    """A stream per op: dense ids, the first op in topological order on stream 0, at most `max_streams`
+    streams when it is > 0. Kernels are placed by the algorithm, free ops ride along (_place_free_ops)."""
     if algorithm not in STREAM_ALGORITHMS:
         raise ValueError(f"stream algorithm: expected one of {STREAM_ALGORITHMS}, found {algorithm!r}")
+    if max_streams < 0:
+        raise ValueError(f"max_streams: expected 0 (no cap) or a positive count, found {max_streams}")
     if not dag.ops:
         return StreamAssignment({}, 1)
     if algorithm == "single" or max_streams == 1:
         return StreamAssignment({i: 0 for i in dag.ops}, 1)
-    if algorithm == "opara":
-        logical = _opara(dag)
-    elif algorithm == "nimble":
-        logical = _with_sources_on_consumers(dag, _nimble(dag))
-    else:
-        logical = _with_sources_on_consumers(dag, _critical(dag, costs, max_streams))
+    place = {"opara": _opara, "nimble": _nimble, "critical": _critical}[algorithm]
+    logical = _place_free_ops(dag, place(dag, costs, max_streams))
     return _fold(dag, costs, logical, max_streams)
 
 
-def _with_sources_on_consumers(dag, stream: dict[int, int]) -> dict[int, int]:
-    """A free op with no producer (a view of an input or weight) joins its first consumer's stream, so
-    it adds no wait in front of that consumer."""
+def _rider(dag, i: int, stream: dict[int, int]) -> int | None:
+    """The stream a free op rides on: its first producer that has one (None for a view of an input)."""
+    return next((stream[p] for p in dag.preds[i] if p in stream), None)
+
+
+def _place_free_ops(dag, kernel_stream: dict[int, int]) -> dict[int, int]:
+    """Free ops never open a stream. A view of a producer stays on the producer's stream; a view of an
+    input or weight (no producer) joins its first consumer's stream, so that consumer needs no wait
+    for it (on stream 0 it would make the consumer wait for all of stream 0's earlier work)."""
+    stream = dict(kernel_stream)
+    for i in dag.ops:
+        if i in dag.free:
+            rider = _rider(dag, i, stream)
+            if rider is not None:
+                stream[i] = rider
     for i in reversed(dag.ops):
-        if i in dag.free and not dag.preds[i] and dag.succs[i]:
-            stream[i] = stream[dag.succs[i][0]]
+        if i not in stream:
+            stream[i] = next((stream[c] for c in dag.succs[i] if c in stream), 0)
     return stream
 
 
-def _follow_producer(dag, i: int, stream: dict[int, int]) -> int:
-    """Free ops (views) stay on their first producer's stream; they never open one."""
-    return stream[dag.preds[i][0]] if dag.preds[i] else 0
-
-
-def _opara(dag) -> dict[int, int]:
-    """Each op continues the stream of its first predecessor that has not handed its stream on yet."""
+def _opara(dag, costs, max_streams) -> dict[int, int]:
+    """Each kernel continues the stream of its first predecessor that has not handed its stream on to
+    another successor yet; otherwise it opens a stream. A free op passes its producer's stream through:
+    whoever consumes the view takes the producer's hand-off."""
     stream: dict[int, int] = {}
+    owner: dict[int, int | None] = {}  # op -> the kernel whose hand-off continues its stream
     handed: set[int] = set()
-    count = 0
+    opened = 0
     for i in dag.ops:
-        if i in dag.free and dag.preds[i]:
-            stream[i] = _follow_producer(dag, i, stream)
+        if i in dag.free:
+            owner[i] = next((owner[p] for p in dag.preds[i] if owner[p] is not None), None)
             continue
+        owner[i] = i
         for p in dag.preds[i]:
-            if p not in handed:
-                handed.add(p)
-                stream[i] = stream[p]
+            k = owner[p]
+            if k is not None and k not in handed:
+                handed.add(k)
+                stream[i] = stream[k]
                 break
         else:
-            stream[i] = count
-            count += 1
+            stream[i] = opened
+            opened += 1
     return stream
 
 
-def _nimble(dag) -> dict[int, int]:
+def _nimble(dag, costs, max_streams) -> dict[int, int]:
     """Minimum chain cover of the kernels' partial order (Dilworth via maximum bipartite matching on the
-    transitive closure): as many streams as the DAG is wide, no more."""
+    transitive closure): as many streams as the DAG is wide, no more. A matched pair u -> v puts v right
+    after u on u's stream; v may skip ops that run elsewhere, which is fine since u precedes v."""
     kernels = [i for i in dag.ops if i not in dag.free]
     index = {i: k for k, i in enumerate(kernels)}
     reach = _closure(dag, index)
-    match_right: dict[int, int] = {}  # successor -> predecessor it continues
-    match_left: dict[int, int] = {}
-    # Greedy start along direct edges makes the augmenting searches short.
-    for u in kernels:
-        for v in _ordered(reach[index[u]], kernels):
-            if v not in match_right:
-                match_right[v], match_left[u] = u, v
+    after: dict[int, int] = {}   # kernel -> kernel it follows on the same stream
+    before: dict[int, int] = {}  # kernel -> kernel that follows it
+    # A greedy start along the nearest successor makes the augmenting searches short.
+    for k, u in enumerate(kernels):
+        for v in _members(reach[k], kernels):
+            if v not in after:
+                after[v], before[u] = u, v
                 break
     for u in kernels:
-        if u not in match_left:
-            _augment(u, reach, index, kernels, match_left, match_right)
+        if u not in before:
+            _augment(u, reach, kernels, index, before, after)
     stream: dict[int, int] = {}
-    count = 0
-    for i in dag.ops:
-        if i in dag.free:
-            stream[i] = _follow_producer(dag, i, stream)
-        elif i in match_right:
-            stream[i] = stream[match_right[i]]
+    chains = 0
+    for i in kernels:
+        if i in after:
+            stream[i] = stream[after[i]]
         else:
-            stream[i] = count
-            count += 1
+            stream[i] = chains
+            chains += 1
     return stream
 
 
 def _closure(dag, index: dict[int, int]) -> list[int]:
-    """Bitsets over kernel indices: reach[k] holds every kernel reachable from kernel k."""
+    """Bitsets over kernel indices: entry k holds every kernel reachable from kernel k (through free ops too)."""
     below: dict[int, int] = {}
     for i in reversed(dag.ops):
         bits = 0
@@ -108,18 +119,19 @@ def _closure(dag, index: dict[int, int]) -> list[int]:
     return [below[i] for i in index]
 
 
-def _ordered(bits: int, kernels: list[int]):
-    """Kernel ids of a bitset, nearest (lowest topological index) first."""
+def _members(bits: int, kernels: list[int]):
+    """Kernels of a bitset, nearest (lowest topological index) first."""
     while bits:
         low = bits & -bits
         yield kernels[low.bit_length() - 1]
         bits ^= low
 
 
-def _augment(root: int, reach, index, kernels, match_left, match_right) -> bool:
-    """Kuhn's augmenting path from `root`, iterative to stay clear of Python's recursion limit."""
+def _augment(root: int, reach: list[int], kernels: list[int], index: dict[int, int],
+             before: dict[int, int], after: dict[int, int]) -> bool:
+    """Kuhn's augmenting path from kernel `root`; iterative to stay clear of the recursion limit."""
     visited: set[int] = set()
-    stack = [(root, _ordered(reach[index[root]], kernels))]
+    stack = [(root, _members(reach[index[root]], kernels))]
     path: list[tuple[int, int]] = []
     while stack:
         u, candidates = stack[-1]
@@ -127,14 +139,13 @@ def _augment(root: int, reach, index, kernels, match_left, match_right) -> bool:
             if v in visited:
                 continue
             visited.add(v)
-            if v not in match_right:
-                path.append((u, v))
-                for a, b in path:
-                    match_left[a], match_right[b] = b, a
-                return True
             path.append((u, v))
-            w = match_right[v]
-            stack.append((w, _ordered(reach[index[w]], kernels)))
+            if v not in after:
+                for a, b in path:
+                    before[a], after[b] = b, a
+                return True
+            w = after[v]
+            stack.append((w, _members(reach[index[w]], kernels)))
             break
         else:
             stack.pop()
@@ -144,60 +155,61 @@ def _augment(root: int, reach, index, kernels, match_left, match_right) -> bool:
 
 
 def _critical(dag, costs, max_streams: int) -> dict[int, int]:
-    """List scheduling by bottom level: each op goes where it can start earliest."""
+    """List scheduling by bottom level (ties: lowest op id): each kernel goes to the stream on which it
+    can start earliest; ties prefer a stream holding one of its producers (saves a wait), then the lowest
+    stream. A stream is opened only when that starts the kernel strictly earlier and the cap allows."""
     level = bottom_levels(dag, costs)
-    stream: dict[int, int] = {}
+    stream: dict[int, int] = {}   # kernels, and free ops that ride on a producer's stream
     finish: dict[int, float] = {}
-    free_at: list[float] = []
+    free_at: list[float] = []     # per stream: when its last kernel finishes
     waiting = {i: len(dag.preds[i]) for i in dag.ops}
-    ready = [i for i in dag.ops if waiting[i] == 0]
+    ready = [(-level[i], i) for i in dag.ops if not waiting[i]]
+    heapq.heapify(ready)
     while ready:
-        ready.sort(key=lambda i: (-level[i], i))
-        i = ready.pop(0)
+        _, i = heapq.heappop(ready)
         est = max((finish[p] for p in dag.preds[i]), default=0.0)
         if i in dag.free:
-            stream[i] = _follow_producer(dag, i, stream) if free_at else 0
-            if not free_at:
-                free_at.append(0.0)
             finish[i] = est
+            rider = _rider(dag, i, stream)
+            if rider is not None:
+                stream[i] = rider
         else:
-            latest = max(dag.preds[i], key=lambda p: (finish[p], -p)) if dag.preds[i] else None
-            options = [(max(est, t), 0 if latest is not None and stream[latest] == s else 1, s)
-                       for s, t in enumerate(free_at)]
-            best = min(options) if options else None
-            if best is None or (best[0] > est and (not max_streams or len(free_at) < max_streams)):
-                free_at.append(0.0)
-                s, start = len(free_at) - 1, est
-            else:
-                start, _, s = best
+            homes = {stream[p] for p in dag.preds[i] if p in stream}
+            options = [(max(est, t), s not in homes, s) for s, t in enumerate(free_at)]
+            best = min(options, default=None)
+            can_open = not max_streams or len(free_at) < max_streams
+            if best is None or (best[0] > est and can_open):
+                free_at.append(est)
+                best = (est, False, len(free_at) - 1)
+            start, _, s = best
             stream[i] = s
             finish[i] = start + costs.ms[i]
             free_at[s] = finish[i]
         for c in dag.succs[i]:
             waiting[c] -= 1
-            if waiting[c] == 0:
-                ready.append(c)
-    return stream
+            if not waiting[c]:
+                heapq.heappush(ready, (-level[c], c))
+    return {i: s for i, s in stream.items() if i not in dag.free}
 
 
 def _fold(dag, costs, logical: dict[int, int], max_streams: int) -> StreamAssignment:
-    """Renumber streams densely by first use (the first op's stream becomes 0); beyond the cap, each
-    logical stream joins the pool stream with the least work so far."""
-    order: list[int] = []
-    for i in dag.ops:
-        if logical[i] not in order:
-            order.append(logical[i])
-    work = {s: 0.0 for s in order}
-    for i in dag.ops:
-        work[logical[i]] += costs.ms[i]
-    if not max_streams or len(order) <= max_streams:
-        mapping = {s: k for k, s in enumerate(order)}
+    """Renumber streams densely by first use in topological order, so the first op's stream becomes 0.
+
+    Beyond the cap, the first `max_streams` logical streams keep a pool stream each, and every later
+    one (in first-use order) joins the pool stream with the least total work so far (ties: lowest id).
+    Any folding is valid: waits are derived afterwards from the final streams and launch order.
+    """
+    first_use = list(dict.fromkeys(logical[i] for i in dag.ops))
+    if not max_streams or len(first_use) <= max_streams:
+        mapping = {s: k for k, s in enumerate(first_use)}
     else:
+        work = dict.fromkeys(first_use, 0.0)
+        for i in dag.ops:
+            work[logical[i]] += costs.ms[i]
         load = [0.0] * max_streams
         mapping = {}
-        for k, s in enumerate(order):
+        for k, s in enumerate(first_use):
             target = k if k < max_streams else min(range(max_streams), key=lambda t: (load[t], t))
             mapping[s] = target
             load[target] += work[s]
-    stream = {i: mapping[logical[i]] for i in dag.ops}
-    return StreamAssignment(stream, len(set(mapping.values())))
+    return StreamAssignment({i: mapping[logical[i]] for i in dag.ops}, len(set(mapping.values())))
