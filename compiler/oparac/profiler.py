@@ -85,18 +85,19 @@ def time_ops(graph: Graph, values: list, device: torch.device, say) -> dict[int,
     """Each op alone, REPEATS_IN_GRAPH times inside a small CUDA graph: no launch overhead in the figure."""
     times: dict[int, float] = {}
     ops = [i for i, n in enumerate(graph.nodes) if n.kind == "op" and not cost_model.is_free(n)]
-    pool = torch.cuda.graph_pool_handle()
     stream = torch.cuda.Stream(device=device)
     for k, i in enumerate(ops):
-        times[i] = _time_one(graph.nodes[i], values, device, pool, stream)
+        times[i] = _time_one(graph.nodes[i], values, device, stream)
         if say and (k + 1) % 200 == 0:
             say(f"profile: timed {k + 1}/{len(ops)} ops")
     return times
 
 
-def _time_one(node, values, device, pool, stream) -> float:
+def _time_one(node, values, device, stream) -> float:
+    # Each small graph gets its own memory pool, released with it: a pool shared across graphs that
+    # are created and dropped one after another trips the caching allocator's pool bookkeeping.
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.device(device), torch.cuda.graph(g, pool=pool, stream=stream):
+    with torch.cuda.device(device), torch.cuda.graph(g, stream=stream):
         for _ in range(REPEATS_IN_GRAPH):
             run_node(node, values, device)
     return time_graph_replays(g, device) / REPEATS_IN_GRAPH
