@@ -51,7 +51,9 @@ class Runner:
                 base[i] = constant_tensor(node, device)
             elif node.kind == "input":
                 meta = node.outputs[0]
-                base[i] = torch.empty(meta.shape, dtype=torch_dtype(meta.dtype), device=device)
+                # Zeros, not empty: warm-up runs before any real input arrives, and garbage integer
+                # inputs would index out of range (embedding lookups assert on the device).
+                base[i] = torch.zeros(meta.shape, dtype=torch_dtype(meta.dtype), device=device)
         self._base = base
         self._input_nodes = [node for node in nodes if node.kind == "input"]
         self._input_ids = [i for i, node in enumerate(nodes) if node.kind == "input"]
