@@ -125,6 +125,7 @@ def write_markdown(paths: list[Path], out: Path) -> None:
             "`torch.compile(mode=\"reduce-overhead\")`; *opara* is the default plan (opara streams, opara order), "
             "*opara_tuned* the plan chosen by `--tune`. Peak MiB is the peak allocated during the method's setup and "
             "run beyond what was allocated before (weights already on the GPU are not counted).", "",
+            (Path(__file__).resolve().parent / "notes.md").read_text(), "",
             "## Batch-1 targets (fp32, back-to-back, against the sequential CUDA graph)", "", targets(result), "",
             "## Fused and parallel (`--fuse inductor`) against torch.compile, batch 1", "", fused_targets(result), "",
             "## All measurements", "", table(result), ""]
