@@ -53,12 +53,14 @@ def _load_model(ref: str, shapes: str | None):
 @click.option("--dtype", type=click.Choice(("float32", "float16", "bfloat16")), default="float32", show_default=True)
 @click.option("--device", default=None, help="cuda (profile on the GPU) or cpu (cost-model preview plan)")
 @click.option("--tune", is_flag=True, help="measure candidate schedules on the GPU and keep the fastest")
-def compile_cmd(model, output, shapes, streams, order, max_streams, dtype, device, tune) -> None:
+@click.option("--fuse", type=click.Choice(("inductor",)), default=None,
+              help="compile each stream segment with TorchInductor (fused and parallel)")
+def compile_cmd(model, output, shapes, streams, order, max_streams, dtype, device, tune, fuse) -> None:
     """Compile MODEL (.pt2, .onnx or package.module:factory) into a plan file."""
     from oparac.pipeline import compile_ref
 
     plan = compile_ref(model, shapes=shapes, streams=streams, order=order, max_streams=max_streams,
-                       dtype=dtype, device=device, tune=tune, progress=_progress)
+                       dtype=dtype, device=device, tune=tune, fuse=fuse or "", progress=_progress)
     plan.save(output)
     s = plan.schedule
     click.echo(f"wrote {output}: {s.num_streams} streams, {len(s.waits)} waits, predicted "
