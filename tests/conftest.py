@@ -48,3 +48,12 @@ def make_tiny_plan() -> Plan:
 @pytest.fixture
 def tiny_plan() -> Plan:
     return make_tiny_plan()
+
+
+@pytest.fixture
+def no_tf32():
+    """GPU tests compare against eager PyTorch with TF32 off, so a fused or reordered plan is held to 1e-4."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old

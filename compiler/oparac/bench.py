@@ -100,12 +100,19 @@ def build(method: str, model, inputs, device: torch.device, *, plan_options: dic
 def bench_method(method: str, name: str, model, inputs, dtype: str, device: torch.device, reference,
                  *, iters: int = 200, warmup: int = 20, plan_options: dict | None = None) -> Record:
     rec = Record(model=name, batch=int(inputs[0].shape[0]), dtype=dtype, method=method)
+    return measure_into(rec, lambda: build(method, model, inputs, device, plan_options=plan_options), inputs,
+                        reference, device, iters=iters, warmup=warmup)
+
+
+def measure_into(rec: Record, make, inputs, reference, device: torch.device, *, iters: int, warmup: int) -> Record:
+    """Fill `rec` from the callable `make()` builds: setup time, timings, peak memory, error vs reference.
+    A method that cannot run is recorded with its error, not raised."""
     try:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         t0 = time.perf_counter()
-        fn = build(method, model, inputs, device, plan_options=plan_options)
+        fn = make()
         torch.cuda.synchronize(device)
         rec.compile_s = time.perf_counter() - t0
         out = fn(*inputs)
@@ -113,7 +120,6 @@ def bench_method(method: str, name: str, model, inputs, dtype: str, device: torc
         rec.ms_b2b, rec.ms_latency = timing.ms_b2b, timing.ms_latency
         rec.peak_mem_mb = (torch.cuda.max_memory_allocated(device) - before) / 2**20
         rec.max_abs_diff = max_abs_diff(out, reference)
-        del fn
     except Exception as e:  # a baseline that cannot run is reported, not fatal
         rec.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
     torch.cuda.empty_cache()

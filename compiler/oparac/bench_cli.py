@@ -1,7 +1,6 @@
 """`oparac bench PLAN MODEL`: the plan as it ships against the benchmark suite's baselines, one table."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from opara_plan import ModelError, OparaError
@@ -80,27 +79,15 @@ def _progress(console):
 
 def _bench_plan_row(plan, module, name, inputs, dtype, dev, want, *, iters: int, warmup: int):
     """The 'opara' row: the plan file loaded by the runtime, timed exactly like bench_method times a baseline."""
-    import torch
-
     import opara_runtime
-    from oparac.bench import Record, max_abs_diff
-    from oparac.measure import time_gpu
+    from opara_plan import OparaError
+    from oparac.bench import Record, measure_into
 
     rec = Record(model=name, batch=int(inputs[0].shape[0]) if inputs[0].dim() else 1, dtype=dtype, method="opara")
-    torch.cuda.synchronize(dev)
-    torch.cuda.reset_peak_memory_stats(dev)
-    before = torch.cuda.memory_allocated(dev)
-    t0 = time.perf_counter()
-    runner = opara_runtime.load(plan, module, device=dev)
-    torch.cuda.synchronize(dev)
-    rec.compile_s = time.perf_counter() - t0
-    out = runner(*inputs)
-    timing = time_gpu(lambda: runner(*inputs), dev, iters=iters, warmup=warmup)
-    rec.ms_b2b, rec.ms_latency = timing.ms_b2b, timing.ms_latency
-    rec.peak_mem_mb = (torch.cuda.max_memory_allocated(dev) - before) / 2**20
-    rec.max_abs_diff = max_abs_diff(out, want)
-    del runner
-    torch.cuda.empty_cache()
+    measure_into(rec, lambda: opara_runtime.load(plan, module, device=dev), inputs, want, dev, iters=iters,
+                 warmup=warmup)
+    if rec.error is not None:
+        raise OparaError(f"the plan could not run: {rec.error}")
     return rec
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import os
 import tempfile
@@ -64,38 +65,21 @@ def node_of_range(name: str) -> int | None:
 
 
 def launch_traced(launcher, values: list) -> None:
-    """StreamLauncher.launch with an NVTX range and a profiler range around every node's launch.
+    """StreamLauncher.launch with an NVTX range and a profiler range around every node's launch, so that
+    what is traced is exactly what the captured graph contains."""
+    launcher.launch(values, around=lambda i: _traced_range(range_name(i, launcher.plan)))
 
-    Mirrors opara_runtime.execute.StreamLauncher.launch (same streams, waits, events and releases) so
-    that what is traced is what the captured graph contains.
-    """
+
+@contextlib.contextmanager
+def _traced_range(name: str):
     import torch
 
-    from opara_runtime.ops import run_node
-
-    plan, nodes, stream = launcher.plan, launcher.plan.graph.nodes, launcher.plan.schedule.stream
-    main = torch.cuda.current_stream(launcher.device)
-    streams = [main, *launcher.side_streams]
-    fork = torch.cuda.Event()
-    fork.record(main)
-    for st in launcher.side_streams:
-        st.wait_event(fork)
-    events = {p: torch.cuda.Event() for p in launcher.signalled}
-    for i in plan.schedule.launch_order:
-        st = streams[stream[i]]
-        for p in launcher.waits_of.get(i, ()):
-            st.wait_event(events[p])
-        name = range_name(i, plan)
-        torch.cuda.nvtx.range_push(name)
-        with torch.profiler.record_function(name), torch.cuda.stream(st):
-            values[i] = run_node(nodes[i], values, launcher.device)
+    torch.cuda.nvtx.range_push(name)
+    try:
+        with torch.profiler.record_function(name):
+            yield
+    finally:
         torch.cuda.nvtx.range_pop()
-        if i in events:
-            events[i].record(st)
-        for j in launcher.release.get(i, ()):
-            values[j] = None
-    for st in launcher.side_streams:
-        main.wait_stream(st)
 
 
 def _sleep_cycles_per_ms(device) -> float:

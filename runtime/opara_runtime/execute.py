@@ -1,6 +1,8 @@
 """Running a plan's ops: sequentially (CPU, correctness path) or on the plan's streams (CUDA)."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from opara_plan import Plan
@@ -18,6 +20,10 @@ def run_sequential(plan: Plan, values: list, device: torch.device) -> None:
             values[j] = None
 
 
+def _no_context(node_id: int):
+    return contextlib.nullcontext()
+
+
 class StreamLauncher:
     """Launches the plan's ops on its streams with its waits; the same code warms up and captures."""
 
@@ -33,8 +39,11 @@ class StreamLauncher:
         self.release = release_points(plan, sequential=False)
         self.side_streams = [torch.cuda.Stream(device=device) for _ in range(s.num_streams - 1)]
 
-    def launch(self, values: list) -> None:
-        """Launch everything from the current stream: fork side streams, run, join them back."""
+    def launch(self, values: list, around=None) -> None:
+        """Launch everything from the current stream: fork side streams, run, join them back.
+
+        around(node_id), if given, returns a context manager entered around each op's launch (tracing).
+        """
         main = torch.cuda.current_stream(self.device)
         streams = [main, *self.side_streams]
         fork = torch.cuda.Event()
@@ -42,20 +51,20 @@ class StreamLauncher:
         for st in self.side_streams:
             st.wait_event(fork)
         if self.programs is None:
-            self._launch_ops(values, streams)
+            self._launch_ops(values, streams, around or _no_context)
         else:
             self._launch_segments(values, streams)
         for st in self.side_streams:
             main.wait_stream(st)
 
-    def _launch_ops(self, values: list, streams: list) -> None:
+    def _launch_ops(self, values: list, streams: list, around) -> None:
         plan, nodes, stream = self.plan, self.plan.graph.nodes, self.plan.schedule.stream
         events = {p: torch.cuda.Event() for p in self.signalled}
         for i in plan.schedule.launch_order:
             st = streams[stream[i]]
             for p in self.waits_of.get(i, ()):
                 st.wait_event(events[p])
-            with torch.cuda.stream(st):
+            with around(i), torch.cuda.stream(st):
                 values[i] = run_node(nodes[i], values, self.device)
             if i in events:
                 events[i].record(st)

@@ -15,16 +15,8 @@ from oparac.bench import SequentialGraph
 from oparac.measure import time_gpu
 from oparac.verify import TOLERANCE, compare, verify
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]
 STREAMS = ("opara", "nimble", "critical", "single")
-
-
-@pytest.fixture(autouse=True)
-def no_tf32():
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def test_googlenet_compiles_fast_and_matches_eager(tmp_path, monkeypatch):

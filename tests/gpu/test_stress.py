@@ -71,6 +71,7 @@ def random_dag_plan(seed: int, size: int):
 
 
 @pytest.mark.gpu
+@pytest.mark.usefixtures("no_tf32")
 @pytest.mark.parametrize("seed", range(12))
 def test_every_schedule_is_bitwise_sequential(seed):
     torch.backends.cudnn.deterministic = True
