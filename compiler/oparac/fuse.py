@@ -78,12 +78,13 @@ def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, sa
                                     predicted_ms=sched.predicted_ms, measured_ms=ms))
         if ms < best_ms:
             best_plan, best_ms = fused, ms
-    # Earlier (unfused) tuning candidates stay on record; exactly one candidate ends up chosen.
-    earlier = tuple(dataclasses.replace(c, chosen=False) for c in plan.profile.candidates)
+    # Earlier (unfused) tuning candidates stay on record; exactly one candidate ends up chosen. When the
+    # unfused plan wins and was itself tuned, its own candidate entry is already the chosen one.
     winner = next(k for k, c in enumerate(candidates) if c.measured_ms == best_ms)
     if winner == 0 and any(c.chosen for c in plan.profile.candidates):
-        earlier, candidates[0] = plan.profile.candidates, candidates[0]
+        earlier = plan.profile.candidates
     else:
+        earlier = tuple(dataclasses.replace(c, chosen=False) for c in plan.profile.candidates)
         candidates[winner] = dataclasses.replace(candidates[winner], chosen=True)
     profile = dataclasses.replace(best_plan.profile, candidates=earlier + tuple(candidates))
     return dataclasses.replace(best_plan, profile=profile)
