@@ -40,7 +40,7 @@ def measure_fused(plan: Plan, weights: dict, device: torch.device) -> tuple[Plan
 
 def segment_times(runner, device: torch.device) -> list[float]:
     """Each compiled segment alone, 10 times inside a small CUDA graph, from the runner's live values."""
-    values = list(runner._base)
+    values = list(runner.captured.base_values)
     runner.captured.launcher.launch(values)  # eager run on the plan's streams fills every segment's inputs
     torch.cuda.synchronize(device)
     times = []

@@ -1,7 +1,7 @@
 """The plan: frozen dataclasses of plain data (ints, strings, floats, tuples) shared by compiler and runtime."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Union
 
 SCHEMA_VERSION: tuple[int, int] = (1, 0)
@@ -199,7 +199,6 @@ class Plan:
     fusion: Fusion = NO_FUSION
     schema_version: tuple[int, ...] = SCHEMA_VERSION
     format: str = FORMAT
-    extra: tuple[tuple[str, str], ...] = field(default=())
 
     def to_bytes(self) -> bytes:
         from opara_plan.codec import plan_to_bytes

@@ -16,8 +16,7 @@ class CapturedPlan:
         self.plan = plan
         self.device = device
         self.launcher = StreamLauncher(plan, device, programs)
-        self.input_ids = [i for i, n in enumerate(plan.graph.nodes) if n.kind == "input"]
-        self.static_inputs = [base_values[i] for i in self.input_ids]
+        self.static_inputs = [base_values[i] for i, n in enumerate(plan.graph.nodes) if n.kind == "input"]
         self.base_values = base_values
         with torch.cuda.device(device):
             # Warm-up creates cuBLAS/cuDNN handles and workspaces for every stream before capture.
