@@ -49,6 +49,11 @@ def _place_free_ops(dag, kernel_stream: dict[int, int]) -> dict[int, int]:
     for i in reversed(dag.ops):
         if i not in stream:
             stream[i] = next((stream[c] for c in dag.succs[i] if c in stream), 0)
+    # A view whose producers were all views of inputs could not ride in the first pass: those producers
+    # have a stream only now, so ride on it (otherwise it sat on a consumer's or stream 0 by default).
+    for i in dag.ops:
+        if i in dag.free and dag.preds[i] and not any(p in kernel_stream for p in dag.preds[i]):
+            stream[i] = _rider(dag, i, stream)
     return stream
 
 
