@@ -15,7 +15,7 @@ RIDGE_FLOPS_PER_BYTE = PEAK_FLOPS / PEAK_BYTES_PER_S
 FREE_WITHOUT_ALIAS = frozenset({"aten._unsafe_view.default"})
 
 
-def _numel(shape) -> int:
+def numel(shape) -> int:
     return math.prod(shape) if shape else 1
 
 
@@ -28,9 +28,9 @@ def op_bytes(graph: Graph, node: Node) -> float:
             continue
         seen.add((ref.node, ref.index))
         meta = graph.nodes[ref.node].outputs[ref.index]
-        total += _numel(meta.shape) * DTYPE_SIZES[meta.dtype]
+        total += numel(meta.shape) * DTYPE_SIZES[meta.dtype]
     for meta in node.outputs:
-        total += _numel(meta.shape) * DTYPE_SIZES[meta.dtype]
+        total += numel(meta.shape) * DTYPE_SIZES[meta.dtype]
     return float(total)
 
 
@@ -42,13 +42,13 @@ def op_flops(graph: Graph, node: Node) -> float:
     shape_of = (lambda r: graph.nodes[r.node].outputs[r.index].shape)
     if name in ("convolution", "_convolution", "cudnn_convolution", "conv2d") and len(refs) >= 2:
         w = shape_of(refs[1])
-        per_output = _numel(w[1:])  # in_channels/groups * kernel elements
-        return 2.0 * _numel(out) * per_output
+        per_output = numel(w[1:])  # in_channels/groups * kernel elements
+        return 2.0 * numel(out) * per_output
     if name in ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear") and refs:
         a = shape_of(refs[1] if name in ("addmm", "baddbmm") and len(refs) > 2 else refs[0])
         k = a[-1] if a else 1
-        return 2.0 * _numel(out) * k
-    return float(sum(_numel(m.shape) for m in node.outputs))
+        return 2.0 * numel(out) * k
+    return float(sum(numel(m.shape) for m in node.outputs))
 
 
 def is_free(node: Node) -> bool:

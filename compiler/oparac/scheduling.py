@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from opara_plan import Graph, OpProfile, Schedule
+from oparac.cost_model import numel
 from oparac.dag import Dag
 from oparac.schedule import (Costs, assign_streams, order_launches, reduce_waits, simulate)
 
@@ -24,15 +25,9 @@ def demand(op: OpProfile, graph: Graph, node_id: int) -> float:
                         k.shared_memory / SM_SHARED_MEMORY)
         return worst
     # No kernel records (cost model): the fraction of the GPU's threads the output would occupy.
-    numel = sum(_numel(m.shape) for m in graph.nodes[node_id].outputs)
-    return min(1.0, numel / (SM_COUNT * SM_THREADS))
+    elements = sum(numel(m.shape) for m in graph.nodes[node_id].outputs)
+    return min(1.0, elements / (SM_COUNT * SM_THREADS))
 
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def costs_of(graph: Graph, dag: Dag, ops: tuple[OpProfile, ...]) -> Costs:

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from opara_plan import ModelError, Plan, PlanMismatchError
-from opara_runtime.ops import dtype_name, torch_dtype
+from opara_runtime.ops import dtype_name, spec_text, torch_dtype
 
 _REDUCED = ("float16", "bfloat16")
 
@@ -35,10 +35,6 @@ def weights_of(model) -> dict[str, torch.Tensor]:
                      f".pt2 or .onnx file, found {type(model).__name__}")
 
 
-def _spec(dtype: str, shape) -> str:
-    return f"{dtype}[{', '.join(map(str, shape))}]"
-
-
 def check_weights(plan: Plan, weights: dict[str, torch.Tensor]) -> None:
     """PlanMismatchError naming the first param whose presence, shape or dtype differs from the plan."""
     precision = plan.model.precision
@@ -49,16 +45,16 @@ def check_weights(plan: Plan, weights: dict[str, torch.Tensor]) -> None:
         w = weights.get(node.name)
         if w is None:
             raise PlanMismatchError(f"the model has no parameter {node.name!r}, which the plan needs as "
-                                    f"{_spec(meta.dtype, meta.shape)} (plan node {i}); is this the model "
+                                    f"{spec_text(meta.dtype, meta.shape)} (plan node {i}); is this the model "
                                     f"the plan was compiled for?")
         found = dtype_name(w.dtype)
         if tuple(w.shape) != meta.shape:
-            raise PlanMismatchError(f"parameter {node.name!r}: the plan expects {_spec(meta.dtype, meta.shape)}, "
-                                    f"the model has {_spec(found, tuple(w.shape))}")
+            raise PlanMismatchError(f"parameter {node.name!r}: the plan expects {spec_text(meta.dtype, meta.shape)}, "
+                                    f"the model has {spec_text(found, tuple(w.shape))}")
         castable = meta.dtype == precision and precision in _REDUCED and w.is_floating_point()
         if found != meta.dtype and not castable:
-            raise PlanMismatchError(f"parameter {node.name!r}: the plan expects {_spec(meta.dtype, meta.shape)}, "
-                                    f"the model has {_spec(found, tuple(w.shape))}")
+            raise PlanMismatchError(f"parameter {node.name!r}: the plan expects {spec_text(meta.dtype, meta.shape)}, "
+                                    f"the model has {spec_text(found, tuple(w.shape))}")
 
 
 def place_weights(plan: Plan, weights: dict[str, torch.Tensor], device: torch.device) -> dict[int, torch.Tensor]:

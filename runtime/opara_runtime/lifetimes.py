@@ -26,20 +26,18 @@ def release_points(plan: Plan, *, sequential: bool) -> dict[int, tuple[int, ...]
                 root[i] = root[node.args[k].node]
     position = {i: p for p, i in enumerate(s.launch_order)}
     users: dict[int, set[int]] = {}
+    members: dict[int, list[int]] = {}
     pinned: set[int] = set()
     for i, node in enumerate(nodes):
         if node.kind == "op":
             users.setdefault(root[i], set()).add(i)
+            members.setdefault(root[i], []).append(i)
         for ref in node_refs(node):
             r = root[ref.node]
             if node.kind == "output" or nodes[r].kind != "op":
                 pinned.add(r)
             elif node.kind == "op":
                 users.setdefault(r, set()).add(i)
-    members: dict[int, list[int]] = {}
-    for i, node in enumerate(nodes):
-        if node.kind == "op":
-            members.setdefault(root[i], []).append(i)
     if sequential:
         after = {r: s.launch_order[max(position[u] for u in us)] for r, us in users.items() if r not in pinned}
     else:

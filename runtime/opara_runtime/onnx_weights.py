@@ -12,6 +12,18 @@ _DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: t
            9: torch.bool, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16}
 
 
+def read_onnx(path: Path, *, external_data: bool):
+    """onnx.load with the missing-file and unreadable-file cases as ModelError; the compiler reads with it too."""
+    import onnx
+
+    if not path.is_file():
+        raise ModelError(f"ONNX model {str(path)!r}: no such file")
+    try:
+        return onnx.load(str(path), load_external_data=external_data)
+    except Exception as e:
+        raise ModelError(f"ONNX model {str(path)!r} cannot be read: {e}") from None
+
+
 def onnx_weights(path: Path) -> dict[str, torch.Tensor]:
     """Initializer name -> CPU tensor, external data read relative to the model's folder.
 
@@ -23,12 +35,7 @@ def onnx_weights(path: Path) -> dict[str, torch.Tensor]:
     from onnx import numpy_helper
 
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"ONNX model {str(path)!r}: no such file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise ModelError(f"ONNX model {str(path)!r} cannot be read: {e}") from None
+    model = read_onnx(path, external_data=False)
     weights: dict[str, torch.Tensor] = {}
     for init in model.graph.initializer:
         if init.data_type not in _DTYPES:

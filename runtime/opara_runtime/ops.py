@@ -23,6 +23,12 @@ def torch_dtype(name: str) -> torch.dtype:
     return dtype
 
 
+def spec_text(dtype: str, shape, device=None) -> str:
+    """'float32[1, 3, 224, 224] on cuda:0': how errors show a tensor that was expected or found."""
+    text = f"{dtype}[{', '.join(map(str, shape))}]"
+    return f"{text} on {device}" if device is not None else text
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 

@@ -9,12 +9,7 @@ import torch
 from opara_plan import InputError, OutTree, Plan, PlanMismatchError
 from opara_runtime.bind import check_weights, place_weights
 from opara_runtime.execute import run_sequential
-from opara_runtime.ops import constant_tensor, materialize, torch_dtype
-
-
-def _spec(dtype, shape, device=None) -> str:
-    s = f"{dtype}[{', '.join(map(str, shape))}]"
-    return f"{s} on {device}" if device is not None else s
+from opara_runtime.ops import constant_tensor, materialize, spec_text, torch_dtype
 
 
 def rebuild(tree: OutTree, flat: list):
@@ -88,7 +83,7 @@ class Runner:
             raise InputError(f"expected {len(self._input_nodes)} inputs ({names}), got {len(inputs)}")
         for k, (node, x) in enumerate(zip(self._input_nodes, inputs)):
             meta = node.outputs[0]
-            want = _spec(meta.dtype, meta.shape, self.device)
+            want = spec_text(meta.dtype, meta.shape, self.device)
             if not isinstance(x, torch.Tensor):
                 raise InputError(f"input {k} {node.name!r}: expected {want}, got {type(x).__name__}")
             got_dtype = str(x.dtype).removeprefix("torch.")
@@ -96,7 +91,7 @@ class Runner:
                 self.device.index is None or x.device.index in (None, self.device.index))
             if tuple(x.shape) != meta.shape or got_dtype != meta.dtype or not same_device:
                 raise InputError(f"input {k} {node.name!r}: expected {want}, "
-                                 f"got {_spec(got_dtype, tuple(x.shape), x.device)}")
+                                 f"got {spec_text(got_dtype, tuple(x.shape), x.device)}")
 
     def __call__(self, *inputs, zero_copy: bool = False):
         self.check_inputs(inputs)

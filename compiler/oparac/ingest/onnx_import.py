@@ -24,15 +24,11 @@ def graph_from_onnx(path: Path, shapes: dict, dtype: str) -> GraphBuilder:
 
 def load_onnx(path: Path):
     """The model with external data loaded (relative to its folder) and local functions inlined."""
-    import onnx
     import onnx.inliner
 
-    if not path.is_file():
-        raise ModelError(f"ONNX model {str(path)!r}: no such file")
-    try:
-        model = onnx.load(str(path), load_external_data=True)
-    except Exception as e:
-        raise ModelError(f"ONNX model {str(path)!r} cannot be read: {e}") from None
+    from opara_runtime.onnx_weights import read_onnx
+
+    model = read_onnx(path, external_data=True)
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
     return upgrade_opset(model)
