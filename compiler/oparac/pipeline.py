@@ -31,10 +31,16 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
     the fastest (never slower than one stream). fuse='inductor' compiles each stream segment with
     TorchInductor (measured and, with tune, chosen against the unfused plan on the GPU).
     """
+    from oparac.fuse import BACKENDS
+
     say = progress or (lambda msg: None)
     if dtype not in DTYPES:
         raise ModelError(f"dtype: expected one of {DTYPES}, found {dtype!r}")
+    if fuse and fuse not in BACKENDS:
+        raise ModelError(f"fuse: expected one of {BACKENDS}, found {fuse!r}")
     dev = _device(device)
+    if tune and dev.type != "cuda":
+        raise ModelError("--tune measures schedules on the GPU; no CUDA device is in use")
     say("ingest: exporting the model to ATen")
     builder, source = _stage("ingest", "", lambda: ingest(model, example_inputs, dtype, shapes))
     graph = builder.build()
@@ -45,12 +51,10 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
         graph, profile.ops, streams=streams, order=order, max_streams=max_streams))
     plan = assemble(graph, builder, source, dtype, target, schedule, profile)
     if tune:
-        if dev.type != "cuda":
-            raise ModelError("--tune measures schedules on the GPU; no CUDA device is in use")
         from oparac.tune import tune_plan
 
         say("tune: measuring candidate schedules")
-        plan = _stage("tune", "ingest, profile, schedule", lambda: tune_plan(plan, model_weights(model, dtype),
+        plan = _stage("tune", "ingest, profile, schedule", lambda: tune_plan(plan, model_weights(model),
                                                                              dev, say))
     if fuse:
         plan = _stage("fuse", "ingest, profile, schedule", lambda: fuse_stage(plan, model, dtype, dev, fuse, tune, say))
@@ -59,13 +63,11 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
 
 
 def fuse_stage(plan: Plan, model, dtype: str, dev: torch.device, backend: str, tune: bool, say) -> Plan:
-    from oparac.fuse import BACKENDS, fuse_plan, measure_fused, tune_fused
+    from oparac.fuse import fuse_plan, measure_fused, tune_fused
 
-    if backend not in BACKENDS:
-        raise ModelError(f"fuse: expected one of {BACKENDS}, found {backend!r}")
     if dev.type != "cuda":
         return fuse_plan(plan, backend)  # segments recorded; the CPU path runs them unfused
-    weights = model_weights(model, dtype)
+    weights = model_weights(model)
     if tune:
         say("fuse: measuring fused candidates (inductor compiles each segment)")
         return tune_fused(plan, weights, dev, backend, say)
@@ -147,7 +149,7 @@ def ingest(model, example_inputs, dtype: str, shapes: str | None = None) -> tupl
         model.train(was_training)
 
 
-def model_weights(model, dtype: str) -> dict:
+def model_weights(model) -> dict:
     from opara_runtime.bind import weights_of
 
     if isinstance(model, torch.export.ExportedProgram):

@@ -108,6 +108,10 @@ def test_non_tensor_inputs_are_refused():
         oparac.compile(Branches(), (3,), device="cpu")
     with pytest.raises(ModelError, match="dtype"):
         oparac.compile(Branches(), (torch.randn(1, 3, 8, 8),), device="cpu", dtype="int8")
+    with pytest.raises(ModelError, match="fuse: expected one of"):
+        oparac.compile(Branches(), (torch.randn(1, 3, 8, 8),), device="cpu", fuse="tensorrt")
+    with pytest.raises(ModelError, match="--tune measures schedules on the GPU"):
+        oparac.compile(Branches(), (torch.randn(1, 3, 8, 8),), device="cpu", tune=True)
 
 
 def test_float16_plan_casts_weights_at_load():
