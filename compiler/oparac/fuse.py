@@ -58,10 +58,10 @@ def segment_times(runner, device: torch.device) -> list[float]:
 
 def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, say=None) -> Plan:
     """Measure a few fused schedules against the given (unfused) plan; keep the fastest."""
-    from opara_runtime.bind import place_weights
+    from opara_runtime.bind import weights_on_device
     from opara_runtime.runner import Runner
 
-    placed = {plan.graph.nodes[i].name: w for i, w in place_weights(plan, weights, device).items()}
+    placed = weights_on_device(plan, weights, device)
     unfused = Runner(plan, placed, device)
     best_plan, best_ms = plan, time_graph_replays(unfused.captured.graph, device, repeats=7, replays=20)
     del unfused

@@ -22,17 +22,17 @@ def candidate_settings() -> list[tuple[str, str, int]]:
 
 
 def tune_plan(plan: Plan, weights: dict, device: torch.device, say=None) -> Plan:
-    from opara_runtime.bind import place_weights
+    from opara_runtime.bind import weights_on_device
     from opara_runtime.runner import Runner
 
-    placed = {plan.graph.nodes[i].name: w for i, w in place_weights(plan, weights, device).items()}
+    placed = weights_on_device(plan, weights, device)
     schedules = {}
     for streams, order, cap in candidate_settings():
         sched = make_schedule(plan.graph, plan.profile.ops, streams=streams, order=order, max_streams=cap)
         schedules[(streams, order, cap)] = sched
     measured: dict[tuple, float] = {}
     for setting, sched in schedules.items():
-        signature = (sched.stream, sched.launch_order, sched.waits)
+        signature = _sig(sched)
         if signature in measured:
             continue
         runner = Runner(dataclasses.replace(plan, schedule=sched), placed, device)

@@ -57,14 +57,18 @@ def check_weights(plan: Plan, weights: dict[str, torch.Tensor]) -> None:
                                     f"the model has {spec_text(found, tuple(w.shape))}")
 
 
-def place_weights(plan: Plan, weights: dict[str, torch.Tensor], device: torch.device) -> dict[int, torch.Tensor]:
-    """Node id -> the weight on `device` in the plan's dtype. A weight used by several nodes is copied once."""
+def weights_on_device(plan: Plan, weights: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Param name -> the weight on `device` in the plan's dtype, each copied once however many nodes use it.
+    Tuning builds many runners from this one copy (a tensor already in place is not copied again)."""
     placed: dict[str, torch.Tensor] = {}
-    out = {}
-    for i, node in enumerate(plan.graph.nodes):
-        if node.kind == "param":
-            if node.name not in placed:
-                dtype = torch_dtype(node.outputs[0].dtype)
-                placed[node.name] = weights[node.name].detach().to(device=device, dtype=dtype).contiguous()
-            out[i] = placed[node.name]
-    return out
+    for node in plan.graph.nodes:
+        if node.kind == "param" and node.name not in placed:
+            dtype = torch_dtype(node.outputs[0].dtype)
+            placed[node.name] = weights[node.name].detach().to(device=device, dtype=dtype).contiguous()
+    return placed
+
+
+def place_weights(plan: Plan, weights: dict[str, torch.Tensor], device: torch.device) -> dict[int, torch.Tensor]:
+    """Node id -> its weight on `device` in the plan's dtype."""
+    placed = weights_on_device(plan, weights, device)
+    return {i: placed[node.name] for i, node in enumerate(plan.graph.nodes) if node.kind == "param"}
