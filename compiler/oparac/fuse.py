@@ -1,8 +1,9 @@
-"""--fuse inductor: cut the schedule into segments, measure them fused, embed inductor's cache artifacts."""
+"""--fuse inductor: cut the schedule into segments, measure them fused, embed their compiled artifacts."""
 from __future__ import annotations
 
 import dataclasses
 import gc
+import warnings
 
 import torch
 
@@ -22,20 +23,33 @@ def fuse_plan(plan: Plan, backend: str, *, max_ops: int = 0) -> Plan:
 
 
 def measure_fused(plan: Plan, weights: dict, device: torch.device) -> tuple[Plan, float]:
-    """Compile and capture the fused plan; measured segment times, replay latency and cache artifacts."""
+    """Compile and capture the fused plan; measured segment times, replay latency and compiled artifacts."""
     from opara_runtime.fused import cache_key
     from opara_runtime.runner import Runner
 
     runner = Runner(plan, weights, device)
     replay_ms = time_graph_replays(runner.captured.graph, device, repeats=7, replays=20)
     seg_ms = segment_times(runner, device)
-    segments = tuple(dataclasses.replace(s, ms=ms) for s, ms in zip(plan.fusion.segments, seg_ms))
-    artifacts = torch.compiler.save_cache_artifacts()
-    cache = artifacts[0] if artifacts else b""
-    fusion = dataclasses.replace(plan.fusion, segments=segments, cache=bytes(cache), cache_key=cache_key(device))
+    artifacts = segment_artifacts(runner.programs)
+    segments = tuple(dataclasses.replace(s, ms=ms, artifact=a)
+                     for s, ms, a in zip(plan.fusion.segments, seg_ms, artifacts))
+    fusion = dataclasses.replace(plan.fusion, segments=segments, cache_key=cache_key(device))
     del runner
     gc.collect()
     return dataclasses.replace(plan, fusion=fusion), replay_ms
+
+
+def segment_artifacts(programs) -> list[bytes]:
+    """Every segment's compiled artifact, or none at all: a plan whose segments are only partly stored
+    would compile at load anyway, so it carries nothing rather than dead bytes."""
+    from opara_runtime.fused import artifact_bytes
+
+    try:
+        return [artifact_bytes(p.fn) for p in programs]
+    except Exception as e:  # inductor could not serialise a segment: the plan still works, loading compiles
+        warnings.warn(f"fuse: compiled segments could not be saved into the plan ({type(e).__name__}: {e}); "
+                      f"loading it will compile them", stacklevel=2)
+        return [b""] * len(programs)
 
 
 def segment_times(runner, device: torch.device) -> list[float]:

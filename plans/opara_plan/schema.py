@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
-SCHEMA_VERSION: tuple[int, int] = (1, 0)
+SCHEMA_VERSION: tuple[int, int] = (1, 1)
 FORMAT = "opara-plan"
 NODE_KINDS = ("input", "param", "constant", "op", "output")
 
@@ -166,23 +166,24 @@ class Profile:
 class Segment:
     """A maximal run of one stream's ops with no cross-stream edge inside, compiled as one fused unit.
 
-    ops are in launch order; waits are the segments whose completion this one waits for.
+    ops are in launch order; waits are the segments whose completion this one waits for. artifact is the
+    backend's compiled segment (inductor's standalone artifact, schema 1.1), so loading does not compile.
     """
 
     stream: int
     ops: tuple[int, ...]
     waits: tuple[int, ...] = ()
     ms: float = -1.0  # measured time of the fused segment; -1: not measured
+    artifact: bytes = b""
 
 
 @dataclass(frozen=True)
 class Fusion:
-    """How ops are fused: backend '' (none) or 'inductor', the segments, and the backend's cache artifacts."""
+    """How ops are fused: backend '' (none) or 'inductor', and the segments with their compiled artifacts."""
 
     backend: str = ""
     segments: tuple[Segment, ...] = ()
-    cache: bytes = b""
-    cache_key: str = ""  # torch version + GPU the cache artifacts were made with
+    cache_key: str = ""  # torch build + GPU the segments' artifacts were made with
 
 
 NO_FUSION = Fusion()

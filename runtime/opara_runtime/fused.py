@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import operator
+import os
+import tempfile
+import warnings
 from dataclasses import dataclass
 
 import torch
+import torch._inductor
 import torch.fx
 
 from opara_plan import Plan, Ref, Segment, node_refs
@@ -90,31 +94,70 @@ def _build(plan: Plan, seg: Segment, needed_outside: set[Key], device: torch.dev
     return SegmentProgram(segment=seg, inputs=inputs, outputs=outputs, module=module, arity=arity)
 
 
-def compile_segments(programs: list[SegmentProgram]) -> None:
-    """torch.compile each segment: inductor, whole graph, static shapes, no CUDA graphs of its own
-    (the plan's single graph captures everything)."""
-    for prog in programs:
-        prog.fn = torch.compile(prog.module, backend="inductor", fullgraph=True, dynamic=False,
-                                options={"triton.cudagraphs": False})
+INDUCTOR_CONFIG = {"triton.cudagraphs": False}  # the plan's single graph captures everything
+
+
+def compile_segments(programs: list[SegmentProgram], base_values: list) -> None:
+    """Compile every segment with inductor (whole graph, static shapes, no CUDA graphs of its own).
+
+    Segments are compiled in launch order and each is run once on real values, so every segment is
+    specialised to the exact sizes and strides its inputs will have (inductor asserts them). Going
+    through inductor's standalone entry point skips dynamo: each compiled segment is an artifact that
+    can be saved into the plan and loaded without compiling again."""
+    values = list(base_values)
+    with torch.no_grad():
+        for prog in programs:
+            prog.fn = torch._inductor.standalone_compile(
+                prog.module, [_value(values, k) for k in prog.inputs], dynamic_shapes="from_example_inputs",
+                options={"config_patches": dict(INDUCTOR_CONFIG)})
+            prog(values)
+
+
+def artifact_bytes(compiled) -> bytes:
+    """A compiled segment as bytes (inductor's binary artifact format)."""
+    with tempfile.TemporaryDirectory(prefix="opara-seg-") as tmp:
+        path = os.path.join(tmp, "segment.bin")
+        compiled.save(path=path, format="binary")
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def _load_artifact(data: bytes):
+    with tempfile.TemporaryDirectory(prefix="opara-seg-") as tmp:
+        path = os.path.join(tmp, "segment.bin")
+        with open(path, "wb") as f:
+            f.write(data)
+        return torch._inductor.CompiledArtifact.load(path=path, format="binary")
 
 
 def cache_key(device: torch.device) -> str:
-    """What inductor's cache artifacts depend on: the torch build and the GPU."""
+    """What compiled segments depend on: the torch build and the GPU (or the CPU)."""
+    if device.type != "cuda":
+        return f"torch {torch.__version__} | {device.type}"
     props = torch.cuda.get_device_properties(device)
     return f"torch {torch.__version__} | {props.name} | sm {props.major}.{props.minor}"
 
 
-def prepare_fused(plan: Plan, device: torch.device) -> list[SegmentProgram]:
-    """Segment programs ready to launch; the plan's embedded inductor artifacts are loaded first when they
-    were made with this torch and GPU, so deployment does not compile again."""
-    import warnings
-
-    if plan.fusion.cache:
-        if plan.fusion.cache_key == cache_key(device):
-            torch.compiler.load_cache_artifacts(plan.fusion.cache)
-        else:
-            warnings.warn(f"the plan's inductor artifacts were made with {plan.fusion.cache_key}, this is "
-                          f"{cache_key(device)}: segments are compiled afresh", stacklevel=3)
+def prepare_fused(plan: Plan, device: torch.device, base_values: list) -> list[SegmentProgram]:
+    """Segment programs ready to launch. The plan's compiled artifacts are loaded when they were made with
+    this torch build and GPU, so deployment does not compile; otherwise every segment is compiled here."""
     programs = segment_programs(plan, device)
-    compile_segments(programs)
+    stored = [seg.artifact for seg in plan.fusion.segments]
+    if all(stored):
+        reason = _load_all(programs, stored) if plan.fusion.cache_key == cache_key(device) else \
+            f"were made with {plan.fusion.cache_key}, this is {cache_key(device)}"
+        if reason is None:
+            return programs
+        warnings.warn(f"the plan's compiled segments {reason}: compiling them afresh", stacklevel=3)
+    compile_segments(programs, base_values)
     return programs
+
+
+def _load_all(programs: list[SegmentProgram], stored: list[bytes]) -> str | None:
+    """Load every segment's artifact; None when all loaded, else why not (the caller compiles instead)."""
+    for k, (prog, data) in enumerate(zip(programs, stored)):
+        try:
+            prog.fn = _load_artifact(data)
+        except Exception as e:  # a corrupt or foreign artifact must cost a compile, never the deployment
+            return f"could not be loaded (segment {k}: {type(e).__name__}: {e})"
+    return None

@@ -60,7 +60,7 @@ class Runner:
         if use_graph and plan.fusion.backend:
             from opara_runtime.fused import prepare_fused
 
-            self.programs = prepare_fused(plan, device)
+            self.programs = prepare_fused(plan, device, base)
         if use_graph:
             from opara_runtime.capture import CapturedPlan
 

@@ -22,7 +22,7 @@ def test_fused_googlenet_matches_and_embeds_artifacts(tmp_path):
     plan = oparac.compile(model, inputs, device="cuda", fuse="inductor")
     assert plan.fusion.backend == "inductor" and len(plan.fusion.segments) > 1
     assert all(seg.ms > 0 for seg in plan.fusion.segments)
-    assert plan.fusion.cache, "inductor cache artifacts are embedded"
+    assert all(seg.artifact for seg in plan.fusion.segments), "compiled segments are embedded"
     verdict = verify(plan, model, device="cuda")
     assert verdict.ok, f"rel {verdict.max_rel:.2e}"
     plan.save(tmp_path / "g.plan")
@@ -43,7 +43,7 @@ def test_fused_load_uses_embedded_artifacts(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     seconds = float(out.stdout.strip().splitlines()[-1])
     print(f"fused GoogLeNet load with embedded artifacts, empty inductor cache: {seconds:.1f} s")
-    assert seconds < 30
+    assert seconds < 10
 
 
 def test_fused_plan_on_cpu_runs_unfused(tmp_path):
