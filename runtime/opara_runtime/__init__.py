@@ -10,13 +10,18 @@ from opara_runtime.runner import Runner, check_target, choose_device, rebuild
 __all__ = ["Runner", "load", "rebuild"]
 
 
-def load(plan: Plan | str | Path, model, *, device=None, capture: bool | None = None) -> Runner:
+def load(plan: Plan | str | Path, model, *, device=None, capture: bool | None = None,
+         compiled_segments: bool = True) -> Runner:
     """Load `plan` (a Plan or a path) for `model` (nn.Module, state dict or .onnx path).
 
     device: None picks the plan's target kind (a CUDA plan runs on the CPU, sequentially, with a
     warning where no GPU exists). On CUDA the plan is captured as one multi-stream CUDA graph;
     capture=False runs the ops one by one instead (for debugging). Raises PlanFormatError for a bad
     plan and PlanMismatchError when the model, the GPU or the machine does not fit it.
+
+    A fused plan carries its segments compiled by inductor: loading them runs code stored in the plan,
+    so load such plans from storage you trust, as you would the model's code. compiled_segments=False
+    ignores them and compiles every segment here instead (slower: about 30 s for GoogLeNet).
     """
     if isinstance(plan, (str, Path)):
         plan = load_plan(plan)
@@ -28,4 +33,4 @@ def load(plan: Plan | str | Path, model, *, device=None, capture: bool | None = 
         raise PlanFormatError(f"plan: expected a Plan or a path, found {type(plan).__name__}")
     dev = choose_device(plan, device)
     check_target(plan, dev)
-    return Runner(plan, weights_of(model), dev, capture=capture)
+    return Runner(plan, weights_of(model), dev, capture=capture, compiled_segments=compiled_segments)

@@ -5,6 +5,7 @@ import operator
 import os
 import tempfile
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -114,19 +115,20 @@ def compile_segments(programs: list[SegmentProgram], base_values: list) -> None:
 
 
 def artifact_bytes(compiled) -> bytes:
-    """A compiled segment as bytes (inductor's binary artifact format)."""
+    """A compiled segment as bytes: inductor's binary artifact format, zlib-compressed (kernel sources and
+    binaries shrink about 5x, and a plan holds one artifact per segment)."""
     with tempfile.TemporaryDirectory(prefix="opara-seg-") as tmp:
         path = os.path.join(tmp, "segment.bin")
         compiled.save(path=path, format="binary")
         with open(path, "rb") as f:
-            return f.read()
+            return zlib.compress(f.read(), 6)
 
 
 def _load_artifact(data: bytes):
     with tempfile.TemporaryDirectory(prefix="opara-seg-") as tmp:
         path = os.path.join(tmp, "segment.bin")
         with open(path, "wb") as f:
-            f.write(data)
+            f.write(zlib.decompress(data))
         return torch._inductor.CompiledArtifact.load(path=path, format="binary")
 
 
@@ -138,12 +140,14 @@ def cache_key(device: torch.device) -> str:
     return f"torch {torch.__version__} | {props.name} | sm {props.major}.{props.minor}"
 
 
-def prepare_fused(plan: Plan, device: torch.device, base_values: list) -> list[SegmentProgram]:
-    """Segment programs ready to launch. The plan's compiled artifacts are loaded when they were made with
-    this torch build and GPU, so deployment does not compile; otherwise every segment is compiled here."""
+def prepare_fused(plan: Plan, device: torch.device, base_values: list, *,
+                  use_artifacts: bool = True) -> list[SegmentProgram]:
+    """Segment programs ready to launch. The plan's compiled artifacts are loaded (unless use_artifacts is
+    False) when they were made with this torch build and GPU, so deployment does not compile; otherwise
+    every segment is compiled here."""
     programs = segment_programs(plan, device)
     stored = [seg.artifact for seg in plan.fusion.segments]
-    if all(stored):
+    if use_artifacts and all(stored):
         reason = _load_all(programs, stored) if plan.fusion.cache_key == cache_key(device) else \
             f"were made with {plan.fusion.cache_key}, this is {cache_key(device)}"
         if reason is None:

@@ -32,7 +32,8 @@ class Runner:
     Calls are serialised: the static buffers of a captured graph admit one inference at a time.
     """
 
-    def __init__(self, plan: Plan, weights: dict, device: torch.device, *, capture: bool | None = None) -> None:
+    def __init__(self, plan: Plan, weights: dict, device: torch.device, *, capture: bool | None = None,
+                 compiled_segments: bool = True) -> None:
         check_weights(plan, weights)
         self.plan = plan
         self.device = device
@@ -60,7 +61,7 @@ class Runner:
         if use_graph and plan.fusion.backend:
             from opara_runtime.fused import prepare_fused
 
-            self.programs = prepare_fused(plan, device, base)
+            self.programs = prepare_fused(plan, device, base, use_artifacts=compiled_segments)
         if use_graph:
             from opara_runtime.capture import CapturedPlan
 

@@ -67,6 +67,8 @@ def test_plan_with_artifacts_loads_without_compiling(compiled, monkeypatch):
     monkeypatch.setattr(torch._inductor, "standalone_compile", no_compile)
     loaded = fused.prepare_fused(stored, CPU, base)
     torch.testing.assert_close(_run_segments(stored, loaded, base), _reference(stored, base))
+    with pytest.raises(AssertionError, match="must not compile"):  # the caller may refuse the stored code
+        fused.prepare_fused(stored, CPU, base, use_artifacts=False)
 
 
 def test_foreign_or_corrupt_artifacts_are_compiled_afresh_with_a_warning(compiled):
