@@ -8,7 +8,7 @@ import warnings
 import torch
 
 from opara_plan import Candidate, Fusion, Plan, cut_segments
-from oparac.measure import time_graph_replays
+from oparac.measure import fill_random, time_graph_replays
 from oparac.scheduling import make_schedule
 
 BACKENDS = ("inductor",)
@@ -28,6 +28,7 @@ def measure_fused(plan: Plan, weights: dict, device: torch.device) -> tuple[Plan
     from opara_runtime.runner import Runner
 
     runner = Runner(plan, weights, device)
+    fill_random(runner.captured.static_inputs)  # never time on zeros
     replay_ms = time_graph_replays(runner.captured.graph, device, repeats=7, replays=20)
     seg_ms = segment_times(runner, device)
     artifacts = segment_artifacts(runner.programs)
@@ -77,6 +78,7 @@ def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, sa
 
     placed = weights_on_device(plan, weights, device)
     unfused = Runner(plan, placed, device)
+    fill_random(unfused.captured.static_inputs)
     best_plan, best_ms = plan, time_graph_replays(unfused.captured.graph, device, repeats=7, replays=20)
     del unfused
     candidates = [Candidate(streams=plan.schedule.stream_algorithm, order=plan.schedule.order_algorithm,

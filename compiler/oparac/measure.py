@@ -51,3 +51,11 @@ def time_graph_replays(graph: torch.cuda.CUDAGraph, device: torch.device, *, rep
             end.synchronize()
             samples.append(start.elapsed_time(end) / replays)
     return statistics.median(samples)
+
+
+def fill_random(tensors) -> None:
+    """Random data into floating-point buffers (integer inputs such as token ids stay as they are)."""
+    with torch.no_grad():
+        for t in tensors:
+            if t.is_floating_point():
+                t.copy_(torch.randn(t.shape, dtype=torch.float32, device=t.device).to(t.dtype))
