@@ -1,0 +1,87 @@
+"""Where a runner call's time goes, on the GPU: bare replay, input copy + replay, the runner's call, and the
+host-side input check alone. Latency is one call followed by a synchronize; overhead is latency minus the
+back-to-back replay time (DESIGN section 8).
+
+    python benchmarks/call_overhead.py --model googlenet        # GPU; writes results/call-overhead-*.json
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def breakdown(model_name: str, rounds: int = 5) -> dict:
+    import torch
+
+    import opara_runtime
+    import oparac
+    from oparac import zoo
+    from oparac.measure import fill_random, time_gpu
+
+    model, inputs = getattr(zoo, model_name)()
+    model = model.cuda()
+    xs = tuple(x.cuda() for x in inputs)
+    dev = torch.device("cuda")
+    plan = oparac.compile(model, xs, device="cuda")
+    runner = opara_runtime.load(plan, model, device="cuda")
+    fill_random(runner.captured.static_inputs)
+    graph, static = runner.captured.graph, runner.captured.static_inputs
+
+    def copy_and_replay():
+        for buf, x in zip(static, xs):
+            buf.copy_(x, non_blocking=True)
+        graph.replay()
+
+    variants = {"bare_replay": graph.replay, "copy_and_replay": copy_and_replay,
+                "runner_zero_copy": lambda: runner(*xs, zero_copy=True), "runner": lambda: runner(*xs)}
+    rows = {name: [] for name in variants}
+    check_us = []
+    for _ in range(rounds):  # interleaved rounds: a slow moment of the VM hits every variant alike
+        for name, fn in variants.items():
+            t = time_gpu(fn, dev)
+            rows[name].append((t.ms_b2b, t.ms_latency))
+        t0 = time.perf_counter()
+        for _ in range(1000):
+            runner.check_inputs(xs)
+        check_us.append((time.perf_counter() - t0) * 1e3)
+    replay_b2b = statistics.median(r[0] for r in rows["bare_replay"])
+    out = {"model": model_name, "replay_b2b_ms": replay_b2b, "input_check_us": statistics.median(check_us)}
+    for name, samples in rows.items():
+        b2b = statistics.median(r[0] for r in samples)
+        lat = statistics.median(r[1] for r in samples)
+        out[name] = {"ms_b2b": b2b, "ms_latency": lat, "overhead_us": (lat - replay_b2b) * 1e3}
+    return out
+
+
+def main(argv=None) -> int:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="googlenet")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("the call-overhead breakdown needs a CUDA GPU", file=sys.stderr)
+        return 1
+    rec = breakdown(args.model)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    path = Path(args.out) / f"call-overhead-{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                "cuda": torch.version.cuda, "date": stamp, "records": [rec]}, indent=1))
+    for name in ("bare_replay", "copy_and_replay", "runner_zero_copy", "runner"):
+        r = rec[name]
+        print(f"{name:18s} b2b {r['ms_b2b']:.4f} ms  latency {r['ms_latency']:.4f} ms  overhead {r['overhead_us']:.1f} us")
+    print(f"input check alone: {rec['input_check_us']:.2f} us per call; wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
