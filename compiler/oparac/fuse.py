@@ -8,7 +8,7 @@ import warnings
 import torch
 
 from opara_plan import Candidate, Fusion, Plan, cut_segments
-from oparac.measure import fill_random, time_graph_replays
+from oparac.measure import time_graph_replays, timed_runner
 from oparac.scheduling import make_schedule
 
 BACKENDS = ("inductor",)
@@ -25,10 +25,8 @@ def fuse_plan(plan: Plan, backend: str, *, max_ops: int = 0) -> Plan:
 def measure_fused(plan: Plan, weights: dict, device: torch.device) -> tuple[Plan, float]:
     """Compile and capture the fused plan; measured segment times, replay latency and compiled artifacts."""
     from opara_runtime.fused import cache_key
-    from opara_runtime.runner import Runner
 
-    runner = Runner(plan, weights, device)
-    fill_random(runner.captured.static_inputs)  # never time on zeros
+    runner = timed_runner(plan, weights, device)
     replay_ms = time_graph_replays(runner.captured.graph, device, repeats=7, replays=20)
     seg_ms = segment_times(runner, device)
     artifacts = segment_artifacts(runner.programs)
@@ -74,11 +72,9 @@ def segment_times(runner, device: torch.device) -> list[float]:
 def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, say=None) -> Plan:
     """Measure a few fused schedules against the given (unfused) plan; keep the fastest."""
     from opara_runtime.bind import weights_on_device
-    from opara_runtime.runner import Runner
 
     placed = weights_on_device(plan, weights, device)
-    unfused = Runner(plan, placed, device)
-    fill_random(unfused.captured.static_inputs)
+    unfused = timed_runner(plan, placed, device)
     best_plan, best_ms = plan, time_graph_replays(unfused.captured.graph, device, repeats=7, replays=20)
     del unfused
     candidates = [Candidate(streams=plan.schedule.stream_algorithm, order=plan.schedule.order_algorithm,

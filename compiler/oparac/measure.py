@@ -59,3 +59,13 @@ def fill_random(tensors) -> None:
         for t in tensors:
             if t.is_floating_point():
                 t.copy_(torch.randn(t.shape, dtype=torch.float32, device=t.device).to(t.dtype))
+
+
+def timed_runner(plan, weights: dict, device: torch.device):
+    """A captured runner of `plan` for timing, its static inputs filled with random data (never time on
+    zeros: they can run faster than real inputs)."""
+    from opara_runtime.runner import Runner
+
+    runner = Runner(plan, weights, device)
+    fill_random(runner.captured.static_inputs)
+    return runner

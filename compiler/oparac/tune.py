@@ -8,7 +8,7 @@ import statistics
 import torch
 
 from opara_plan import Candidate, Plan
-from oparac.measure import fill_random, time_graph_replays
+from oparac.measure import time_graph_replays, timed_runner
 from oparac.scheduling import make_schedule
 
 STREAM_ALGORITHMS = ("opara", "nimble", "critical")
@@ -44,7 +44,7 @@ def tune_plan(plan: Plan, weights: dict, device: torch.device, say=None) -> Plan
         by_sig.setdefault(_sig(sched), (setting, sched))
     measured: dict[tuple, float] = {}
     for signature, (setting, sched) in by_sig.items():
-        runner = _runner(plan, sched, placed, device)
+        runner = timed_runner(dataclasses.replace(plan, schedule=sched), placed, device)
         measured[signature] = time_graph_replays(runner.captured.graph, device, repeats=7, replays=20)
         del runner
         gc.collect()
@@ -68,18 +68,9 @@ def tune_plan(plan: Plan, weights: dict, device: torch.device, say=None) -> Plan
     return dataclasses.replace(plan, schedule=schedules[best], profile=profile)
 
 
-def _runner(plan: Plan, sched, placed: dict, device: torch.device):
-    """A captured runner of `plan` under `sched`, its static inputs filled with random data (never time on
-    zeros: they can run faster than real inputs)."""
-    from opara_runtime.runner import Runner
-
-    runner = Runner(dataclasses.replace(plan, schedule=sched), placed, device)
-    fill_random(runner.captured.static_inputs)
-    return runner
-
-
 def _final_rounds(finalists: dict, plan: Plan, placed: dict, device: torch.device) -> dict[tuple, float]:
-    runners = {sig: _runner(plan, sched, placed, device) for sig, sched in finalists.items()}
+    runners = {sig: timed_runner(dataclasses.replace(plan, schedule=sched), placed, device)
+               for sig, sched in finalists.items()}
     samples: dict[tuple, list[float]] = {sig: [] for sig in runners}
     for _ in range(FINAL_ROUNDS):
         for sig, runner in runners.items():
