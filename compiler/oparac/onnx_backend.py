@@ -58,8 +58,8 @@ class OparaRep(BackendRep):
             model.graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in values.items())
         path = Path(self._dir.name) / f"model_{len(self._runners)}.onnx"
         onnx.save(model, str(path))
-        text = ",".join(f"{k}:{'x'.join(map(str, s))}" for k, s in shapes.items() if k not in values) or None
-        plan = compile_plan(path, None, device=self.device, dtype=self.dtype, shapes=text)
+        fixed = {k: tuple(s) for k, s in shapes.items() if k not in values}
+        plan = compile_plan(path, None, device=self.device, dtype=self.dtype, shapes=fixed)
         return opara_runtime.load(plan, path, device=self.device)
 
     def _runner(self, arrays: dict):
