@@ -81,7 +81,11 @@ def measure(method: str, name: str, make, inputs, reference, device: torch.devic
     out = rec.as_dict()
     out["exporter"] = exporter
     if "fn" in built and rec.error is None:
-        verdict = compare(built["fn"](*inputs), reference, TOLERANCE)
+        try:
+            verdict = compare(built["fn"](*inputs), reference, TOLERANCE)
+        except Exception as e:  # e.g. another number of outputs: a row, not the end of the run
+            out["error"] = f"comparing with eager: {type(e).__name__}: {e}"[:300]
+            return out
         out["max_abs_diff"], out["max_rel_diff"] = verdict.max_abs, verdict.max_rel
         if method == "opara_onnx" and not verdict.ok:
             out["error"] = f"output differs from eager: max relative diff {verdict.max_rel:.3g} > {TOLERANCE:g}"
