@@ -41,6 +41,7 @@ class Outcome:
 class Report:
     outcomes: list = field(default_factory=list)
     excluded: dict = field(default_factory=dict)  # data-set model -> unsupported ops it uses
+    unsupported: dict = field(default_factory=dict)  # node case onnx generates for an unsupported op -> op
 
 
 def supported_ops() -> set[str]:
@@ -49,8 +50,9 @@ def supported_ops() -> set[str]:
     return set(HANDLERS)
 
 
-def node_cases(ops: set[str]) -> list[Case]:
-    """onnx's generated node test cases whose tested op is supported (expanded variants included)."""
+def node_cases(ops: set[str], report: Report | None = None) -> list[Case]:
+    """onnx's generated node test cases whose tested op is supported (expanded variants included); the others
+    go to report.unsupported."""
     with warnings.catch_warnings(), open(os.devnull, "w") as null:
         warnings.simplefilter("ignore")
         stderr, sys.stderr = sys.stderr, null
@@ -69,6 +71,9 @@ def node_cases(ops: set[str]) -> list[Case]:
             op = c.model.graph.node[0].op_type
         if op in ops:
             out.append(Case(c.name, op, "node", c.model, c.data_sets, c.rtol, c.atol))
+        elif report is not None:
+            op_types = {n.op_type for n in c.model.graph.node}
+            report.unsupported[c.name] = op or "+".join(sorted(op_types - ops)) or "+".join(sorted(op_types))
     return out
 
 
@@ -149,7 +154,7 @@ def collect(ops: set[str] | None = None) -> tuple[list[Case], Report]:
     report = Report()
     supported = supported_ops()
     chosen = supported if not ops else supported & ops
-    cases = node_cases(chosen) + data_set_cases(supported, report)
+    cases = node_cases(chosen, report) + data_set_cases(supported, report)
     if ops:
         cases = [c for c in cases if c.op in ops]
     return cases, report

@@ -12,11 +12,19 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
            "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
 
 
-def parse_shapes(text: str | None) -> dict[str, tuple[tuple[int, ...], str]]:
-    """'x:1x3x224x224,ids:1x128:int64' -> {'x': ((1, 3, 224, 224), 'float32'), 'ids': ((1, 128), 'int64')}."""
+def parse_shapes(text) -> dict[str, tuple[tuple[int, ...], str]]:
+    """'x:1x3x224x224,ids:1x128:int64' -> {'x': ((1, 3, 224, 224), 'float32'), 'ids': ((1, 128), 'int64')}.
+
+    The Python API may give a dict instead: {'x': (1, 3, 224, 224)} or {'ids': ((1, 128), 'int64')}.
+    """
     out: dict[str, tuple[tuple[int, ...], str]] = {}
     if not text:
         return out
+    if isinstance(text, dict):
+        return shapes_from_dict(text)
+    if not isinstance(text, str):
+        raise ModelError(f"shapes: expected a string like 'x:1x3x224x224' or a dict like "
+                         f"{{'x': (1, 3, 224, 224)}}, found {type(text).__name__}")
     for item in text.split(","):
         parts = item.strip().split(":")
         if len(parts) not in (2, 3) or not parts[0]:
@@ -31,6 +39,29 @@ def parse_shapes(text: str | None) -> dict[str, tuple[tuple[int, ...], str]]:
         if any(d <= 0 for d in dims):
             raise ModelError(f"--shapes item {item!r}: dimensions must be positive")
         out[parts[0]] = (dims, dtype)
+    return out
+
+
+def shapes_from_dict(shapes: dict) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{'x': (1, 3, 224, 224), 'ids': ((1, 128), 'int64')} -> the form parse_shapes returns, checked."""
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    for name, value in shapes.items():
+        where = f"shapes[{name!r}]"
+        if not isinstance(name, str) or not name:
+            raise ModelError(f"shapes: keys must be input names (non-empty strings), found {name!r}")
+        dims, dtype = value, "float32"
+        # ((dims...), 'dtype') names the element type too; a bare sequence of ints is a float32 shape.
+        if isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[1], str):
+            dims, dtype = value
+        if dtype not in _DTYPES:
+            raise ModelError(f"{where}: dtype must be one of {sorted(_DTYPES)}, found {dtype!r}")
+        if not isinstance(dims, (tuple, list, torch.Size)) or not all(
+                isinstance(d, int) and not isinstance(d, bool) for d in dims):
+            raise ModelError(f"{where}: expected a tuple of positive ints like (1, 3, 224, 224) or "
+                             f"((1, 128), 'int64'), found {value!r}")
+        if any(d <= 0 for d in dims):
+            raise ModelError(f"{where}: dimensions must be positive, found {list(dims)}")
+        out[name] = (tuple(dims), dtype)
     return out
 
 

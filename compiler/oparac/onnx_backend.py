@@ -58,8 +58,8 @@ class OparaRep(BackendRep):
             model.graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in values.items())
         path = Path(self._dir.name) / f"model_{len(self._runners)}.onnx"
         onnx.save(model, str(path))
-        text = ",".join(f"{k}:{'x'.join(map(str, s))}" for k, s in shapes.items() if k not in values) or None
-        plan = compile_plan(path, None, device=self.device, dtype=self.dtype, shapes=text)
+        fixed = {k: tuple(s) for k, s in shapes.items() if k not in values}
+        plan = compile_plan(path, None, device=self.device, dtype=self.dtype, shapes=fixed)
         return opara_runtime.load(plan, path, device=self.device)
 
     def _runner(self, arrays: dict):
@@ -118,6 +118,29 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
+def node_model(node, inputs, outputs_info=None, opset: int | None = None) -> onnx.ModelProto:
+    """A model whose graph is `node`, its inputs declared from the arrays given for them."""
+    names = [n for n in node.input if n]
+    if len(names) != len(inputs):
+        raise ModelError(f"{node.op_type} node {node.name or '(unnamed)'!r}: it reads {len(names)} inputs "
+                         f"{names}, got {len(inputs)} arrays")
+    declared = [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(np.asarray(x).dtype),
+                                                   np.asarray(x).shape) for n, x in zip(names, inputs)]
+    outputs = []
+    for k, name in enumerate(node.output):
+        if outputs_info and k < len(outputs_info):
+            dtype, shape = outputs_info[k]
+            outputs.append(onnx.helper.make_tensor_value_info(
+                name, onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), shape))
+        else:
+            outputs.append(onnx.helper.make_empty_tensor_value_info(name))
+    graph = onnx.helper.make_graph([node], f"{node.op_type}_node", declared, outputs)
+    opset = opset or onnx.defs.onnx_opset_version()
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    # onnx's checker wants every graph output typed: shape inference fills those outputs_info left out.
+    return onnx.shape_inference.infer_shapes(model)
+
+
 def _static(vi) -> bool:
     t = vi.type.tensor_type
     return t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim)
@@ -141,7 +164,11 @@ class OparaBackend(Backend):
 
     @classmethod
     def run_node(cls, node, inputs, device: str = "CPU", outputs_info=None, **kwargs):
-        raise NotImplementedError("Opara runs whole models; wrap the node in a model and use run_model")
+        """One node as a one-node model: inputs (arrays, in the node's input order) declare the graph inputs;
+        outputs_info [(numpy dtype, shape)] declares the outputs where given. opset_version= picks the opset
+        (default: the installed onnx's latest)."""
+        super().run_node(node, inputs, device=device, outputs_info=outputs_info, **kwargs)
+        return cls.run_model(node_model(node, inputs, outputs_info, kwargs.get("opset_version")), inputs, device)
 
     @classmethod
     def supports_device(cls, device: str) -> bool:
@@ -153,4 +180,5 @@ class OparaBackend(Backend):
 
 prepare = OparaBackend.prepare
 run_model = OparaBackend.run_model
+run_node = OparaBackend.run_node
 supports_device = OparaBackend.supports_device

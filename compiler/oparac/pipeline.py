@@ -23,13 +23,15 @@ class StageError(OparaError):
 
 def compile(model, example_inputs=None, *, streams: str = "opara", order: str = "opara", max_streams: int = 0,
             dtype: str = "float32", device=None, tune: bool = False, progress: Callable[[str], None] | None = None,
-            profile_cache=None, shapes: str | None = None, fuse: str = "") -> Plan:
+            profile_cache=None, shapes: str | dict | None = None, fuse: str = "") -> Plan:
     """Compile a model (nn.Module, fx.GraphModule, ExportedProgram or .onnx path) into a plan.
 
     device: 'cpu' builds a preview plan from the analytic cost model; 'cuda' (default when a GPU is
     present) profiles every op on the GPU. tune=True measures candidate schedules on the GPU and keeps
     the fastest (never slower than one stream). fuse='inductor' compiles each stream segment with
-    TorchInductor (measured and, with tune, chosen against the unfused plan on the GPU).
+    TorchInductor (measured and, with tune, chosen against the unfused plan on the GPU). shapes fixes the
+    symbolic input dimensions of an .onnx model: 'x:1x3x224x224,ids:1x128:int64' or
+    {'x': (1, 3, 224, 224), 'ids': ((1, 128), 'int64')}.
     """
     from oparac.fuse import BACKENDS
 
@@ -117,7 +119,7 @@ def compile_ref(ref: str, *, shapes: str | None = None, **options) -> Plan:
     return compile(model, inputs, **options)
 
 
-def ingest(model, example_inputs, dtype: str, shapes: str | None = None) -> tuple[GraphBuilder, str]:
+def ingest(model, example_inputs, dtype: str, shapes: str | dict | None = None) -> tuple[GraphBuilder, str]:
     from oparac.ingest.torch_fx import graph_from_exported, graph_from_fx, graph_from_module
 
     if isinstance(model, (str, Path)) and str(model).endswith(".onnx"):

@@ -72,6 +72,13 @@ def mobilenet_v3(batch: int = 1):
     return calibrate_batchnorm(torchvision.models.mobilenet_v3_small(weights=None), x), (x,)
 
 
+def mobilenet_v3_large(batch: int = 1):
+    import torchvision
+    _seeded()
+    x = torch.randn(batch, 3, 224, 224)
+    return calibrate_batchnorm(torchvision.models.mobilenet_v3_large(weights=None), x), (x,)
+
+
 def nasnet(batch: int = 1):
     import timm
     _seeded()

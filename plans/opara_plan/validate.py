@@ -8,7 +8,7 @@ from opara_plan.schema import NODE_KINDS, Plan, Ref, Sym
 
 DTYPE_SIZES = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
-    "int8": 1, "uint8": 1, "bool": 1, "complex64": 8, "complex128": 16,
+    "int8": 1, "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8, "bool": 1, "complex64": 8, "complex128": 16,
 }
 MAX_NODES = 1_000_000
 MAX_STREAMS = 1024

@@ -7,9 +7,11 @@ import torch
 
 from opara_plan import ModelError
 
-# ONNX TensorProto element type -> torch dtype, for the types a plan can hold.
-_DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32, 7: torch.int64,
-           9: torch.bool, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16}
+# ONNX TensorProto element type -> torch dtype, for the types a plan can hold (not: strings, float8, int4,
+# which the plan format and ATen lack). The importer uses the same table.
+ONNX_DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 4: torch.uint16, 5: torch.int16, 6: torch.int32,
+               7: torch.int64, 9: torch.bool, 10: torch.float16, 11: torch.float64, 12: torch.uint32,
+               13: torch.uint64, 16: torch.bfloat16}
 
 
 def read_onnx(path: Path, *, external_data: bool):
@@ -38,7 +40,7 @@ def onnx_weights(path: Path) -> dict[str, torch.Tensor]:
     model = read_onnx(path, external_data=False)
     weights: dict[str, torch.Tensor] = {}
     for init in model.graph.initializer:
-        if init.data_type not in _DTYPES:
+        if init.data_type not in ONNX_DTYPES:
             continue
         try:
             if init.data_location == onnx.TensorProto.EXTERNAL:
@@ -50,5 +52,5 @@ def onnx_weights(path: Path) -> dict[str, torch.Tensor]:
         if init.data_type == 16:  # bfloat16 arrives as raw bits
             weights[init.name] = torch.from_numpy(array.view(np.uint16).copy()).view(torch.bfloat16)
         else:
-            weights[init.name] = torch.from_numpy(np.array(array, copy=True)).to(_DTYPES[init.data_type])
+            weights[init.name] = torch.from_numpy(np.array(array, copy=True)).to(ONNX_DTYPES[init.data_type])
     return weights

@@ -13,7 +13,8 @@ import oparac
 from oparac.ingest.onnx_reference import run_onnxruntime
 
 NP_TO_ONNX = {np.float32: TensorProto.FLOAT, np.int64: TensorProto.INT64, np.bool_: TensorProto.BOOL,
-              np.float16: TensorProto.FLOAT16, np.int32: TensorProto.INT32}
+              np.float16: TensorProto.FLOAT16, np.int32: TensorProto.INT32, np.uint16: TensorProto.UINT16,
+              np.uint32: TensorProto.UINT32, np.uint64: TensorProto.UINT64}
 
 
 def make_model(nodes, inputs: dict, outputs: list[str], *, initializers: dict | None = None, opset: int = 17,

@@ -7,7 +7,7 @@ import torch
 from onnx import TensorProto, helper
 
 from onnx_testutil import make_model
-from opara_plan import UnsupportedOpError
+from opara_plan import ModelError, UnsupportedOpError
 from oparac import onnx_backend
 from oparac.onnx_backend import OparaBackend
 
@@ -43,3 +43,18 @@ def test_unsupported_op_is_reported_by_prepare():
 def test_supports_device():
     assert OparaBackend.supports_device("CPU")
     assert OparaBackend.supports_device("CUDA") == torch.cuda.is_available()
+
+
+def test_run_node_wraps_one_node_in_a_model():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.full((3,), 2, dtype=np.float32)
+    (y,) = onnx_backend.run_node(helper.make_node("Mul", ["a", "b"], ["y"]), [a, b])
+    np.testing.assert_array_equal(y, a * b)
+    node = helper.make_node("ArgMax", ["x"], ["i"], axis=1, keepdims=0)
+    (i,) = OparaBackend.run_node(node, [a], outputs_info=[(np.int64, (2,))], opset_version=13)
+    assert i.dtype == np.int64 and i.tolist() == [2, 2]
+
+
+def test_run_node_counts_inputs():
+    with pytest.raises(ModelError, match=r"Mul node 'm': it reads 2 inputs \['a', 'b'\], got 1 arrays"):
+        OparaBackend.run_node(helper.make_node("Mul", ["a", "b"], ["y"], name="m"), [np.zeros(2, np.float32)])

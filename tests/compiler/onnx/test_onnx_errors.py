@@ -61,6 +61,33 @@ def test_shapes_must_agree_with_fixed_dims(tmp_path):
         compile_model(model, tmp_path, shapes="z:1x3")
 
 
+def test_shapes_as_a_dict(tmp_path):
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], {"x": X}, ["y"])
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    plan = compile_model(model, tmp_path, shapes={"x": (5, 3, 4, 4)})
+    assert plan.model.inputs[0].shape == (5, 3, 4, 4)
+    plan = compile_model(model, tmp_path, shapes={"x": ([2, 3, 4, 4], "float32")})
+    assert plan.model.inputs[0].shape == (2, 3, 4, 4)
+    with pytest.raises(ModelError, match="not inputs of the ONNX model"):
+        compile_model(model, tmp_path, shapes={"z": (1, 3)})
+    with pytest.raises(ModelError, match="--shapes x: the ONNX input has rank 4"):
+        compile_model(model, tmp_path, shapes={"x": (2, 3)})
+
+
+@pytest.mark.parametrize("shapes, message", [
+    ({1: (1, 3)}, r"keys must be input names.*found 1"),
+    ({"x": "1x3x4x4"}, r"shapes\['x'\]: expected a tuple of positive ints.*found '1x3x4x4'"),
+    ({"x": (1, 3.0, 4, 4)}, r"shapes\['x'\]: expected a tuple of positive ints"),
+    ({"x": (0, 3, 4, 4)}, r"shapes\['x'\]: dimensions must be positive, found \[0, 3, 4, 4\]"),
+    ({"x": ((1, 3, 4, 4), "complex")}, r"shapes\['x'\]: dtype must be one of .*found 'complex'"),
+    ([("x", (1, 3))], r"shapes: expected a string like 'x:1x3x224x224' or a dict.*found list"),
+])
+def test_bad_shapes_dict_is_refused(tmp_path, shapes, message):
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], {"x": X}, ["y"])
+    with pytest.raises(ModelError, match=message):
+        compile_model(model, tmp_path, shapes=shapes)
+
+
 def test_shape_operand_computed_at_run_time(tmp_path):
     model = make_model([helper.make_node("Reshape", ["x", "s"], ["y"], name="rs")],
                        {"x": X, "s": np.array([1, -1], dtype=np.int64)}, ["y"], opset=14)

@@ -7,11 +7,10 @@ from typing import Callable
 import torch
 
 from opara_plan import Ref, UnsupportedOpError
+# uint16/32/64 are in the table but have few ATen kernels: see unsigned.py.
+from opara_runtime.onnx_weights import ONNX_DTYPES
+from oparac.ingest.onnx_ops.unsigned import check_kernel
 
-# ONNX TensorProto element type -> torch dtype, for the types a plan can hold (not: strings, float8, int4,
-# uint16/32/64, which the plan format and most ATen kernels lack).
-ONNX_DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32, 7: torch.int64,
-               9: torch.bool, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16}
 
 aten = torch.ops.aten
 
@@ -147,6 +146,7 @@ class Context:
     # -- emitting -------------------------------------------------------------------------------------
     def op(self, overload, *args, **kwargs):
         """Call an ATen overload: eagerly in fold mode, else as a graph node named after the ONNX node."""
+        check_kernel(self, overload, args + tuple(kwargs.values()))
         if self.fold:
             return overload(*args, **kwargs)
         base = self.node.name or f"{self.node.op_type}_{self.importer.node_index}"

@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from oparac.ingest.onnx_ops import unsigned
 from oparac.ingest.onnx_ops.base import Context, aten, handles
 
 _UNARY = {
@@ -32,9 +33,17 @@ def unary(ctx: Context):
     return ctx.op(_UNARY[ctx.node.op_type], ctx.input(0))
 
 
+def _binary(ctx: Context, op, a, b):
+    """op(a, b), through int64 where the operands are uint16/32/64 (torch lacks their arithmetic kernels)."""
+    dt = ctx.value_meta(a).dtype
+    if dt in unsigned.WIDE_UNSIGNED:
+        return unsigned.binary(ctx, op, a, b, dt)
+    return ctx.op(op, a, b)
+
+
 @handles(*_BINARY)
 def binary(ctx: Context):
-    return ctx.op(_BINARY[ctx.node.op_type], ctx.input(0), ctx.input(1))
+    return _binary(ctx, _BINARY[ctx.node.op_type], ctx.input(0), ctx.input(1))
 
 
 @handles("Div")
@@ -42,6 +51,8 @@ def div(ctx: Context):
     a, b = ctx.input(0), ctx.input(1)
     if ctx.dtype(0).is_floating_point:
         return ctx.op(aten.div.Tensor, a, b)
+    if ctx.dtype(0) in unsigned.WIDE_UNSIGNED:  # unsigned division truncates and floors alike
+        return _binary(ctx, aten.floor_divide.default, a, b)
     return ctx.op(aten.div.Tensor_mode, a, b, rounding_mode="trunc")  # ONNX integer division truncates
 
 
@@ -49,13 +60,19 @@ def div(ctx: Context):
 def mod(ctx: Context):
     a, b = ctx.input(0), ctx.input(1)
     if ctx.attr("fmod", 0):
-        return ctx.op(aten.fmod.Tensor, a, b)
-    return ctx.op(aten.remainder.Tensor, a, b)
+        return _binary(ctx, aten.fmod.Tensor, a, b)
+    return _binary(ctx, aten.remainder.Tensor, a, b)
 
 
 @handles("Pow")
 def pow_(ctx: Context):
-    out = ctx.op(aten.pow.Tensor_Tensor, ctx.input(0), ctx.input(1))
+    exponent = ctx.input(1)
+    if ctx.dtype(1) in unsigned.WIDE_UNSIGNED:
+        # torch's pow has no unsigned kernels; an integer base keeps integer powers, a float base takes the
+        # exponent as float64 (exact below 2**53)
+        wide = torch.int64 if not ctx.dtype(0).is_floating_point else torch.float64
+        exponent = ctx.op(aten._to_copy.default, exponent, dtype=wide)
+    out = ctx.op(aten.pow.Tensor_Tensor, ctx.input(0), exponent)
     if ctx.value_meta(out).dtype != ctx.dtype(0):  # ONNX keeps the base's type
         out = ctx.op(aten._to_copy.default, out, dtype=ctx.dtype(0))
     return out
@@ -176,7 +193,7 @@ def _variadic(ctx: Context, op):
     present = [i for i in range(ctx.n_inputs) if ctx.has(i)]
     acc = ctx.input(present[0])
     for i in present[1:]:
-        acc = ctx.op(op, acc, ctx.input(i))
+        acc = _binary(ctx, op, acc, ctx.input(i))
     return acc, len(present)
 
 

@@ -1,4 +1,5 @@
-"""Resize and Upsample: separable per-axis resampling with index tables or weight matrices built at compile time."""
+"""Resize and Upsample: separable per-axis resampling with index tables or weight matrices built at compile time
+(resample_weights.py)."""
 from __future__ import annotations
 
 import math
@@ -7,6 +8,7 @@ import numpy as np
 import torch
 
 from oparac.ingest.onnx_ops.base import Context, aten, handles
+from oparac.ingest.onnx_ops.resample_weights import axis_weights
 
 _COORD_MODES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric",
                 "tf_crop_and_resize")
@@ -77,8 +79,6 @@ def resize(ctx: Context):
 
 def _resample(ctx: Context, mode, coord, nearest, scales, sizes, roi, *, cubic_a, antialias=0, exclude_outside=0,
               extrapolation=0.0):
-    from onnx.reference.ops import op_resize as ref
-
     if mode not in ("nearest", "linear", "cubic"):
         raise ctx.unsupported(f"mode={mode!r}")
     if mode == "nearest" and antialias:
@@ -93,37 +93,22 @@ def _resample(ctx: Context, mode, coord, nearest, scales, sizes, roi, *, cubic_a
         axis_roi = None if roi is None else [roi[axis], roi[axis + rank]]
         if math.isclose(scale, 1.0) and n_in == n_out and (axis_roi is None or axis_roi == [0.0, 1.0]):
             continue
-        coeffs = _coeff_fn(ref, mode, nearest, cubic_a, antialias)
-        # The weights are those of ONNX's reference resampler applied to unit vectors, so every coordinate
-        # mode, rounding rule, antialias and exclude_outside case means exactly what the spec means.
-        weights = ref._interpolate_1d_along_axis(np.eye(n_in), 0, scale, n_out, coeffs, roi=axis_roi,
-                                                 extrapolation_value=0.0, coordinate_transformation_mode=coord,
-                                                 exclude_outside=bool(exclude_outside))
-        if coord == "tf_crop_and_resize":
-            _, outside = ref._compute_x_ori(coord, np.arange(n_out, dtype=np.float64), scale, n_in, scale * n_in,
-                                            n_out, axis_roi)
-            axis_mask = torch.from_numpy(np.asarray(outside)).reshape([n_out] + [1] * (rank - axis - 1))
+        w = axis_weights(mode, coord, nearest, n_in, n_out, scale, axis_roi, cubic_a=cubic_a,
+                         antialias=bool(antialias), exclude_outside=bool(exclude_outside))
+        if w.outside is not None:
+            axis_mask = torch.from_numpy(w.outside).reshape([n_out] + [1] * (rank - axis - 1))
             mask = axis_mask if mask is None else (mask | axis_mask)
         if mode == "nearest":
-            idx = torch.from_numpy(weights.argmax(axis=1)).to(torch.int64)
+            idx = torch.from_numpy(w.matrix.argmax(axis=1)).to(torch.int64)
             x = ctx.op(aten.index_select.default, x, axis, ctx.constant(idx))
             continue
         if not dtype.is_floating_point:
             raise ctx.unsupported(f"mode={mode!r} on {dtype} data")
-        matrix = torch.from_numpy(np.ascontiguousarray(weights.T)).to(torch.float64 if dtype == torch.float64
-                                                                      else torch.float32)
+        matrix = torch.from_numpy(np.ascontiguousarray(w.matrix.T)).to(torch.float64 if dtype == torch.float64
+                                                                       else torch.float32)
         moved = ctx.op(aten.movedim.int, x, axis, -1) if axis != rank - 1 else x
         y = ctx.op(aten.matmul.default, moved, ctx.constant(matrix))
         x = ctx.op(aten.movedim.int, y, -1, axis) if axis != rank - 1 else y
     if mask is not None and bool(mask.any()):
         x = ctx.op(aten.where.ScalarSelf, ctx.constant(mask), float(extrapolation), x)
     return x
-
-
-def _coeff_fn(ref, mode, nearest, cubic_a, antialias):
-    if mode == "nearest":
-        return lambda ratio, scale: ref._nearest_coeffs(ratio, mode=nearest)
-    if mode == "linear":
-        return ref._linear_coeffs_antialias if antialias else ref._linear_coeffs
-    cubic = ref._cubic_coeffs_antialias if antialias else ref._cubic_coeffs
-    return lambda ratio, scale: cubic(ratio, scale, A=cubic_a)
