@@ -175,7 +175,9 @@ def batch_norm(ctx: Context):
     if any(ctx.node.output[1:]):
         raise ctx.unsupported("the training outputs (running mean/var)")
     args = [ctx.input(i) for i in range(5)]
-    return ctx.op(aten._native_batch_norm_legit_no_training.default, *args, momentum, eps)[0]
+    # `batch_norm` (training=False) rather than the functional native kernel: on a GPU it runs cuDNN's
+    # kernel, as eager PyTorch and the PyTorch front end do; same function, no state written.
+    return ctx.op(aten.batch_norm.default, *args, False, momentum, eps, True)
 
 
 @handles("InstanceNormalization")
