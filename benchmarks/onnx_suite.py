@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import sys
 import tempfile
 import time
@@ -109,7 +110,12 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-s", type=float, default=240.0,
                     help="the legacy-exporter pass starts a model only while the run is younger than this")
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--report", metavar="JSON", help="print the markdown tables of a result file and exit")
     args = ap.parse_args(argv)
+    if args.report:
+        records = json.loads(Path(args.report).read_text())["records"]
+        print(table(records) + "\n\n" + speedups(records))
+        return 0
     exporters = [e for e in args.exporters.split(",") if e]
     unknown = sorted(set(exporters) - set(EXPORTERS)) + sorted(set(args.models.split(",")) - set(MODELS))
     if unknown:
@@ -192,6 +198,20 @@ def table(records: list[dict]) -> str:
     models = list(dict.fromkeys(r["model"] for r in records))
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     lines += ["| " + m + " | " + " | ".join(cell.get((m, c), "") for c in cols) + " |" for m in models]
+    return "\n".join(lines)
+
+
+def speedups(records: list[dict]) -> str:
+    """Each plan against the sequential CUDA graph of the same run (back-to-back), per model."""
+    base = {r["model"]: r["ms_b2b"] for r in records if r["method"] == "cudagraph" and r.get("ms_b2b")}
+    cols = ["opara_torch"] + sorted({f"opara_onnx ({r['exporter']})" for r in records if r["method"] == "opara_onnx"})
+    cell = {}
+    for r in records:
+        col = r["method"] if r["method"] != "opara_onnx" else f"opara_onnx ({r['exporter']})"
+        if r["model"] in base and r.get("ms_b2b") and not r.get("error"):
+            cell[r["model"], col] = f"{base[r['model']] / r['ms_b2b']:.2f}x"
+    lines = ["| model (vs cudagraph) | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += ["| " + m + " | " + " | ".join(cell.get((m, c), "") for c in cols) + " |" for m in base]
     return "\n".join(lines)
 
 
