@@ -6,7 +6,7 @@ import sys
 
 import click
 
-STREAMS = ("opara", "nimble", "critical", "single")
+STREAMS = ("opara", "nimble", "critical", "window", "single")
 ORDERS = ("topo", "opara", "critical")
 
 
