@@ -100,7 +100,10 @@ def _measure(plan: Plan, weights: dict, devices: list[torch.device]) -> float:
     from opara_runtime.runner import Runner
 
     runner = Runner(plan, weights, devices[0], devices=devices)
-    ms = time_graph_replays(runner.captured.graph, devices[0], repeats=5, replays=10)
+    # About 50 ms of replays per sample (at least 2): large inputs make a replay take tens of ms, and
+    # several GPUs double the candidates, so tuning stays in seconds to a minute.
+    replays = max(2, min(10, int(50.0 / max(plan.profile.sequential_ms, 1e-3))))
+    ms = time_graph_replays(runner.captured.graph, devices[0], repeats=5, replays=replays)
     del runner
     gc.collect()
     return ms
