@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -127,6 +125,7 @@ def run_config(name: str, batch: int, size: int, gpus: list[str], iters: int, wa
 
 def main(argv=None) -> int:
     import torch
+    from run import _write  # the suite's atomic result writer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default=",".join(CONFIGS), help="MODEL:BATCHxSIZE, comma-separated")
@@ -167,11 +166,6 @@ def main(argv=None) -> int:
     return 0
 
 
-def _write(path: Path, result: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, path)
-
-
 if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
     sys.exit(main())

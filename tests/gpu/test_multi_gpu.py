@@ -21,10 +21,10 @@ GPUS = ["cuda:0", "cuda:1"]
 
 def _forced_split(model, inputs, streams="opara", order="critical"):
     """A 2-GPU plan whatever HIOS-LP decides: the ops after the first half go to GPU 1 (a worst case for copies)."""
-    plan = oparac.compile(model, inputs, device="cuda", devices=GPUS)
+    plan = oparac.compile(model, inputs, device="cuda", devices=GPUS, streams=streams, order=order)
     if plan.schedule.num_devices == 2:
         return plan
-    base = oparac.compile(model, inputs, device="cuda")
+    base = oparac.compile(model, inputs, device="cuda", streams=streams, order=order)
     base = dataclasses.replace(base, profile=dataclasses.replace(base.profile, links=plan.profile.links))
     ops = [i for i, n in enumerate(base.graph.nodes) if n.kind == "op"]
     device_of = {i: int(k >= len(ops) // 2) for k, i in enumerate(ops)}

@@ -113,17 +113,19 @@ def _nimble(dag, costs, max_streams) -> dict[int, int]:
     return stream
 
 
-def _closure(dag, index: dict[int, int]) -> list[int]:
-    """Bitsets over kernel indices: entry k holds every kernel reachable from kernel k (through free ops too)."""
-    below: dict[int, int] = {}
-    for i in reversed(dag.ops):
+def _closure(dag, index: dict[int, int], *, ancestors: bool = False) -> list[int]:
+    """Bitsets over kernel indices: entry k holds every kernel reachable from kernel k (through free ops too),
+    or with `ancestors` every kernel that kernel k depends on."""
+    edges, walk = (dag.preds, dag.ops) if ancestors else (dag.succs, tuple(reversed(dag.ops)))
+    reach: dict[int, int] = {}
+    for i in walk:
         bits = 0
-        for s in dag.succs[i]:
-            bits |= below[s]
-            if s in index:
-                bits |= 1 << index[s]
-        below[i] = bits
-    return [below[i] for i in index]
+        for j in edges[i]:
+            bits |= reach[j]
+            if j in index:
+                bits |= 1 << index[j]
+        reach[i] = bits
+    return [reach[i] for i in index]
 
 
 def _members(bits: int, kernels: list[int]):
@@ -210,7 +212,7 @@ def _window(dag, costs, max_streams: int) -> dict[int, int]:
 
     kernels = [i for i in order_launches(dag, None, costs, algorithm="critical") if i not in dag.free]
     index = {i: k for k, i in enumerate(kernels)}
-    ancestors = _ancestors(dag, index)
+    ancestors = _closure(dag, index, ancestors=True)
     width = min(WINDOW, max_streams) if max_streams else WINDOW
     stream: dict[int, int] = {}
     done = 0  # bitset of grouped kernels
@@ -243,19 +245,6 @@ def _kernel_preds(dag, i: int, index: dict[int, int]) -> list[int]:
         else:
             stack.extend(dag.preds[p])
     return sorted(out)
-
-
-def _ancestors(dag, index: dict[int, int]) -> list[int]:
-    """Bitsets over kernel indices: entry k holds every kernel that kernel k depends on (through free ops too)."""
-    above: dict[int, int] = {}
-    for i in dag.ops:
-        bits = 0
-        for p in dag.preds[i]:
-            bits |= above[p]
-            if p in index:
-                bits |= 1 << index[p]
-        above[i] = bits
-    return [above[i] for i in index]
 
 
 def _fold(dag, costs, logical: dict[int, int], max_streams: int) -> StreamAssignment:
