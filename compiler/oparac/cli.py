@@ -6,7 +6,7 @@ import sys
 
 import click
 
-STREAMS = ("opara", "nimble", "critical", "single")
+STREAMS = ("opara", "nimble", "critical", "window", "single")
 ORDERS = ("topo", "opara", "critical")
 
 
@@ -55,15 +55,18 @@ def _load_model(ref: str, shapes: str | None):
 @click.option("--tune", is_flag=True, help="measure candidate schedules on the GPU and keep the fastest")
 @click.option("--fuse", type=click.Choice(("inductor",)), default=None,
               help="compile each stream segment with TorchInductor (fused and parallel)")
-def compile_cmd(model, output, shapes, streams, order, max_streams, dtype, device, tune, fuse) -> None:
+@click.option("--devices", default=None, metavar="cuda:0,cuda:1",
+              help="several GPUs (HIOS); with --device cpu they are simulated for a preview plan")
+def compile_cmd(model, output, shapes, streams, order, max_streams, dtype, device, tune, fuse, devices) -> None:
     """Compile MODEL (.pt2, .onnx or package.module:factory) into a plan file."""
     from oparac.pipeline import compile_ref
 
     plan = compile_ref(model, shapes=shapes, streams=streams, order=order, max_streams=max_streams,
-                       dtype=dtype, device=device, tune=tune, fuse=fuse or "", progress=_progress)
+                       dtype=dtype, device=device, tune=tune, fuse=fuse or "", devices=devices, progress=_progress)
     plan.save(output)
     s = plan.schedule
-    click.echo(f"wrote {output}: {s.num_streams} streams, {len(s.waits)} waits, predicted "
+    gpus = f"{s.num_devices} GPUs, " if s.num_devices > 1 else ""
+    click.echo(f"wrote {output}: {gpus}{s.num_streams} streams, {len(s.waits)} waits, predicted "
                f"{s.predicted_ms:.3f} ms vs {plan.profile.sequential_ms:.3f} ms sequential ({plan.profile.method})")
 
 

@@ -19,6 +19,10 @@ def numel(shape) -> int:
     return math.prod(shape) if shape else 1
 
 
+def tensor_bytes(meta) -> float:
+    return float(numel(meta.shape) * DTYPE_SIZES[meta.dtype])
+
+
 def op_bytes(graph: Graph, node: Node) -> float:
     """Bytes read and written: every tensor argument once, every output once."""
     total = 0

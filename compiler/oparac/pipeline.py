@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from opara_plan import (Graph, ModelError, ModelInfo, OparaError, Plan, Profile, Target, TensorSpec, Tool,
+from opara_plan import (Graph, Link, ModelError, ModelInfo, OparaError, Plan, Profile, Target, TensorSpec, Tool,
                         graph_fingerprint, validate)
 from oparac import cost_model
+from oparac.device_scheduling import make_device_schedule, with_placement
 from oparac.graph_builder import GraphBuilder
+from oparac.links import measure_links, nominal_links, parse_devices
 from oparac.scheduling import make_schedule
 
 TOOL_VERSION = "0.1.0"
@@ -23,7 +26,8 @@ class StageError(OparaError):
 
 def compile(model, example_inputs=None, *, streams: str = "opara", order: str = "opara", max_streams: int = 0,
             dtype: str = "float32", device=None, tune: bool = False, progress: Callable[[str], None] | None = None,
-            profile_cache=None, shapes: str | dict | None = None, fuse: str = "") -> Plan:
+            profile_cache=None, shapes: str | dict | None = None, fuse: str = "", devices=None,
+            links: tuple[Link, ...] | None = None) -> Plan:
     """Compile a model (nn.Module, fx.GraphModule, ExportedProgram or .onnx path) into a plan.
 
     device: 'cpu' builds a preview plan from the analytic cost model; 'cuda' (default when a GPU is
@@ -32,6 +36,11 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
     TorchInductor (measured and, with tune, chosen against the unfused plan on the GPU). shapes fixes the
     symbolic input dimensions of an .onnx model: 'x:1x3x224x224,ids:1x128:int64' or
     {'x': (1, 3, 224, 224), 'ids': ((1, 128), 'int64')}.
+
+    devices: several GPUs, e.g. ['cuda:0', 'cuda:1'] (HIOS-LP maps ops onto them, streams are scheduled
+    per GPU); the copy cost between each pair is measured on the GPUs, or with device='cpu' taken from
+    `links` (default: a nominal NVLink-class model) for a preview plan. With tune=True the best single-GPU
+    candidates are measured too and the fastest plan wins, so it uses one GPU where more do not help.
     """
     from oparac.fuse import BACKENDS
 
@@ -40,7 +49,12 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
         raise ModelError(f"dtype: expected one of {DTYPES}, found {dtype!r}")
     if fuse and fuse not in BACKENDS:
         raise ModelError(f"fuse: expected one of {BACKENDS}, found {fuse!r}")
-    dev = _device(device)
+    gpus = parse_devices(devices) if devices is not None else ()
+    if gpus and fuse and len(gpus) > 1:
+        raise ModelError("fuse: fused plans run on one GPU; compile with one device or without --fuse")
+    dev = _device(device if device is not None or not gpus or not torch.cuda.is_available() else gpus[0])
+    if gpus and dev.type == "cuda":
+        dev = _check_gpus(gpus)
     if tune and dev.type != "cuda":
         raise ModelError("--tune measures schedules on the GPU; no CUDA device is in use")
     say("ingest: exporting the model to ATen")
@@ -48,11 +62,24 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
     graph = builder.build()
     say(f"profile: {sum(n.kind == 'op' for n in graph.nodes)} ops on {dev}")
     target, profile = _stage("profile", "ingest", lambda: profile_graph(graph, dev, dtype, profile_cache, say))
+    if len(gpus) > 1:
+        target, profile = _stage("links", "ingest, profile", lambda: link_stage(gpus, dev, target, profile, links, say))
     say(f"schedule: streams={streams} order={order} max_streams={max_streams}")
-    schedule = _stage("schedule", "ingest, profile", lambda: make_schedule(
+    single = _stage("schedule", "ingest, profile", lambda: make_schedule(
         graph, profile.ops, streams=streams, order=order, max_streams=max_streams))
-    plan = assemble(graph, builder, source, dtype, target, schedule, profile)
-    if tune:
+    plan = assemble(graph, builder, source, dtype, target, single, profile)
+    if len(gpus) > 1 and not tune:
+        say(f"devices: mapping ops onto {len(gpus)} GPUs (HIOS-LP)")
+        plan = _stage("devices", "ingest, profile", lambda: with_placement(plan, make_device_schedule(
+            graph, profile.ops, links=profile.links, num_devices=len(gpus), streams=streams, order=order,
+            max_streams=max_streams)))
+    if tune and len(gpus) > 1:
+        from oparac.tune import tune_devices
+
+        say(f"tune: measuring single- and {len(gpus)}-GPU candidate schedules")
+        plan = _stage("tune", "ingest, profile, schedule", lambda: tune_devices(
+            plan, model_weights(model), [torch.device(g) for g in gpus], say))
+    elif tune:
         from oparac.tune import tune_plan
 
         say("tune: measuring candidate schedules")
@@ -85,6 +112,26 @@ def _stage(name: str, before: str, fn):
     except Exception as e:
         done = f" (after {before})" if before else ""
         raise StageError(f"stage {name!r} failed{done}: {type(e).__name__}: {e}") from e
+
+
+def link_stage(gpus, dev: torch.device, target: Target, profile: Profile, links, say) -> tuple[Target, Profile]:
+    """The copy cost of every GPU pair: measured on the GPUs, or given/nominal for simulated devices."""
+    if dev.type == "cuda":
+        if links is not None:
+            raise ModelError("links: measured on the GPUs; pass links only for a preview (device='cpu')")
+        say(f"links: timing copies between {len(gpus)} GPUs")
+        return target, dataclasses.replace(profile, links=measure_links(gpus), links_method="cuda-events")
+    target = dataclasses.replace(target, device_count=len(gpus))
+    links = nominal_links(len(gpus)) if links is None else tuple(links)
+    return target, dataclasses.replace(profile, links=links, links_method="nominal")
+
+
+def _check_gpus(gpus) -> torch.device:
+    count = torch.cuda.device_count()
+    for g in gpus:
+        if torch.device(g).index >= count:
+            raise ModelError(f"devices: {g} does not exist, this machine has {count} GPUs (cuda:0..cuda:{count - 1})")
+    return torch.device(gpus[0])
 
 
 def _device(device) -> torch.device:

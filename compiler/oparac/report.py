@@ -25,15 +25,22 @@ def print_summary(info: dict, console: Console | None = None) -> None:
                    f"torch {t['torch']}, cuda {t['cuda'] or '-'}"),
         ("tool", f"{info['tool']['name']} {info['tool']['version']}, schema {info['tool']['schema_version']}"),
     ]
+    if s["devices"] > 1:
+        rows.insert(3, ("devices", f"{s['devices']} GPUs ({s['device_algorithm']}), {s['copies']} copies between them"))
+    for link in p["links"]:
+        rows.append((f"link {link['src']}->{link['dst']}", f"{link['latency_ms'] * 1e3:.1f} us + "
+                     f"{1e-6 / link['ms_per_byte'] if link['ms_per_byte'] else float('inf'):.0f} GB/s "
+                     f"({p['links_method']})"))
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
     if p["candidates"]:
         cand = Table(title="Tuning candidates")
-        for col in ("streams", "order", "max streams", "predicted ms", "measured ms", ""):
+        for col in ("streams", "order", "max streams", "GPUs", "predicted ms", "measured ms", ""):
             cand.add_column(col)
         for c in sorted(p["candidates"], key=lambda c: (c["measured_ms"] is None, c["measured_ms"] or 0.0)):
             measured = f"{c['measured_ms']:.4f}" if c["measured_ms"] is not None else "-"
-            cand.add_row(c["streams"], c["order"], str(c["max_streams"] or "-"), f"{c['predicted_ms']:.4f}",
+            cand.add_row(c["streams"], c["order"], str(c["max_streams"] or "-"), str(c["devices"]),
+                         f"{c['predicted_ms']:.4f}",
                          measured, "chosen" if c["chosen"] else "")
         console.print(cand)

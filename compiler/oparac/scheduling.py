@@ -4,7 +4,7 @@ from __future__ import annotations
 from opara_plan import Graph, OpProfile, Schedule
 from oparac.cost_model import numel
 from oparac.dag import Dag
-from oparac.schedule import (Costs, assign_streams, order_launches, reduce_waits, simulate)
+from oparac.schedule import (Costs, StreamAssignment, assign_streams, order_launches, reduce_waits, simulate)
 
 # Per-SM limits of Hopper (H100/H200); used only to put kernel demands on a common 0..1 scale.
 SM_THREADS = 2048
@@ -46,10 +46,16 @@ def make_schedule(graph: Graph, ops: tuple[OpProfile, ...], *, streams: str, ord
     dag = dag_of(graph, ops)
     costs = costs_of(graph, dag, ops)
     assignment = assign_streams(dag, costs, algorithm=streams, max_streams=max_streams)
+    return finish_schedule(graph, dag, costs, assignment, streams=streams, order=order, max_streams=max_streams)
+
+
+def finish_schedule(graph: Graph, dag: Dag, costs: Costs, assignment: StreamAssignment, *, streams: str, order: str,
+                    max_streams: int, **device_fields) -> Schedule:
+    """Launch order, waits and prediction for a stream assignment; `device_fields` go into the Schedule."""
     launch = order_launches(dag, assignment, costs, algorithm=order)
     waits = reduce_waits(dag, assignment.stream, launch)
     predicted = simulate(dag, assignment.stream, launch, waits, costs).makespan_ms
     stream = tuple(assignment.stream.get(i, -1) for i in range(len(graph.nodes)))
     return Schedule(stream_algorithm=streams, order_algorithm=order, max_streams=max_streams,
                     num_streams=max(1, assignment.num_streams), stream=stream, launch_order=tuple(launch),
-                    waits=tuple(waits), predicted_ms=float(predicted))
+                    waits=tuple(waits), predicted_ms=float(predicted), **device_fields)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from opara_plan import Plan
+from opara_plan import Plan, is_copy
 
 
 def summarize(plan: Plan) -> dict:
@@ -23,7 +23,8 @@ def summarize(plan: Plan) -> dict:
                   "constants": sum(n.kind == "constant" for n in nodes)},
         "schedule": {"streams": s.num_streams, "stream_algorithm": s.stream_algorithm,
                      "order_algorithm": s.order_algorithm, "max_streams": s.max_streams,
-                     "waits": len(s.waits), "devices": s.num_devices,
+                     "waits": len(s.waits), "devices": s.num_devices, "device_algorithm": s.device_algorithm,
+                     "copies": sum(1 for n in nodes if is_copy(n)) if s.num_devices > 1 else 0,
                      "kernels_per_stream": [per_stream.get(k, 0) for k in range(s.num_streams)],
                      "predicted_ms": s.predicted_ms},
         "profile": {"method": p.method, "sequential_ms": p.sequential_ms,
@@ -31,7 +32,10 @@ def summarize(plan: Plan) -> dict:
                     "candidates": [{"streams": c.streams, "order": c.order, "max_streams": c.max_streams,
                                     "predicted_ms": c.predicted_ms,
                                     "measured_ms": c.measured_ms if c.measured_ms >= 0 else None,
-                                    "chosen": c.chosen} for c in p.candidates]},
+                                    "chosen": c.chosen, "devices": c.num_devices} for c in p.candidates],
+                    "links_method": p.links_method,
+                    "links": [{"src": k.src, "dst": k.dst, "latency_ms": k.latency_ms, "ms_per_byte": k.ms_per_byte}
+                              for k in p.links]},
         "target": {"device_type": t.device_type, "gpu": t.gpu_name,
                    "compute_capability": ".".join(map(str, t.compute_capability)), "sm_count": t.sm_count,
                    "devices": t.device_count, "driver": t.driver, "cuda": t.cuda, "torch": t.torch},

@@ -8,7 +8,7 @@ import statistics
 import torch
 
 from opara_plan import Candidate, Plan
-from oparac.measure import time_graph_replays, timed_runner
+from oparac.measure import fill_random, time_graph_replays, timed_runner
 from oparac.scheduling import make_schedule
 
 STREAM_ALGORITHMS = ("opara", "nimble", "critical")
@@ -82,3 +82,59 @@ def _final_rounds(finalists: dict, plan: Plan, placed: dict, device: torch.devic
 
 def _sig(sched) -> tuple:
     return (sched.stream, sched.launch_order, sched.waits)
+
+
+# Multi-GPU candidates: every stream algorithm (HIOS's window grouping included) under the two
+# profile-driven launch orders, on the one HIOS-LP mapping.
+DEVICE_SETTINGS = tuple((s, o, 0) for s in ("opara", "nimble", "critical", "window") for o in ("critical", "opara"))
+
+
+def tune_devices(plan: Plan, weights: dict, devices: list[torch.device], say=None) -> Plan:
+    """Measure the single-GPU candidates of `plan` (compiled for one GPU, profile.links set) and the
+    multi-GPU candidates, and keep the fastest: a multi-GPU plan is chosen only where it is measured faster
+    than every single-GPU one, so a narrow model or a small input stays on one GPU."""
+    from opara_runtime.bind import weights_on_device
+    from oparac.device_scheduling import Placed, make_device_schedule, map_ops, with_placement
+
+    n = len(devices)
+    placed_weights = weights_on_device(plan, weights, devices[0])
+    device_of = map_ops(plan.graph, plan.profile.ops, plan.profile.links, n)
+    candidates: dict[tuple, Placed] = {}
+    for streams, order, cap in candidate_settings():
+        candidates[(streams, order, cap, 1)] = Placed(plan.graph, plan.profile.ops, make_schedule(
+            plan.graph, plan.profile.ops, streams=streams, order=order, max_streams=cap))
+    if any(device_of.values()):
+        for streams, order, cap in DEVICE_SETTINGS:
+            candidates[(streams, order, cap, n)] = make_device_schedule(
+                plan.graph, plan.profile.ops, links=plan.profile.links, num_devices=n, streams=streams, order=order,
+                max_streams=cap, device_of=device_of)
+    elif say:
+        say("tune: HIOS-LP keeps every op on one GPU; measuring single-GPU candidates only")
+    measured: dict[tuple, float] = {}
+    for key, placed in candidates.items():
+        signature = _sig(placed.schedule)
+        if signature not in measured:
+            measured[signature] = _measure(with_placement(plan, placed), placed_weights, devices)
+            if say:
+                say(f"tune: {key[3]} GPU {key[0]}/{key[1]}/cap {key[2] or '-'}: {measured[signature]:.4f} ms")
+    best = min(candidates, key=lambda k: (measured[_sig(candidates[k].schedule)], k[3], k[:3] != SINGLE))
+    recorded = tuple(Candidate(streams=s, order=o, max_streams=c, predicted_ms=p.schedule.predicted_ms,
+                               measured_ms=measured[_sig(p.schedule)], chosen=(s, o, c, d) == best, num_devices=d)
+                     for (s, o, c, d), p in candidates.items())
+    torch.cuda.empty_cache()
+    chosen = with_placement(plan, candidates[best])
+    return dataclasses.replace(chosen, profile=dataclasses.replace(chosen.profile, candidates=recorded))
+
+
+def _measure(plan: Plan, weights: dict, devices: list[torch.device]) -> float:
+    from opara_runtime.runner import Runner
+
+    runner = Runner(plan, weights, devices[0], devices=devices)
+    fill_random(runner.captured.static_inputs)
+    # About 50 ms of replays per sample (at least 2): large inputs make a replay take tens of ms, and
+    # several GPUs double the candidates, so tuning stays in seconds to a minute.
+    replays = max(2, min(10, int(50.0 / max(plan.profile.sequential_ms, 1e-3))))
+    ms = time_graph_replays(runner.captured.graph, devices[0], repeats=5, replays=replays)
+    del runner
+    gc.collect()
+    return ms

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
+# 1.1 added Segment.artifact (fused plans), Profile.links/links_method, Schedule.device_algorithm and
+# Candidate.num_devices (several GPUs).
 SCHEMA_VERSION: tuple[int, int] = (1, 1)
 FORMAT = "opara-plan"
 NODE_KINDS = ("input", "param", "constant", "op", "output")
@@ -122,7 +124,11 @@ class Schedule:
     waits: tuple[tuple[int, int], ...]  # (consumer, producer): consumer's stream waits for producer
     predicted_ms: float
     num_devices: int = 1
-    device: tuple[int, ...] = ()  # empty: every node on device 0
+    # Per node; empty: every node on device 0. Inputs and the output live on device 0; a param or constant
+    # read on several devices has a node per device; an op reads another device's op or input only
+    # through a copy node on its own device (validate.COPY_TARGET).
+    device: tuple[int, ...] = ()
+    device_algorithm: str = ""  # 'hios-lp' when ops were mapped onto several GPUs
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,17 @@ class Candidate:
     predicted_ms: float
     measured_ms: float = -1.0  # -1: not measured
     chosen: bool = False
+    num_devices: int = 1
+
+
+@dataclass(frozen=True)
+class Link:
+    """Copying `bytes` from the plan's GPU `src` to GPU `dst` takes latency_ms + ms_per_byte * bytes."""
+
+    src: int
+    dst: int
+    latency_ms: float
+    ms_per_byte: float
 
 
 @dataclass(frozen=True)
@@ -160,6 +177,8 @@ class Profile:
     ops: tuple[OpProfile, ...]  # indexed by node id
     sequential_ms: float
     candidates: tuple[Candidate, ...] = ()
+    links: tuple[Link, ...] = ()  # one per ordered GPU pair of a multi-GPU compile
+    links_method: str = ""  # 'cuda-events' (fitted to timed copies) or 'nominal' (simulated devices)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,9 @@ DTYPE_SIZES = {
 }
 MAX_NODES = 1_000_000
 MAX_STREAMS = 1024
+MAX_DEVICES = 64
+# The op that moves a value to another GPU: `aten._to_copy.default(x, device=<Sym device>)` on the destination.
+COPY_TARGET = "aten._to_copy.default"
 
 
 def node_label(plan: Plan, i: int) -> str:
@@ -34,6 +37,12 @@ def node_refs(node):
         yield from iter_refs(v)
 
 
+def is_copy(node) -> bool:
+    """A cross-device copy node: _to_copy of one value with a device argument (placed on the destination)."""
+    return (node.kind == "op" and node.target == COPY_TARGET and sum(1 for _ in iter_refs(node.args)) == 1
+            and any(k == "device" and isinstance(v, Sym) and v.kind == "device" for k, v in node.kwargs))
+
+
 def validate(plan: Plan) -> None:
     """Raise PlanFormatError naming the field or node at the first inconsistency."""
     _check_graph(plan)
@@ -42,6 +51,8 @@ def validate(plan: Plan) -> None:
         raise PlanFormatError("plan field model.fingerprint: does not match the plan's graph "
                               "(the file was altered or corrupted)")
     _check_schedule(plan)
+    _check_devices(plan)
+    _check_links(plan)
     if plan.fusion.backend or plan.fusion.segments:
         _check_fusion(plan)
     if len(plan.profile.ops) != len(plan.graph.nodes):
@@ -131,8 +142,8 @@ def _check_schedule(plan: Plan) -> None:
     ops = [i for i, node in enumerate(nodes) if node.kind == "op"]
     if not 1 <= s.num_streams <= MAX_STREAMS:
         raise PlanFormatError(f"plan field schedule.num_streams: expected 1..{MAX_STREAMS}, found {s.num_streams}")
-    if not 1 <= s.num_devices <= 64:
-        raise PlanFormatError(f"plan field schedule.num_devices: expected 1..64, found {s.num_devices}")
+    if not 1 <= s.num_devices <= MAX_DEVICES:
+        raise PlanFormatError(f"plan field schedule.num_devices: expected 1..{MAX_DEVICES}, found {s.num_devices}")
     if len(s.stream) != n:
         raise PlanFormatError(f"plan field schedule.stream: expected {n} entries (one per node), found {len(s.stream)}")
     if s.device and len(s.device) != n:
@@ -180,6 +191,49 @@ def _check_coverage(plan: Plan, position: dict[int, int]) -> None:
             if s.stream[p] != s.stream[i] and start[i][s.stream[p]] < seq[p]:
                 raise PlanFormatError(f"plan {node_label(plan, i)} on stream {s.stream[i]} reads node {p} of stream "
                                       f"{s.stream[p]} without waiting for it")
+
+def _check_devices(plan: Plan) -> None:
+    """Inputs and outputs on device 0, one device per stream (stream 0 is device 0's capture stream), and
+    every edge between devices goes through a copy node on the reader's device. Params and constants read
+    on several devices have a node per device (the runtime places a weight once per device)."""
+    nodes, s = plan.graph.nodes, plan.schedule
+    device = s.device
+    if not device:
+        return
+    stream_device: dict[int, tuple[int, int]] = {0: (0, -1)}
+    for i, node in enumerate(nodes):
+        where = f"plan {node_label(plan, i)}"
+        if node.kind in ("input", "output") and device[i] != 0:
+            raise PlanFormatError(f"{where}: on device {device[i]}, expected 0 (inputs and outputs live on the "
+                                  f"first device)")
+        if node.kind == "op":
+            first, by = stream_device.setdefault(s.stream[i], (device[i], i))
+            if first != device[i]:
+                owner = "device 0's capture stream" if by < 0 else f"on device {first} (node {by})"
+                raise PlanFormatError(f"{where}: on device {device[i]}, but its stream {s.stream[i]} is {owner}; "
+                                      f"a stream belongs to one device")
+        if node.kind not in ("op", "output"):
+            continue
+        for ref in node_refs(node):
+            if device[ref.node] == device[i] or (is_copy(node) and nodes[ref.node].kind in ("op", "input")):
+                continue
+            raise PlanFormatError(f"{where} on device {device[i]} reads node {ref.node} on device "
+                                  f"{device[ref.node]} without a copy; an edge between devices must go through "
+                                  f"an {COPY_TARGET} node on the reader's device")
+
+
+def _check_links(plan: Plan) -> None:
+    n = plan.schedule.num_devices
+    for k, link in enumerate(plan.profile.links):
+        where = f"plan field profile.links[{k}]"
+        if not (0 <= link.src < MAX_DEVICES and 0 <= link.dst < MAX_DEVICES) or link.src == link.dst:
+            raise PlanFormatError(f"{where}: expected two different devices, found {link.src} -> {link.dst}")
+        if n > 1 and max(link.src, link.dst) >= n:
+            raise PlanFormatError(f"{where}: device {max(link.src, link.dst)} out of range 0..{n - 1}")
+        if not (link.latency_ms >= 0 and link.ms_per_byte >= 0):
+            raise PlanFormatError(f"{where}: expected non-negative latency and cost per byte, found "
+                                  f"{link.latency_ms} ms + {link.ms_per_byte} ms/B")
+
 
 FUSION_BACKENDS = ("inductor",)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from opara_plan import ModelError, Plan, PlanMismatchError
+from opara_runtime.devices import node_device
 from opara_runtime.ops import dtype_name, spec_text, torch_dtype
 
 _REDUCED = ("float16", "bfloat16")
@@ -57,18 +58,29 @@ def check_weights(plan: Plan, weights: dict[str, torch.Tensor]) -> None:
                                     f"the model has {spec_text(found, tuple(w.shape))}")
 
 
-def weights_on_device(plan: Plan, weights: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """Param name -> the weight on `device` in the plan's dtype, each copied once however many nodes use it.
-    Tuning builds many runners from this one copy (a tensor already in place is not copied again)."""
+def weights_on_device(plan: Plan, weights: dict[str, torch.Tensor], device: torch.device, *,
+                      only: int | None = None) -> dict[str, torch.Tensor]:
+    """Param name -> the weight on `device` in the plan's dtype, each copied once however many nodes use it;
+    `only`: just the params of that plan device id. Tuning builds many runners from this one copy (a tensor
+    already in place is not copied again)."""
     placed: dict[str, torch.Tensor] = {}
-    for node in plan.graph.nodes:
-        if node.kind == "param" and node.name not in placed:
+    for i, node in enumerate(plan.graph.nodes):
+        if node.kind == "param" and node.name not in placed and (only is None or node_device(plan, i) == only):
             dtype = torch_dtype(node.outputs[0].dtype)
             placed[node.name] = weights[node.name].detach().to(device=device, dtype=dtype).contiguous()
     return placed
 
 
-def place_weights(plan: Plan, weights: dict[str, torch.Tensor], device: torch.device) -> dict[int, torch.Tensor]:
-    """Node id -> its weight on `device` in the plan's dtype."""
-    placed = weights_on_device(plan, weights, device)
-    return {i: placed[node.name] for i, node in enumerate(plan.graph.nodes) if node.kind == "param"}
+def place_weights(plan: Plan, weights: dict[str, torch.Tensor], devices: list[torch.device]) -> dict[int, torch.Tensor]:
+    """Node id -> its weight on the device of that node (devices[plan device id]) in the plan's dtype.
+    A weight that nodes on several GPUs read is copied once per device, not once per node."""
+    by_device: dict[int, dict[str, torch.Tensor]] = {}
+    out = {}
+    for i, node in enumerate(plan.graph.nodes):
+        if node.kind != "param":
+            continue
+        d = node_device(plan, i)
+        if d not in by_device:
+            by_device[d] = weights_on_device(plan, weights, devices[d], only=d)
+        out[i] = by_device[d][node.name]
+    return out

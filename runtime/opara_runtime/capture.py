@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from opara_plan import Plan
+from opara_runtime.devices import node_device
 from opara_runtime.execute import StreamLauncher
 from opara_runtime.ops import materialize
 
@@ -11,11 +12,12 @@ from opara_runtime.ops import materialize
 class CapturedPlan:
     """Static input buffers, the captured graph and its static outputs."""
 
-    def __init__(self, plan: Plan, base_values: list, device: torch.device, *, warmup: int = 2,
+    def __init__(self, plan: Plan, base_values: list, devices: list[torch.device], *, warmup: int = 2,
                  programs=None) -> None:
+        """devices: one per plan device id; the capture starts on the first and forks to the others."""
         self.plan = plan
-        self.device = device
-        self.launcher = StreamLauncher(plan, device, programs)
+        self.device = device = devices[0]
+        self.launcher = StreamLauncher(plan, devices, programs)
         self.static_inputs = [base_values[i] for i, n in enumerate(plan.graph.nodes) if n.kind == "input"]
         self.base_values = base_values
         with torch.cuda.device(device):
@@ -26,18 +28,27 @@ class CapturedPlan:
                 for _ in range(warmup):
                     self.launcher.launch(list(base_values))
             torch.cuda.current_stream(device).wait_stream(side)
-            torch.cuda.synchronize(device)
+            _synchronize(devices)
             self.graph = torch.cuda.CUDAGraph()
             values = list(base_values)
             with torch.cuda.graph(self.graph):
                 self.launcher.launch(values)
             out_node = plan.graph.nodes[-1]
             self.static_outputs = [materialize(r, values, device) for r in out_node.args]
+            # Values on the other GPUs were allocated from their devices' ordinary pools (the capture's
+            # private pool is the first device's): held for the graph's life, they are never handed to
+            # anything else, and lifetimes never releases them during capture.
+            self.held = [v for i, v in enumerate(values) if node_device(plan, i) != 0 and v is not None]
             del values
-            torch.cuda.synchronize(device)
+            _synchronize(devices)
 
     def replay(self, inputs) -> list[torch.Tensor]:
         for buf, x in zip(self.static_inputs, inputs):
             buf.copy_(x, non_blocking=True)
         self.graph.replay()
         return self.static_outputs
+
+
+def _synchronize(devices: list[torch.device]) -> None:
+    for d in dict.fromkeys(devices):
+        torch.cuda.synchronize(d)

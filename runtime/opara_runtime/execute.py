@@ -5,17 +5,19 @@ import contextlib
 
 import torch
 
-from opara_plan import Plan
+from opara_plan import Plan, is_copy, iter_refs
+from opara_runtime.devices import node_device, stream_devices
 from opara_runtime.lifetimes import release_points
 from opara_runtime.ops import run_node
 
 
-def run_sequential(plan: Plan, values: list, device: torch.device) -> None:
-    """Execute every op in launch order on the current stream, dropping intermediates after last use."""
+def run_sequential(plan: Plan, values: list, devices: list[torch.device]) -> None:
+    """Execute every op in launch order on the current stream, dropping intermediates after last use.
+    devices[d] is where the plan's device d runs (copy nodes move values between them)."""
     nodes = plan.graph.nodes
     release = release_points(plan, sequential=True)
     for i in plan.schedule.launch_order:
-        values[i] = run_node(nodes[i], values, device)
+        values[i] = run_node(nodes[i], values, devices[node_device(plan, i)])
         for j in release.get(i, ()):
             values[j] = None
 
@@ -25,11 +27,21 @@ def _no_context(node_id: int):
 
 
 class StreamLauncher:
-    """Launches the plan's ops on its streams with its waits; the same code warms up and captures."""
+    """Launches the plan's ops on its streams with its waits; the same code warms up and captures.
 
-    def __init__(self, plan: Plan, device: torch.device, programs=None) -> None:
+    Several GPUs: every plan stream is a stream of its device; stream 0 is the calling stream of the first
+    device, which forks every other stream (events work across devices) and joins them back, so one
+    capture spans the GPUs. A copy node runs on its (destination) stream; torch runs a peer copy on the
+    source device's current stream after a barrier with the destination's, so the copy is given a copy
+    stream of the source device per destination stream instead of a plan stream there (which would then
+    wait for the destination's work): each copy waits for the destination stream's state (which includes
+    the copy's plan waits) and the destination stream waits for the copy.
+    """
+
+    def __init__(self, plan: Plan, devices: list[torch.device], programs=None) -> None:
         self.plan = plan
-        self.device = device
+        self.devices = devices
+        self.device = devices[0]
         self.programs = programs  # compiled fused segments, or None to launch op by op
         s = plan.schedule
         self.waits_of: dict[int, list[int]] = {}
@@ -37,7 +49,22 @@ class StreamLauncher:
             self.waits_of.setdefault(consumer, []).append(producer)
         self.signalled = sorted({p for _, p in s.waits})
         self.release = release_points(plan, sequential=False)
-        self.side_streams = [torch.cuda.Stream(device=device) for _ in range(s.num_streams - 1)]
+        on = stream_devices(plan)
+        self.side_streams = [torch.cuda.Stream(device=devices[on[k]]) for k in range(1, s.num_streams)]
+        self.node_devices = [devices[node_device(plan, i)] for i in range(len(plan.graph.nodes))]
+        self.copy_streams: dict[int, torch.cuda.Stream] = {}  # copy node -> its source device's copy stream
+        by_pair: dict[tuple[int, int], torch.cuda.Stream] = {}
+        for i in s.launch_order:
+            node = plan.graph.nodes[i]
+            if not is_copy(node):
+                continue
+            src = node_device(plan, next(iter_refs(node.args)).node)
+            if src != node_device(plan, i):
+                key = (src, s.stream[i])
+                if key not in by_pair:
+                    by_pair[key] = torch.cuda.Stream(device=devices[src])
+                self.copy_streams[i] = by_pair[key]
+        self.forked = self.side_streams + list(by_pair.values())
 
     def launch(self, values: list, around=None) -> None:
         """Launch everything from the current stream: fork side streams, run, join them back.
@@ -48,13 +75,13 @@ class StreamLauncher:
         streams = [main, *self.side_streams]
         fork = torch.cuda.Event()
         fork.record(main)
-        for st in self.side_streams:
+        for st in self.forked:
             st.wait_event(fork)
         if self.programs is None:
             self._launch_ops(values, streams, around or _no_context)
         else:
             self._launch_segments(values, streams)
-        for st in self.side_streams:
+        for st in self.forked:
             main.wait_stream(st)
 
     def _launch_ops(self, values: list, streams: list, around) -> None:
@@ -64,8 +91,11 @@ class StreamLauncher:
             st = streams[stream[i]]
             for p in self.waits_of.get(i, ()):
                 st.wait_event(events[p])
-            with around(i), torch.cuda.stream(st):
-                values[i] = run_node(nodes[i], values, self.device)
+            source = self.copy_streams.get(i)
+            # The source stream is entered first so that the destination device is current for the op.
+            with around(i), (torch.cuda.stream(source) if source is not None else _no_context(i)), \
+                    torch.cuda.stream(st):
+                values[i] = run_node(nodes[i], values, self.node_devices[i])
             if i in events:
                 events[i].record(st)
             for j in self.release.get(i, ()):

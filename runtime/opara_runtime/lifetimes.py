@@ -14,7 +14,9 @@ def release_points(plan: Plan, *, sequential: bool) -> dict[int, tuple[int, ...]
     group may be dropped after an op x of the allocating stream that is ordered after every op touching
     the group: by stream order for users on that stream, by the waits (vector clocks) for the others.
     Groups with no such x live for the whole graph. Sequential runs drop a group after its last use.
-    Graph outputs and inputs/weights are never released.
+    Graph outputs and inputs/weights are never released. In a graph spanning several GPUs, values of
+    the devices other than the first live for the whole graph (the capture's private pool is the first
+    device's; see capture.py).
     """
     nodes, s = plan.graph.nodes, plan.schedule
     root: dict[int, int] = {}
@@ -38,6 +40,8 @@ def release_points(plan: Plan, *, sequential: bool) -> dict[int, tuple[int, ...]
                 pinned.add(r)
             elif node.kind == "op":
                 users.setdefault(r, set()).add(i)
+    if not sequential and plan.schedule.device:
+        pinned.update(r for r in users if plan.schedule.device[r] != 0)
     if sequential:
         after = {r: s.launch_order[max(position[u] for u in us)] for r, us in users.items() if r not in pinned}
     else:

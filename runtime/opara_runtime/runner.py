@@ -8,6 +8,7 @@ import torch
 
 from opara_plan import InputError, OutTree, Plan, PlanMismatchError
 from opara_runtime.bind import check_weights, place_weights
+from opara_runtime.devices import node_device, plan_devices
 from opara_runtime.execute import run_sequential
 from opara_runtime.ops import constant_tensor, materialize, spec_text, torch_dtype
 
@@ -33,18 +34,25 @@ class Runner:
     """
 
     def __init__(self, plan: Plan, weights: dict, device: torch.device, *, capture: bool | None = None,
-                 compiled_segments: bool = True) -> None:
+                 devices=None, compiled_segments: bool = True) -> None:
+        """device: the first device (inputs and outputs live there); devices: one per plan device id, by
+        default consecutive GPUs from `device` (a plan for several GPUs; on the CPU every id is the CPU).
+        compiled_segments=False compiles a fused plan's segments instead of loading the stored ones."""
         check_weights(plan, weights)
+        if plan.fusion.backend and plan.schedule.num_devices > 1:
+            raise PlanMismatchError("plan fusion: fused segments run on one GPU, this plan uses "
+                                    f"{plan.schedule.num_devices}")
         self.plan = plan
-        self.device = device
+        self.devices = plan_devices(plan, device, devices)
+        self.device = device = self.devices[0]
         self._lock = threading.Lock()
         nodes = plan.graph.nodes
         base: list = [None] * len(nodes)
-        for i, w in place_weights(plan, weights, device).items():
+        for i, w in place_weights(plan, weights, self.devices).items():
             base[i] = w
         for i, node in enumerate(nodes):
             if node.kind == "constant":
-                base[i] = constant_tensor(node, device)
+                base[i] = constant_tensor(node, self.devices[node_device(plan, i)])
             elif node.kind == "input":
                 meta = node.outputs[0]
                 # Zeros, not empty: warm-up runs before any real input arrives, and garbage integer
@@ -65,7 +73,7 @@ class Runner:
         if use_graph:
             from opara_runtime.capture import CapturedPlan
 
-            self.captured = CapturedPlan(plan, base, device, programs=self.programs)
+            self.captured = CapturedPlan(plan, base, self.devices, programs=self.programs)
 
     def check_inputs(self, inputs) -> None:
         if len(inputs) == len(self._expected):
@@ -105,7 +113,7 @@ class Runner:
                 values = list(self._base)
                 for i, x in zip(self._input_ids, inputs):
                     values[i] = x
-                run_sequential(self.plan, values, self.device)
+                run_sequential(self.plan, values, self.devices)
                 flat = [materialize(r, values, self.device) for r in self.plan.graph.nodes[-1].args]
         return rebuild(self.plan.model.output_tree, flat)
 
@@ -129,9 +137,15 @@ def choose_device(plan: Plan, device) -> torch.device:
 
 
 def check_target(plan: Plan, device: torch.device) -> None:
-    """Refuse a different compute capability; warn on a different GPU name or software versions."""
+    """Refuse a different compute capability or too few GPUs; warn on a different GPU name or software versions."""
     t = plan.target
-    if device.type != "cuda" or t.device_type != "cuda":
+    if device.type != "cuda":
+        return
+    if plan.schedule.num_devices > torch.cuda.device_count():
+        raise PlanMismatchError(f"plan schedule: needs {plan.schedule.num_devices} GPUs, this machine has "
+                                f"{torch.cuda.device_count()}; compile the plan for fewer devices or load it on "
+                                f"a machine with more GPUs")
+    if t.device_type != "cuda":
         return
     props = torch.cuda.get_device_properties(device)
     here = (props.major, props.minor)
@@ -142,9 +156,6 @@ def check_target(plan: Plan, device: torch.device) -> None:
     if t.gpu_name != props.name:
         warnings.warn(f"plan was profiled on {t.gpu_name}, running on {props.name}: its schedule may not be "
                       f"the best here", stacklevel=3)
-    if t.device_count > torch.cuda.device_count():
-        raise PlanMismatchError(f"plan target: needs {t.device_count} GPUs, this machine has "
-                                f"{torch.cuda.device_count()}")
     if t.torch and t.torch.split("+")[0] != torch.__version__.split("+")[0]:
         warnings.warn(f"plan was profiled with torch {t.torch}, running with torch {torch.__version__}",
                       stacklevel=3)

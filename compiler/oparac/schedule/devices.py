@@ -17,6 +17,36 @@ class TransferModel:
     def cost(self, nbytes: float) -> float:
         return self.latency_ms + self.ms_per_byte * nbytes
 
+    # The interface map_devices reads, shared with Links: one model serves every pair.
+    uniform = True
+
+    def between(self, src: int, dst: int) -> TransferModel:
+        return self
+
+    def worst(self, nbytes: float) -> float:
+        return self.cost(nbytes)
+
+
+@dataclass(frozen=True)
+class Links:
+    """A transfer model per ordered device pair (measured links differ: PCIe vs NVLink, or by direction)."""
+
+    pairs: dict[tuple[int, int], TransferModel]
+
+    @property
+    def uniform(self) -> bool:
+        return len(set(self.pairs.values())) <= 1
+
+    def between(self, src: int, dst: int) -> TransferModel:
+        try:
+            return self.pairs[(src, dst)]
+        except KeyError:
+            raise ValueError(f"no transfer model from device {src} to device {dst}") from None
+
+    def worst(self, nbytes: float) -> float:
+        """The dearest pair's cost: what the longest-path search charges an edge before it knows the devices."""
+        return max((m.cost(nbytes) for m in self.pairs.values()), default=0.0)
+
 
 @dataclass(frozen=True)
 class DeviceMapping:
@@ -25,12 +55,13 @@ class DeviceMapping:
     predicted_ms: float     # simulate_devices of `device`, as map_devices ranked it
 
 
-def simulate_devices(dag, costs, device: dict[int, int], out_bytes: dict[int, float], transfer: TransferModel,
+def simulate_devices(dag, costs, device: dict[int, int], out_bytes: dict[int, float], transfer: TransferModel | Links,
                      *, streams_per_device: int | None = None) -> float:
     """Predicted makespan of `device` placement, by list scheduling in topological (dag.ops) order.
 
-    An op is ready when every producer has finished, plus `transfer.cost(out_bytes[producer])` when
-    the producer sits on another device (copies overlap with everything: no link contention). With
+    An op is ready when every producer has finished, plus the copy of the producer's output
+    (`transfer.between(src, dst).cost(out_bytes[producer])`) when the producer sits on another device
+    (copies overlap with everything: no link contention). With
     `streams_per_device=None` each device runs every ready op at once; with k it has k lanes and an op
     takes the lane where it can start first (ties: the lane that became free last, so an idle lane
     stays open for an independent op; then the lowest lane). Free ops take no lane and no time. Like `simulate`, no contention between concurrent kernels
@@ -45,7 +76,7 @@ def simulate_devices(dag, costs, device: dict[int, int], out_bytes: dict[int, fl
         d = device[i]
         ready = 0.0
         for p in dag.preds[i]:
-            arrival = finish[p] if device[p] == d else finish[p] + transfer.cost(out_bytes[p])
+            arrival = finish[p] if device[p] == d else finish[p] + transfer.between(device[p], d).cost(out_bytes[p])
             ready = max(ready, arrival)
         if streams_per_device is None or i in dag.free:
             finish[i] = ready + costs.ms[i]
@@ -56,7 +87,7 @@ def simulate_devices(dag, costs, device: dict[int, int], out_bytes: dict[int, fl
     return max(finish.values(), default=0.0)
 
 
-def map_devices(dag, costs, out_bytes: dict[int, float], *, num_devices: int, transfer: TransferModel,
+def map_devices(dag, costs, out_bytes: dict[int, float], *, num_devices: int, transfer: TransferModel | Links,
                 streams_per_device: int | None = 1) -> DeviceMapping:
     """HIOS-LP: place ops on `num_devices` GPUs one longest path at a time.
 
@@ -76,9 +107,11 @@ def map_devices(dag, costs, out_bytes: dict[int, float], *, num_devices: int, tr
       op elsewhere, this rule wins, in every candidate as in the result.
     - Ranking uses `streams_per_device` lanes per device (default 1, see simulate_devices); the
       streams inside each GPU are scheduled afterwards by the single-GPU algorithms.
-    - Devices are renumbered in order of first use along dag.ops, so the first op (which reads the
-      inputs) is on device 0. One transfer model for every pair makes devices interchangeable, so
-      this changes no prediction; per-pair models will need the renumbering dropped.
+    - With one transfer model for every pair (devices interchangeable) devices are renumbered in order
+      of first use along dag.ops, so the first op (which reads the inputs) is on device 0; that changes
+      no prediction. With per-pair Links that differ, renumbering would change the copies' costs, so the
+      mapping is kept as predicted.
+    - The path search weighs an edge by `transfer.worst` (the dearest pair), as the devices are not known yet.
     Deterministic: ties in the path go to the lowest op id, ties between devices to the lowest id.
     """
     if num_devices < 1:
@@ -110,7 +143,7 @@ def map_devices(dag, costs, out_bytes: dict[int, float], *, num_devices: int, tr
 
     if single_ms <= current_ms + _EPS * max(1.0, single_ms):
         return DeviceMapping(single, num_devices, single_ms)
-    return DeviceMapping(_first_use_order(dag, current), num_devices, current_ms)
+    return DeviceMapping(_first_use_order(dag, current) if transfer.uniform else current, num_devices, current_ms)
 
 
 def _longest_unplaced_path(dag, costs, out_bytes, transfer, placed) -> tuple[int, ...]:
@@ -122,7 +155,7 @@ def _longest_unplaced_path(dag, costs, out_bytes, transfer, placed) -> tuple[int
             continue
         after = max((s for s in dag.succs[i] if s in level), key=lambda s: (level[s], -s), default=None)
         nxt[i] = after
-        level[i] = costs.ms[i] + (0.0 if after is None else transfer.cost(out_bytes[i]) + level[after])
+        level[i] = costs.ms[i] + (0.0 if after is None else transfer.worst(out_bytes[i]) + level[after])
     start = max(level, key=lambda i: (level[i], -i))
     path = [start]
     while nxt[path[-1]] is not None:

@@ -1,4 +1,5 @@
-"""Stream assignment: opara (Opara Alg. 1), nimble (minimum chain cover), critical (list scheduling), single."""
+"""Stream assignment: opara (Opara Alg. 1), nimble (minimum chain cover), critical (list scheduling), window
+(HIOS's sliding-window grouping), single."""
 from __future__ import annotations
 
 import heapq
@@ -6,7 +7,8 @@ from dataclasses import dataclass
 
 from oparac.schedule.simulate import bottom_levels
 
-STREAM_ALGORITHMS = ("opara", "nimble", "critical", "single")
+STREAM_ALGORITHMS = ("opara", "nimble", "critical", "window", "single")
+WINDOW = 8  # ops the window algorithm looks ahead
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ def assign_streams(dag, costs, *, algorithm: str, max_streams: int = 0) -> Strea
         return StreamAssignment({}, 1)
     if algorithm == "single" or max_streams == 1:
         return StreamAssignment({i: 0 for i in dag.ops}, 1)
-    place = {"opara": _opara, "nimble": _nimble, "critical": _critical}[algorithm]
+    place = {"opara": _opara, "nimble": _nimble, "critical": _critical, "window": _window}[algorithm]
     logical = _place_free_ops(dag, place(dag, costs, max_streams))
     return _fold(dag, costs, logical, max_streams)
 
@@ -111,17 +113,19 @@ def _nimble(dag, costs, max_streams) -> dict[int, int]:
     return stream
 
 
-def _closure(dag, index: dict[int, int]) -> list[int]:
-    """Bitsets over kernel indices: entry k holds every kernel reachable from kernel k (through free ops too)."""
-    below: dict[int, int] = {}
-    for i in reversed(dag.ops):
+def _closure(dag, index: dict[int, int], *, ancestors: bool = False) -> list[int]:
+    """Bitsets over kernel indices: entry k holds every kernel reachable from kernel k (through free ops too),
+    or with `ancestors` every kernel that kernel k depends on."""
+    edges, walk = (dag.preds, dag.ops) if ancestors else (dag.succs, tuple(reversed(dag.ops)))
+    reach: dict[int, int] = {}
+    for i in walk:
         bits = 0
-        for s in dag.succs[i]:
-            bits |= below[s]
-            if s in index:
-                bits |= 1 << index[s]
-        below[i] = bits
-    return [below[i] for i in index]
+        for j in edges[i]:
+            bits |= reach[j]
+            if j in index:
+                bits |= 1 << index[j]
+        reach[i] = bits
+    return [reach[i] for i in index]
 
 
 def _members(bits: int, kernels: list[int]):
@@ -195,6 +199,52 @@ def _critical(dag, costs, max_streams: int) -> dict[int, int]:
             if not waiting[c]:
                 heapq.heappush(ready, (-level[c], c))
     return {i: s for i, s in stream.items() if i not in dag.free}
+
+
+def _window(dag, costs, max_streams: int) -> dict[int, int]:
+    """HIOS's intra-GPU grouping: slide a window of WINDOW kernels along a longest-path-first topological
+    order; the kernels of the window whose every ancestor is already grouped form the next group (they are
+    mutually independent) and run side by side, one stream each. A member continues the stream of one of
+    its producers when that stream is still free in the group (saves a wait), else takes the lowest free
+    one. HIOS chooses the partition of each window by measurement; taking the largest ready group is the
+    greedy form of it. Groups hold at most `max_streams` kernels when a cap is given."""
+    from oparac.schedule.order import order_launches
+
+    kernels = [i for i in order_launches(dag, None, costs, algorithm="critical") if i not in dag.free]
+    index = {i: k for k, i in enumerate(kernels)}
+    ancestors = _closure(dag, index, ancestors=True)
+    width = min(WINDOW, max_streams) if max_streams else WINDOW
+    stream: dict[int, int] = {}
+    done = 0  # bitset of grouped kernels
+    remaining = kernels
+    while remaining:
+        group = [i for i in remaining[:WINDOW] if ancestors[index[i]] & ~done == 0][:width]
+        taken: set[int] = set()
+        for i in group:
+            homes = [stream[p] for p in _kernel_preds(dag, i, index) if stream[p] not in taken]
+            s = homes[0] if homes else min(t for t in range(len(group) + len(taken) + 1) if t not in taken)
+            stream[i] = s
+            taken.add(s)
+        for i in group:
+            done |= 1 << index[i]
+        grouped = set(group)
+        remaining = [i for i in remaining if i not in grouped]
+    return stream
+
+
+def _kernel_preds(dag, i: int, index: dict[int, int]) -> list[int]:
+    """The kernels an op reads, looking through free ops (views) to the kernels behind them."""
+    out, stack, seen = [], list(dag.preds[i]), set()
+    while stack:
+        p = stack.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        if p in index:
+            out.append(p)
+        else:
+            stack.extend(dag.preds[p])
+    return sorted(out)
 
 
 def _fold(dag, costs, logical: dict[int, int], max_streams: int) -> StreamAssignment:

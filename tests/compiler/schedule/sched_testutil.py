@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from oparac.dag import Dag
 from oparac.schedule import Costs, assign_streams, order_launches, reduce_waits, simulate
 
-STREAM_ALGOS = ("opara", "nimble", "critical", "single")
-PARALLEL_ALGOS = ("opara", "nimble", "critical")
+STREAM_ALGOS = ("opara", "nimble", "critical", "window", "single")
+PARALLEL_ALGOS = ("opara", "nimble", "critical", "window")
 ORDERS = ("topo", "opara", "critical")
 
 CHAIN = Dag.from_edges(4, [(0, 1), (1, 2), (2, 3)])
