@@ -7,8 +7,6 @@ back-to-back replay time (DESIGN section 8).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import statistics
 import sys
 import time
@@ -63,6 +61,8 @@ def breakdown(model_name: str, rounds: int = 5) -> dict:
 def main(argv=None) -> int:
     import torch
 
+    from results_io import new_result, write_result
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="googlenet")
     ap.add_argument("--out", default=str(HERE / "results"))
@@ -71,11 +71,8 @@ def main(argv=None) -> int:
         print("the call-overhead breakdown needs a CUDA GPU", file=sys.stderr)
         return 1
     rec = breakdown(args.model)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    path = Path(args.out) / f"call-overhead-{stamp}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                "cuda": torch.version.cuda, "date": stamp, "records": [rec]}, indent=1))
+    path, header = new_result(args.out, "call-overhead")
+    write_result(path, dict(header, records=[rec]))
     for name in ("bare_replay", "copy_and_replay", "runner_zero_copy", "runner"):
         r = rec[name]
         print(f"{name:18s} b2b {r['ms_b2b']:.4f} ms  latency {r['ms_latency']:.4f} ms  overhead {r['overhead_us']:.1f} us")

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
 import os
 import subprocess
 import sys
@@ -64,6 +62,8 @@ def measure(model: str, workdir: Path) -> dict:
 def main(argv=None) -> int:
     import torch
 
+    from results_io import new_result, write_result
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="googlenet,inception_v3")
     ap.add_argument("--out", default=str(HERE / "results"))
@@ -71,18 +71,13 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("fused load times need a CUDA GPU", file=sys.stderr)
         return 1
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    path = Path(args.out) / f"fused-load-{stamp}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "records": []}
+    path, result = new_result(args.out, "fused-load")
+    result["records"] = []
     with tempfile.TemporaryDirectory(prefix="opara-plans-") as tmp:
         for model in args.models.split(","):
             rec = measure(model, Path(tmp))
             result["records"].append(rec)
-            tmp_json = path.with_suffix(".tmp")
-            tmp_json.write_text(json.dumps(result, indent=1))
-            os.replace(tmp_json, path)
+            write_result(path, result)
             print(f"{model}: {rec['segments']} segments, plan {rec['plan_mb']:.1f} MiB, compile {rec['compile_s']:.1f} s, "
                   f"load with artifacts {rec['load_s']:.1f} s, cold load {rec['cold_load_s']:.1f} s", flush=True)
     print(f"wrote {path}")

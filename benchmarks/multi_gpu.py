@@ -12,7 +12,6 @@ Writes benchmarks/results/multigpu-<stamp>.json and prints a table. Peak memory 
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 import time
 from pathlib import Path
@@ -125,7 +124,7 @@ def run_config(name: str, batch: int, size: int, gpus: list[str], iters: int, wa
 
 def main(argv=None) -> int:
     import torch
-    from run import _write  # the suite's atomic result writer
+    from results_io import new_result, write_result
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default=",".join(CONFIGS), help="MODEL:BATCHxSIZE, comma-separated")
@@ -142,12 +141,7 @@ def main(argv=None) -> int:
         print(f"the multi-GPU benchmark needs {len(gpus)} GPUs, this machine has {torch.cuda.device_count()}",
               file=sys.stderr)
         return 1
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    path = out / f"multigpu-{stamp}.json"
-    header = {"gpu": torch.cuda.get_device_name(0), "gpus": len(gpus), "torch": torch.__version__,
-              "cuda": torch.version.cuda, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    path, header = new_result(args.out, "multigpu", torch.device(gpus[0]), gpus=len(gpus))
     records: list[dict] = []
     start = time.perf_counter()
     for name, batch, size in configs:
@@ -158,9 +152,9 @@ def main(argv=None) -> int:
             continue
         t0 = time.perf_counter()
         records.extend(run_config(name, batch, size, gpus, args.iters, args.warmup))
-        _write(path, dict(header, records=records))
+        write_result(path, dict(header, records=records))
         print(f"{name} {batch}x3x{size}x{size}: {time.perf_counter() - t0:.0f} s", flush=True)
-    _write(path, dict(header, records=records))
+    write_result(path, dict(header, records=records))
     print(table(records))
     print(f"wrote {path} ({time.perf_counter() - start:.0f} s)")
     return 0

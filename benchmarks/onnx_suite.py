@@ -12,7 +12,6 @@ second pass, model by model, while the run is under --budget-s.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # for run.py's helpers
+sys.path.insert(0, str(HERE))  # for results_io
 MODELS = {  # benchmark name -> oparac.zoo factory (batch 1, float32, random weights, calibrated batch norm)
     name: name for name in ("googlenet", "inception_v3", "resnet50", "densenet121", "mobilenet_v3_large", "bert")
 }
@@ -100,7 +99,7 @@ def methods_for(device: torch.device) -> tuple[str, ...]:
 
 def main(argv=None) -> int:
     from oparac.bench import build
-    from run import _write as write_json  # benchmarks/run.py's atomic JSON write
+    from results_io import new_result, write_result
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
@@ -127,18 +126,12 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     start = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    path = out / f"onnx-suite-{now.strftime('%Y%m%dT%H%M%S')}.json"
-    header = {"gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "cuda": torch.version.cuda, "date": now.isoformat(timespec="seconds"),
-              "tf32": False}
+    path, header = new_result(args.out, "onnx-suite", device, tf32=False)
     records: list[dict] = []
 
     def add(rec: dict) -> None:
         records.append(rec)
-        write_json(path, dict(header, records=records))
+        write_result(path, dict(header, records=records))
         shown = rec.get("error") or f"{_ms(rec.get('ms_b2b'))} b2b, compile {rec['compile_s']:.1f} s"
         print(f"{rec['model']} {rec['method']}{' (' + rec['exporter'] + ')' if rec['exporter'] else ''}: {shown}",
               flush=True)

@@ -6,9 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +22,7 @@ SUITE = {  # model -> batches
 def main(argv=None) -> int:
     from oparac import zoo
     from oparac.bench import METHODS, bench_method
+    from results_io import new_result, write_result
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(SUITE))
@@ -41,11 +39,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda")
     records = []
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    path = out / f"suite-{stamp}{'-' + args.tag if args.tag else ''}.json"
-    header = {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    path, header = new_result(out, "suite", device, tag=args.tag)
     for name in args.models.split(","):
         batches = [int(b) for b in args.batches.split(",")] if args.batches else SUITE[name]
         for batch in batches:
@@ -62,7 +56,7 @@ def main(argv=None) -> int:
                     rec = bench_method(method, name, model, inputs, dtype, device, reference, iters=args.iters,
                                        plan_options=options)
                     records.append(rec.as_dict())
-                    _write(path, dict(header, records=records))  # after every record: a killed run keeps its rows
+                    write_result(path, dict(header, records=records))
                     shown = f"{rec.ms_b2b:.3f} ms b2b, {rec.ms_latency:.3f} ms latency" if rec.error is None \
                         else rec.error
                     print(f"{name} b{batch} {dtype} {method}: {shown} ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -74,12 +68,6 @@ def main(argv=None) -> int:
     same = sorted(out.glob(f"suite-*-{args.tag}.json")) if args.tag else [path]
     write_markdown(same, HERE.parent / "BENCHMARKS.md")
     return 0
-
-
-def _write(path: Path, result: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

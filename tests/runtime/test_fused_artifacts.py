@@ -31,7 +31,7 @@ def _run_segments(plan, programs, base) -> torch.Tensor:
 
 def _reference(plan, base) -> torch.Tensor:
     values = list(base)
-    run_sequential(plan, values, CPU)
+    run_sequential(plan, values, [CPU])
     return values[plan.graph.nodes[-1].args[0].node]
 
 
