@@ -25,6 +25,11 @@ def print_summary(info: dict, console: Console | None = None) -> None:
                    f"torch {t['torch']}, cuda {t['cuda'] or '-'}"),
         ("tool", f"{info['tool']['name']} {info['tool']['version']}, schema {info['tool']['schema_version']}"),
     ]
+    fusion = info["fusion"]
+    if fusion["backend"]:
+        stored = (f"{fusion['compiled_segments']} compiled ({fusion['compiled_bytes'] / 2**20:.1f} MiB, for "
+                  f"{fusion['compiled_for']})" if fusion["compiled_segments"] else "none compiled (compiled at load)")
+        rows.insert(5, ("fusion", f"{fusion['backend']}: {fusion['segments']} segments, {stored}"))
     if s["devices"] > 1:
         rows.insert(3, ("devices", f"{s['devices']} GPUs ({s['device_algorithm']}), {s['copies']} copies between them"))
     for link in p["links"]:

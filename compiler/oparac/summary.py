@@ -39,6 +39,17 @@ def summarize(plan: Plan) -> dict:
         "target": {"device_type": t.device_type, "gpu": t.gpu_name,
                    "compute_capability": ".".join(map(str, t.compute_capability)), "sm_count": t.sm_count,
                    "devices": t.device_count, "driver": t.driver, "cuda": t.cuda, "torch": t.torch},
+        "fusion": _fusion(plan),
         "tool": {"name": plan.tool.name, "version": plan.tool.version,
                  "schema_version": ".".join(map(str, plan.schema_version))},
     }
+
+
+def _fusion(plan: Plan) -> dict:
+    """Fused segments and the compiled code the plan stores for them (what loading will run)."""
+    f = plan.fusion
+    stored = [seg.artifact for seg in f.segments if seg.artifact]
+    measured = [seg.ms for seg in f.segments if seg.ms >= 0]
+    return {"backend": f.backend, "segments": len(f.segments), "compiled_segments": len(stored),
+            "compiled_bytes": sum(len(a) for a in stored), "compiled_for": f.cache_key,
+            "segments_ms": sum(measured) if measured else None}

@@ -27,6 +27,29 @@ def test_inspect_table_and_json(plan_path):
     info = json.loads(CliRunner().invoke(main, ["inspect", str(plan_path), "--json"]).output)
     assert info["graph"]["kernels"] > 0 and info["schedule"]["streams"] >= 1
     assert info["profile"]["method"] == "cost-model"
+    assert info["fusion"]["backend"] == "" and "fusion" not in result.output
+
+
+def test_inspect_shows_fused_segments_and_the_code_they_store(plan_path, tmp_path):
+    import dataclasses
+
+    from opara_plan import load_plan
+    from oparac.fuse import fuse_plan
+
+    fused = fuse_plan(load_plan(plan_path), "inductor")
+    path = tmp_path / "fused.plan"
+    fused.save(path)
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    assert f"inductor: {len(fused.fusion.segments)} segments, none compiled" in result.output
+    segments = tuple(dataclasses.replace(s, artifact=b"x" * 1024) for s in fused.fusion.segments)
+    stored = dataclasses.replace(fused, fusion=dataclasses.replace(fused.fusion, segments=segments,
+                                                                   cache_key="torch 9.9 | some GPU"))
+    stored.save(path)
+    info = json.loads(CliRunner().invoke(main, ["inspect", str(path), "--json"]).output)
+    assert info["fusion"] == {"backend": "inductor", "segments": len(segments), "compiled_segments": len(segments),
+                              "compiled_bytes": 1024 * len(segments), "compiled_for": "torch 9.9 | some GPU",
+                              "segments_ms": None}
 
 
 def test_verify_ok(plan_path):
