@@ -44,7 +44,8 @@ class CapturedPlan:
 
     def replay(self, inputs) -> list[torch.Tensor]:
         for buf, x in zip(self.static_inputs, inputs):
-            buf.copy_(x, non_blocking=True)
+            if x is not buf:  # a caller that filled the static buffer itself saves the copy (a launch)
+                buf.copy_(x, non_blocking=True)
         self.graph.replay()
         return self.static_outputs
 

@@ -102,6 +102,14 @@ class Runner:
                 raise InputError(f"input {k} {node.name!r}: expected {want}, "
                                  f"got {spec_text(got_dtype, tuple(x.shape), x.device)}")
 
+    def input_buffers(self) -> tuple[torch.Tensor, ...]:
+        """The runner's own input tensors, one per model input, on its device. Fill them in place and pass
+        them back (`runner(*bufs)`): the call then skips copying inputs in. On CUDA they are the captured
+        graph's static inputs, so they are shared by every call of this runner."""
+        if self.captured is not None:
+            return tuple(self.captured.static_inputs)
+        return tuple(self._base[i] for i in self._input_ids)
+
     def __call__(self, *inputs, zero_copy: bool = False):
         self.check_inputs(inputs)
         with self._lock:

@@ -95,6 +95,18 @@ def test_calls_are_serialised_across_threads():
     assert not errors
 
 
+def test_input_buffers_filled_in_place_skip_the_copy_and_match():
+    model, inputs = zoo.squeezenet()
+    x = inputs[0].cuda()
+    runner = opara_runtime.load(oparac.compile(model, (x,), device="cuda"), model, device="cuda")
+    (buf,) = runner.input_buffers()
+    assert buf is runner.captured.static_inputs[0]
+    expected = runner(x)
+    buf.zero_()
+    buf.copy_(x)
+    torch.testing.assert_close(runner(buf), expected, rtol=0, atol=0)
+
+
 def test_inputs_checked_on_every_call():
     model, inputs = zoo.squeezenet()
     plan = oparac.compile(model, inputs, device="cuda")

@@ -97,3 +97,13 @@ def test_runner_calls_are_independent(tiny_plan):
     y1 = runner(x1)
     runner(x2)
     torch.testing.assert_close(y1, _expected(x1, torch.eye(3)))
+
+
+def test_input_buffers_filled_in_place_give_the_same_result(tiny_plan):
+    w = torch.randn(3, 3)
+    runner = opara_runtime.load(tiny_plan, {"w": w}, device="cpu")
+    (buf,) = runner.input_buffers()
+    assert buf.shape == (2, 3) and buf.dtype == torch.float32
+    x = torch.randn(2, 3)
+    buf.copy_(x)
+    torch.testing.assert_close(runner(buf), _expected(x, w))
