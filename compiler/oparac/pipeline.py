@@ -13,6 +13,7 @@ from opara_plan import (Graph, Link, ModelError, ModelInfo, OparaError, Plan, Pr
 from oparac import cost_model
 from oparac.device_scheduling import make_device_schedule, with_placement
 from oparac.graph_builder import GraphBuilder
+from oparac.ingest.attention import ATTENTION
 from oparac.links import measure_links, nominal_links, parse_devices
 from oparac.scheduling import make_schedule
 
@@ -27,7 +28,7 @@ class StageError(OparaError):
 def compile(model, example_inputs=None, *, streams: str = "opara", order: str = "opara", max_streams: int = 0,
             dtype: str = "float32", device=None, tune: bool = False, progress: Callable[[str], None] | None = None,
             profile_cache=None, shapes: str | dict | None = None, fuse: str = "", devices=None,
-            links: tuple[Link, ...] | None = None) -> Plan:
+            links: tuple[Link, ...] | None = None, attention: str = "sdpa") -> Plan:
     """Compile a model (nn.Module, fx.GraphModule, ExportedProgram or .onnx path) into a plan.
 
     device: 'cpu' builds a preview plan from the analytic cost model; 'cuda' (default when a GPU is
@@ -41,6 +42,9 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
     per GPU); the copy cost between each pair is measured on the GPUs, or with device='cpu' taken from
     `links` (default: a nominal NVLink-class model) for a preview plan. With tune=True the best single-GPU
     candidates are measured too and the fastest plan wins, so it uses one GPU where more do not help.
+
+    attention: 'sdpa' keeps scaled_dot_product_attention as one fused kernel; 'math' lowers it to matrix
+    products around a softmax (PyTorch models; ONNX exports already spell attention out that way).
     """
     from oparac.fuse import BACKENDS
 
@@ -49,6 +53,8 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
         raise ModelError(f"dtype: expected one of {DTYPES}, found {dtype!r}")
     if fuse and fuse not in BACKENDS:
         raise ModelError(f"fuse: expected one of {BACKENDS}, found {fuse!r}")
+    if attention not in ATTENTION:
+        raise ModelError(f"attention: expected one of {ATTENTION}, found {attention!r}")
     gpus = parse_devices(devices) if devices is not None else ()
     if gpus and fuse and len(gpus) > 1:
         raise ModelError("fuse: fused plans run on one GPU; compile with one device or without --fuse")
@@ -58,7 +64,7 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
     if tune and dev.type != "cuda":
         raise ModelError("--tune measures schedules on the GPU; no CUDA device is in use")
     say("ingest: exporting the model to ATen")
-    builder, source = _stage("ingest", "", lambda: ingest(model, example_inputs, dtype, shapes))
+    builder, source = _stage("ingest", "", lambda: ingest(model, example_inputs, dtype, shapes, attention))
     graph = builder.build()
     say(f"profile: {sum(n.kind == 'op' for n in graph.nodes)} ops on {dev}")
     target, profile = _stage("profile", "ingest", lambda: profile_graph(graph, dev, dtype, profile_cache, say))
@@ -166,7 +172,9 @@ def compile_ref(ref: str, *, shapes: str | None = None, **options) -> Plan:
     return compile(model, inputs, **options)
 
 
-def ingest(model, example_inputs, dtype: str, shapes: str | dict | None = None) -> tuple[GraphBuilder, str]:
+def ingest(model, example_inputs, dtype: str, shapes: str | dict | None = None,
+           attention: str = "sdpa") -> tuple[GraphBuilder, str]:
+    from oparac.ingest.attention import decompositions
     from oparac.ingest.torch_fx import graph_from_exported, graph_from_fx, graph_from_module
 
     if isinstance(model, (str, Path)) and str(model).endswith(".onnx"):
@@ -179,7 +187,7 @@ def ingest(model, example_inputs, dtype: str, shapes: str | dict | None = None) 
         if dtype != "float32":
             raise ModelError("an ExportedProgram is compiled in the dtype it was exported in; pass the "
                              "nn.Module to compile in another dtype")
-        return graph_from_exported(model.run_decompositions({})), "torch.export"
+        return graph_from_exported(model.run_decompositions(decompositions(attention))), "torch.export"
     if not isinstance(model, torch.nn.Module):
         raise ModelError(f"model: expected an nn.Module, fx.GraphModule or ExportedProgram, "
                          f"found {type(model).__name__}")
@@ -189,11 +197,11 @@ def ingest(model, example_inputs, dtype: str, shapes: str | dict | None = None) 
         example_inputs = (example_inputs,)
     model, example_inputs = cast_model(model, example_inputs, dtype)
     if isinstance(model, torch.fx.GraphModule):
-        return graph_from_fx(model, example_inputs)
+        return graph_from_fx(model, example_inputs, decompositions=decompositions(attention))
     was_training = model.training
     model.eval()
     try:
-        return graph_from_module(model, example_inputs)
+        return graph_from_module(model, example_inputs, decompositions=decompositions(attention))
     finally:
         model.train(was_training)
 

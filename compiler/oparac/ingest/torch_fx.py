@@ -7,7 +7,7 @@ import torch
 import torch.fx
 import torch.utils._pytree as pytree
 
-from opara_plan import ModelError, OutTree, Ref, UnsupportedOpError
+from opara_plan import ModelError, OparaError, OutTree, Ref, UnsupportedOpError
 from oparac.graph_builder import GraphBuilder
 
 # Ops that synchronise with the host or produce data-dependent shapes: a CUDA graph cannot hold them.
@@ -24,12 +24,16 @@ METADATA_ASSERTIONS = frozenset({"aten._assert_tensor_metadata", "aten.sym_const
                                  "aten.sym_constrain_range"})
 
 
-def graph_from_module(model: torch.nn.Module, example_inputs: tuple) -> tuple[GraphBuilder, str]:
-    """Export `model` on `example_inputs` to the functional ATen graph."""
+def graph_from_module(model: torch.nn.Module, example_inputs: tuple, *,
+                      decompositions: dict | None = None) -> tuple[GraphBuilder, str]:
+    """Export `model` on `example_inputs` to the functional ATen graph (`decompositions`: ops lowered further,
+    see ingest/attention.py)."""
     _check_inputs(example_inputs)
     try:
         ep = torch.export.export(model, tuple(example_inputs), strict=False)
-        ep = ep.run_decompositions({})
+        ep = ep.run_decompositions(decompositions or {})
+    except OparaError:
+        raise
     except torch._dynamo.exc.UserError as e:
         raise ModelError(f"torch.export could not trace the model: {str(e).splitlines()[0]}") from None
     except Exception as e:  # export raises many kinds of errors for untraceable models
@@ -170,11 +174,12 @@ def _out_tree(spec, counter) -> OutTree:
                              f"(expected tensors in tuples, lists or dicts)")
 
 
-def graph_from_fx(gm: torch.fx.GraphModule, example_inputs: tuple) -> tuple[GraphBuilder, str]:
+def graph_from_fx(gm: torch.fx.GraphModule, example_inputs: tuple, *,
+                  decompositions: dict | None = None) -> tuple[GraphBuilder, str]:
     """An ATen-level GraphModule (make_fx, export) is ingested as is; a torch-level one is exported."""
     _check_inputs(example_inputs)
     if not _is_aten_graph(gm):
-        return graph_from_module(gm, example_inputs)
+        return graph_from_module(gm, example_inputs, decompositions=decompositions)
     b = GraphBuilder()
     env: dict[torch.fx.Node, object] = {}
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
