@@ -61,11 +61,11 @@ def fill_random(tensors) -> None:
                 t.copy_(torch.randn(t.shape, dtype=torch.float32, device=t.device).to(t.dtype))
 
 
-def timed_runner(plan, weights: dict, device: torch.device):
+def timed_runner(plan, weights: dict, device: torch.device, devices=None):
     """A captured runner of `plan` for timing, its static inputs filled with random data (never time on
-    zeros: they can run faster than real inputs)."""
+    zeros: they can run faster than real inputs). devices: one per plan device, for multi-GPU plans."""
     from opara_runtime.runner import Runner
 
-    runner = Runner(plan, weights, device)
+    runner = Runner(plan, weights, device, devices=devices)
     fill_random(runner.captured.static_inputs)
     return runner

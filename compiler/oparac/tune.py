@@ -8,7 +8,7 @@ import statistics
 import torch
 
 from opara_plan import Candidate, Plan
-from oparac.measure import fill_random, time_graph_replays, timed_runner
+from oparac.measure import time_graph_replays, timed_runner
 from oparac.scheduling import make_schedule
 
 STREAM_ALGORITHMS = ("opara", "nimble", "critical")
@@ -127,10 +127,7 @@ def tune_devices(plan: Plan, weights: dict, devices: list[torch.device], say=Non
 
 
 def _measure(plan: Plan, weights: dict, devices: list[torch.device]) -> float:
-    from opara_runtime.runner import Runner
-
-    runner = Runner(plan, weights, devices[0], devices=devices)
-    fill_random(runner.captured.static_inputs)
+    runner = timed_runner(plan, weights, devices[0], devices)
     # About 50 ms of replays per sample (at least 2): large inputs make a replay take tens of ms, and
     # several GPUs double the candidates, so tuning stays in seconds to a minute.
     replays = max(2, min(10, int(50.0 / max(plan.profile.sequential_ms, 1e-3))))
