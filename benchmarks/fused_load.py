@@ -47,13 +47,14 @@ def measure(model: str, workdir: Path) -> dict:
     compile_s = time.perf_counter() - start
     with_artifacts, cold = workdir / f"{model}.plan", workdir / f"{model}-cold.plan"
     plan.save(with_artifacts)
-    bare = tuple(dataclasses.replace(s, artifact=b"") for s in plan.fusion.segments)
-    dataclasses.replace(plan, fusion=dataclasses.replace(plan.fusion, segments=bare)).save(cold)
+    bare = tuple(dataclasses.replace(s, program=-1) for s in plan.fusion.segments)
+    dataclasses.replace(plan, fusion=dataclasses.replace(plan.fusion, segments=bare, programs=())).save(cold)
     load_s, first_s = load_seconds(with_artifacts, model)
     cold_s, cold_first_s = load_seconds(cold, model)
     del net
     torch.cuda.empty_cache()
     return {"model": model, "batch": 1, "dtype": "float32", "segments": len(plan.fusion.segments),
+            "programs": len(plan.fusion.programs),
             "plan_mb": with_artifacts.stat().st_size / 2**20, "compile_s": compile_s,
             "load_s": load_s, "load_first_call_s": first_s, "cold_load_s": cold_s,
             "cold_load_first_call_s": cold_first_s}

@@ -23,32 +23,37 @@ def fuse_plan(plan: Plan, backend: str, *, max_ops: int = 0) -> Plan:
 
 
 def measure_fused(plan: Plan, weights: dict, device: torch.device) -> tuple[Plan, float]:
-    """Compile and capture the fused plan; measured segment times, replay latency and compiled artifacts."""
+    """Compile and capture the fused plan; measured segment times, replay latency and compiled programs."""
     from opara_runtime.fused import cache_key
 
     runner = timed_runner(plan, weights, device)
     replay_ms = time_graph_replays(runner.captured.graph, device, repeats=7, replays=20)
     seg_ms = segment_times(runner, device)
-    artifacts = segment_artifacts(runner.programs)
-    segments = tuple(dataclasses.replace(s, ms=ms, artifact=a)
-                     for s, ms, a in zip(plan.fusion.segments, seg_ms, artifacts))
-    fusion = dataclasses.replace(plan.fusion, segments=segments, cache_key=cache_key(device))
+    blobs, index = stored_programs(runner.programs)
+    segments = tuple(dataclasses.replace(s, ms=ms, program=k)
+                     for s, ms, k in zip(plan.fusion.segments, seg_ms, index))
+    fusion = dataclasses.replace(plan.fusion, segments=segments, programs=blobs, cache_key=cache_key(device))
     del runner
     gc.collect()
     return dataclasses.replace(plan, fusion=fusion), replay_ms
 
 
-def segment_artifacts(programs) -> list[bytes]:
-    """Every segment's compiled artifact, or none at all: a plan whose segments are only partly stored
-    would compile at load anyway, so it carries nothing rather than dead bytes."""
+def stored_programs(programs) -> tuple[tuple[bytes, ...], list[int]]:
+    """Each distinct compiled program once (in order of first use) and every segment's index into them; or
+    nothing at all: a plan whose segments are only partly stored would compile at load anyway."""
     from opara_runtime.fused import artifact_bytes
 
+    blobs: dict[int, bytes] = {}
     try:
-        return [artifact_bytes(p.fn) for p in programs]
+        for p in programs:
+            if p.program not in blobs:
+                blobs[p.program] = p.blob if p.blob is not None else artifact_bytes(p.fn)
     except Exception as e:  # inductor could not serialise a segment: the plan still works, loading compiles
         warnings.warn(f"fuse: compiled segments could not be saved into the plan ({type(e).__name__}: {e}); "
                       f"loading it will compile them", stacklevel=2)
-        return [b""] * len(programs)
+        return (), [-1] * len(programs)
+    renumber = {u: k for k, u in enumerate(blobs)}
+    return tuple(blobs.values()), [renumber[p.program] for p in programs]
 
 
 def segment_times(runner, device: torch.device) -> list[float]:

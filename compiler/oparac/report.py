@@ -27,8 +27,9 @@ def print_summary(info: dict, console: Console | None = None) -> None:
     ]
     fusion = info["fusion"]
     if fusion["backend"]:
-        stored = (f"{fusion['compiled_segments']} compiled ({fusion['compiled_bytes'] / 2**20:.1f} MiB, for "
-                  f"{fusion['compiled_for']})" if fusion["compiled_segments"] else "none compiled (compiled at load)")
+        stored = (f"{fusion['compiled_segments']} compiled as {fusion['compiled_programs']} distinct programs "
+                  f"({fusion['compiled_bytes'] / 2**20:.1f} MiB, for {fusion['compiled_for']})"
+                  if fusion["compiled_segments"] else "none compiled (compiled at load)")
         rows.insert(5, ("fusion", f"{fusion['backend']}: {fusion['segments']} segments, {stored}"))
     if s["devices"] > 1:
         rows.insert(3, ("devices", f"{s['devices']} GPUs ({s['device_algorithm']}), {s['copies']} copies between them"))

@@ -48,8 +48,8 @@ def summarize(plan: Plan) -> dict:
 def _fusion(plan: Plan) -> dict:
     """Fused segments and the compiled code the plan stores for them (what loading will run)."""
     f = plan.fusion
-    stored = [seg.artifact for seg in f.segments if seg.artifact]
     measured = [seg.ms for seg in f.segments if seg.ms >= 0]
-    return {"backend": f.backend, "segments": len(f.segments), "compiled_segments": len(stored),
-            "compiled_bytes": sum(len(a) for a in stored), "compiled_for": f.cache_key,
+    return {"backend": f.backend, "segments": len(f.segments),
+            "compiled_segments": sum(seg.program >= 0 for seg in f.segments), "compiled_programs": len(f.programs),
+            "compiled_bytes": sum(len(a) for a in f.programs), "compiled_for": f.cache_key,
             "segments_ms": sum(measured) if measured else None}

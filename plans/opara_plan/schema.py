@@ -5,8 +5,10 @@ from dataclasses import dataclass
 from typing import Union
 
 # 1.1 added Segment.artifact (fused plans), Profile.links/links_method, Schedule.device_algorithm and
-# Candidate.num_devices (several GPUs).
-SCHEMA_VERSION: tuple[int, int] = (1, 1)
+# Candidate.num_devices (several GPUs). 1.2 stores each distinct compiled segment once (Fusion.programs,
+# Segment.program) instead of Segment.artifact: repeated cells compile to the same code. A 1.1 plan still
+# loads; its segments are compiled at load.
+SCHEMA_VERSION: tuple[int, int] = (1, 2)
 FORMAT = "opara-plan"
 NODE_KINDS = ("input", "param", "constant", "op", "output")
 
@@ -185,24 +187,29 @@ class Profile:
 class Segment:
     """A maximal run of one stream's ops with no cross-stream edge inside, compiled as one fused unit.
 
-    ops are in launch order; waits are the segments whose completion this one waits for. artifact is the
-    backend's compiled segment (inductor's standalone artifact, schema 1.1), so loading does not compile.
+    ops are in launch order; waits are the segments whose completion this one waits for. program indexes
+    Fusion.programs, the backend's compiled code for this segment (-1: none stored, loading compiles).
     """
 
     stream: int
     ops: tuple[int, ...]
     waits: tuple[int, ...] = ()
     ms: float = -1.0  # measured time of the fused segment; -1: not measured
-    artifact: bytes = b""
+    program: int = -1
 
 
 @dataclass(frozen=True)
 class Fusion:
-    """How ops are fused: backend '' (none) or 'inductor', and the segments with their compiled artifacts."""
+    """How ops are fused: backend '' (none) or 'inductor', the segments, and their compiled code.
+
+    programs holds each distinct compiled segment once (inductor's standalone artifact, zlib-compressed):
+    segments with the same ops on inputs of the same sizes and strides (a model's repeated cells) share one.
+    """
 
     backend: str = ""
     segments: tuple[Segment, ...] = ()
-    cache_key: str = ""  # torch build + GPU the segments' artifacts were made with
+    cache_key: str = ""  # torch build + GPU the programs were compiled for
+    programs: tuple[bytes, ...] = ()
 
 
 NO_FUSION = Fusion()

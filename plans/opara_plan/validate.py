@@ -285,3 +285,25 @@ def _check_fusion(plan: Plan) -> None:
         for w in seg.waits:
             if not 0 <= w < k:
                 raise PlanFormatError(f"plan fusion.segments[{k}]: waits on segment {w}, expected an earlier one")
+    _check_programs(f)
+
+
+def _check_programs(f) -> None:
+    """Stored code is all or nothing: every segment names a program, and every program is used."""
+    if not f.programs:
+        for k, seg in enumerate(f.segments):
+            if seg.program != -1:
+                raise PlanFormatError(f"plan fusion.segments[{k}].program: expected -1 (the plan stores no "
+                                      f"compiled programs), found {seg.program}")
+        return
+    used = set()
+    for k, seg in enumerate(f.segments):
+        if not 0 <= seg.program < len(f.programs):
+            raise PlanFormatError(f"plan fusion.segments[{k}].program: expected an index into fusion.programs "
+                                  f"(0..{len(f.programs) - 1}), found {seg.program}")
+        used.add(seg.program)
+    unused = sorted(set(range(len(f.programs))) - used)
+    if unused:
+        raise PlanFormatError(f"plan fusion.programs[{unused[0]}]: no segment uses it")
+    if not f.cache_key:
+        raise PlanFormatError("plan fusion.cache_key: missing; stored programs must say what they were compiled for")

@@ -28,6 +28,8 @@ class SegmentProgram:
     module: torch.fx.GraphModule
     arity: dict[int, int]  # outputs of each multi-output op the segment produces
     fn: object = None
+    program: int = -1          # which distinct compiled program runs this segment (shared by equal segments)
+    blob: bytes | None = None  # that program's stored form, when it came from a file or a worker
 
     def __call__(self, values: list) -> None:
         outs = self.fn(*[_value(values, k) for k in self.inputs])
@@ -68,7 +70,8 @@ def _build(plan: Plan, seg: Segment, needed_outside: set[Key], device: torch.dev
         if key not in env:
             if ref.node in members:
                 raise AssertionError(f"segment op {ref.node} used before it is computed")
-            env[key] = g.placeholder(f"in_{ref.node}_{ref.index}")
+            # Positional names, not node ids: equal segments then have equal code and share one program.
+            env[key] = g.placeholder(f"in_{len(inputs)}")
             inputs.append(key)
         return env[key]
 
@@ -98,20 +101,70 @@ def _build(plan: Plan, seg: Segment, needed_outside: set[Key], device: torch.dev
 INDUCTOR_CONFIG = {"triton.cudagraphs": False}  # the plan's single graph captures everything
 
 
-def compile_segments(programs: list[SegmentProgram], base_values: list) -> None:
-    """Compile every segment with inductor (whole graph, static shapes, no CUDA graphs of its own).
+def compile_one(module: torch.fx.GraphModule, example: list):
+    """One segment through inductor's standalone entry point (no dynamo): static shapes from the example,
+    no CUDA graphs of its own; the result can be saved as an artifact and loaded without compiling."""
+    return torch._inductor.standalone_compile(module, example, dynamic_shapes="from_example_inputs",
+                                              options={"config_patches": dict(INDUCTOR_CONFIG)})
 
-    Segments are compiled in launch order and each is run once on real values, so every segment is
-    specialised to the exact sizes and strides its inputs will have (inductor asserts them). Going
-    through inductor's standalone entry point skips dynamo: each compiled segment is an artifact that
-    can be saved into the plan and loaded without compiling again."""
+
+def input_meta(x) -> tuple:
+    """What a compiled segment is specialised to for one input: inductor asserts sizes and strides, and
+    its code assumes the alignment that the storage offset gives."""
+    if isinstance(x, torch.Tensor):
+        return ("tensor", tuple(x.shape), tuple(x.stride()), x.storage_offset(), str(x.dtype), x.device.type)
+    return ("value", x)
+
+
+def program_key(prog: SegmentProgram, example: list) -> tuple:
+    return (prog.module.code, tuple(input_meta(x) for x in example))
+
+
+def compile_segments(programs: list[SegmentProgram], base_values: list, *, plan: Plan | None = None,
+                     workers: int | None = None) -> None:
+    """Compile every segment with inductor; segments with equal code on equal inputs share one program.
+
+    With a plan and more than one worker (the default on a GPU, `OPARA_COMPILE_WORKERS` to choose), the
+    distinct programs are compiled in parallel worker processes; otherwise here, in launch order. Either
+    way every segment then runs once on real values, so each is specialised to the exact sizes and strides
+    its inputs will have."""
+    from opara_runtime.segment_workers import compile_in_workers, default_workers
+
+    device = _device_of(base_values)
+    if plan is not None and (default_workers(device) if workers is None else workers) > 1:
+        try:
+            compile_in_workers(plan, programs, base_values, device, workers)
+            _run_once(programs, base_values)
+            return
+        except Exception as e:  # parallel compilation is an optimisation: compile here instead
+            warnings.warn(f"compiling fused segments in worker processes failed ({type(e).__name__}: "
+                          f"{str(e)[-800:]}); compiling them in this process", stacklevel=2)
+            for prog in programs:
+                prog.fn, prog.program, prog.blob = None, -1, None
+    values = list(base_values)
+    compiled: dict[tuple, tuple[int, object]] = {}
+    with torch.no_grad():
+        for prog in programs:
+            example = [_value(values, k) for k in prog.inputs]
+            key = program_key(prog, example)
+            if key not in compiled:
+                compiled[key] = (len(compiled), compile_one(prog.module, example))
+            prog.program, prog.fn = compiled[key]
+            prog(values)
+
+
+def _run_once(programs: list[SegmentProgram], base_values: list) -> None:
     values = list(base_values)
     with torch.no_grad():
         for prog in programs:
-            prog.fn = torch._inductor.standalone_compile(
-                prog.module, [_value(values, k) for k in prog.inputs], dynamic_shapes="from_example_inputs",
-                options={"config_patches": dict(INDUCTOR_CONFIG)})
             prog(values)
+
+
+def _device_of(values: list) -> torch.device:
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            return v.device
+    return torch.device("cpu")
 
 
 def artifact_bytes(compiled) -> bytes:
@@ -142,26 +195,30 @@ def cache_key(device: torch.device) -> str:
 
 def prepare_fused(plan: Plan, device: torch.device, base_values: list, *,
                   use_artifacts: bool = True) -> list[SegmentProgram]:
-    """Segment programs ready to launch. The plan's compiled artifacts are loaded (unless use_artifacts is
+    """Segment programs ready to launch. The plan's compiled programs are loaded (unless use_artifacts is
     False) when they were made with this torch build and GPU, so deployment does not compile; otherwise
     every segment is compiled here."""
     programs = segment_programs(plan, device)
-    stored = [seg.artifact for seg in plan.fusion.segments]
-    if use_artifacts and all(stored):
-        reason = _load_all(programs, stored) if plan.fusion.cache_key == cache_key(device) else \
-            f"were made with {plan.fusion.cache_key}, this is {cache_key(device)}"
+    f = plan.fusion
+    if use_artifacts and f.programs:
+        reason = _load_all(programs, f) if f.cache_key == cache_key(device) else \
+            f"were made with {f.cache_key}, this is {cache_key(device)}"
         if reason is None:
             return programs
         warnings.warn(f"the plan's compiled segments {reason}: compiling them afresh", stacklevel=3)
-    compile_segments(programs, base_values)
+    compile_segments(programs, base_values, plan=plan)
     return programs
 
 
-def _load_all(programs: list[SegmentProgram], stored: list[bytes]) -> str | None:
-    """Load every segment's artifact; None when all loaded, else why not (the caller compiles instead)."""
-    for k, (prog, data) in enumerate(zip(programs, stored)):
-        try:
-            prog.fn = _load_artifact(data)
-        except Exception as e:  # a corrupt or foreign artifact must cost a compile, never the deployment
-            return f"could not be loaded (segment {k}: {type(e).__name__}: {e})"
+def _load_all(programs: list[SegmentProgram], f) -> str | None:
+    """Load each distinct program once; None when all loaded, else why not (the caller compiles instead)."""
+    loaded: dict[int, object] = {}
+    for prog in programs:
+        index = prog.segment.program
+        if index not in loaded:
+            try:
+                loaded[index] = _load_artifact(f.programs[index])
+            except Exception as e:  # a corrupt or foreign artifact must cost a compile, never the deployment
+                return f"could not be loaded (program {index}: {type(e).__name__}: {e})"
+        prog.fn, prog.program, prog.blob = loaded[index], index, f.programs[index]
     return None

@@ -42,13 +42,15 @@ def test_inspect_shows_fused_segments_and_the_code_they_store(plan_path, tmp_pat
     result = CliRunner().invoke(main, ["inspect", str(path)])
     assert result.exit_code == 0, result.output
     assert f"inductor: {len(fused.fusion.segments)} segments, none compiled" in result.output
-    segments = tuple(dataclasses.replace(s, artifact=b"x" * 1024) for s in fused.fusion.segments)
+    # Two distinct programs: the first segment's, and one the others share.
+    segments = tuple(dataclasses.replace(s, program=min(k, 1)) for k, s in enumerate(fused.fusion.segments))
     stored = dataclasses.replace(fused, fusion=dataclasses.replace(fused.fusion, segments=segments,
+                                                                   programs=(b"x" * 1024, b"y" * 2048),
                                                                    cache_key="torch 9.9 | some GPU"))
     stored.save(path)
     info = json.loads(CliRunner().invoke(main, ["inspect", str(path), "--json"]).output)
     assert info["fusion"] == {"backend": "inductor", "segments": len(segments), "compiled_segments": len(segments),
-                              "compiled_bytes": 1024 * len(segments), "compiled_for": "torch 9.9 | some GPU",
+                              "compiled_programs": 2, "compiled_bytes": 3072, "compiled_for": "torch 9.9 | some GPU",
                               "segments_ms": None}
 
 

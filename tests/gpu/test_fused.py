@@ -22,7 +22,8 @@ def test_fused_googlenet_matches_and_embeds_artifacts(tmp_path):
     plan = oparac.compile(model, inputs, device="cuda", fuse="inductor")
     assert plan.fusion.backend == "inductor" and len(plan.fusion.segments) > 1
     assert all(seg.ms > 0 for seg in plan.fusion.segments)
-    assert all(seg.artifact for seg in plan.fusion.segments), "compiled segments are embedded"
+    assert plan.fusion.programs and all(seg.program >= 0 for seg in plan.fusion.segments), \
+        "compiled segments are embedded"
     verdict = verify(plan, model, device="cuda")
     assert verdict.ok, f"rel {verdict.max_rel:.2e}"
     plan.save(tmp_path / "g.plan")

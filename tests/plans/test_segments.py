@@ -46,6 +46,28 @@ def test_bad_segments_are_refused(tiny_plan, segments, message):
         validate(_fused(tiny_plan, segments))
 
 
+def _stored(plan, programs, indexes, cache_key="torch 9.9 | some GPU"):
+    segs = [dataclasses.replace(x, program=k) for x, k in zip(cut_segments(plan.schedule), indexes)]
+    return dataclasses.replace(plan, fusion=Fusion(backend="inductor", segments=tuple(segs), programs=programs,
+                                                   cache_key=cache_key))
+
+
+def test_segments_may_share_stored_programs(tiny_plan):
+    validate(_stored(tiny_plan, (b"a", b"b"), [0, 1, 1, 0]))
+
+
+@pytest.mark.parametrize("programs, indexes, cache_key, message", [
+    ((b"a",), [0, 0, 1, 0], "k", r"segments\[2\].program: expected an index into fusion.programs \(0..0\), found 1"),
+    ((b"a",), [0, -1, 0, 0], "k", r"segments\[1\].program: expected an index"),
+    ((), [0, -1, -1, -1], "k", r"segments\[0\].program: expected -1 \(the plan stores no compiled programs\)"),
+    ((b"a", b"b"), [0, 0, 0, 0], "k", r"fusion.programs\[1\]: no segment uses it"),
+    ((b"a",), [0, 0, 0, 0], "", "fusion.cache_key: missing"),
+])
+def test_bad_program_references_are_refused(tiny_plan, programs, indexes, cache_key, message):
+    with pytest.raises(PlanFormatError, match=message):
+        validate(_stored(tiny_plan, programs, indexes, cache_key))
+
+
 def test_unknown_backend_is_refused(tiny_plan):
     plan = dataclasses.replace(tiny_plan, fusion=Fusion(backend="tensorrt", segments=cut_segments(tiny_plan.schedule)))
     with pytest.raises(PlanFormatError, match="fusion.backend"):

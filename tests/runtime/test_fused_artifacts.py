@@ -10,7 +10,7 @@ from opara_plan import plan_from_bytes
 from opara_runtime import fused
 from opara_runtime.execute import run_sequential
 from opara_runtime.runner import Runner
-from oparac.fuse import fuse_plan, segment_artifacts
+from oparac.fuse import fuse_plan, stored_programs
 
 pytestmark = pytest.mark.slow  # inductor compiles C++ for every segment on the CPU
 CPU = torch.device("cpu")
@@ -54,11 +54,8 @@ def test_compiled_segments_match_sequential_execution(compiled):
 
 def test_plan_with_artifacts_loads_without_compiling(compiled, monkeypatch):
     plan, base, programs = compiled
-    segments = tuple(dataclasses.replace(s, artifact=a)
-                     for s, a in zip(plan.fusion.segments, segment_artifacts(programs)))
-    assert all(s.artifact for s in segments)
-    stored = dataclasses.replace(plan, fusion=dataclasses.replace(plan.fusion, segments=segments,
-                                                                  cache_key=fused.cache_key(CPU)))
+    stored = _with_programs(plan, programs)
+    assert len(stored.fusion.programs) == len(programs)  # the tiny plan's segments all differ
     stored = plan_from_bytes(stored.to_bytes())  # artifacts survive the plan file
 
     def no_compile(*args, **kwargs):
@@ -71,11 +68,18 @@ def test_plan_with_artifacts_loads_without_compiling(compiled, monkeypatch):
         fused.prepare_fused(stored, CPU, base, use_artifacts=False)
 
 
+def _with_programs(plan, programs):
+    blobs, index = stored_programs(programs)
+    segments = tuple(dataclasses.replace(s, program=k) for s, k in zip(plan.fusion.segments, index))
+    return dataclasses.replace(plan, fusion=dataclasses.replace(plan.fusion, segments=segments, programs=blobs,
+                                                                cache_key=fused.cache_key(CPU)))
+
+
 def test_foreign_or_corrupt_artifacts_are_compiled_afresh_with_a_warning(compiled):
     plan, base, programs = compiled
     foreign = dataclasses.replace(plan, fusion=dataclasses.replace(
-        plan.fusion, cache_key="torch 0.0 | another GPU",
-        segments=tuple(dataclasses.replace(s, artifact=b"x") for s in plan.fusion.segments)))
+        plan.fusion, cache_key="torch 0.0 | another GPU", programs=(b"x",) * len(plan.fusion.segments),
+        segments=tuple(dataclasses.replace(s, program=k) for k, s in enumerate(plan.fusion.segments))))
     with pytest.warns(UserWarning, match="were made with torch 0.0"):
         again = fused.prepare_fused(foreign, CPU, base)
     torch.testing.assert_close(_run_segments(plan, again, base), _reference(plan, base))
@@ -83,3 +87,67 @@ def test_foreign_or_corrupt_artifacts_are_compiled_afresh_with_a_warning(compile
     with pytest.warns(UserWarning, match="could not be loaded"):
         again = fused.prepare_fused(corrupt, CPU, base)
     torch.testing.assert_close(_run_segments(plan, again, base), _reference(plan, base))
+
+
+class TwoBranches(torch.nn.Module):
+    """Two equal branches on two streams: their segments have the same code on inputs of the same layout."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)
+
+    def forward(self, x):
+        return torch.relu(self.a(x)).sigmoid() + torch.relu(self.b(x)).sigmoid()
+
+
+@pytest.fixture
+def branches(tmp_path, monkeypatch):
+    import oparac
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    model = TwoBranches().eval()
+    x = torch.randn(4, 16)
+    plan = fuse_plan(oparac.compile(model, (x,), device="cpu"), "inductor")
+    runner = Runner(plan, dict(model.named_parameters()), CPU, capture=False)
+    base = list(runner._base)
+    base[runner._input_ids[0]] = x
+    return plan, base, model(x).detach()
+
+
+def _ops(plan, seg):
+    return [plan.graph.nodes[i].target for i in seg.ops]
+
+
+def test_equal_segments_share_one_compiled_program(branches):
+    plan, base, expected = branches
+    a, b = plan.fusion.segments[:2]
+    assert a.stream != b.stream and _ops(plan, a) == _ops(plan, b)  # the premise: two equal branches
+    programs = fused.segment_programs(plan, CPU)
+    fused.compile_segments(programs, base, workers=1)
+    assert programs[0].program == programs[1].program != programs[2].program
+    assert programs[0].fn is programs[1].fn
+    stored = plan_from_bytes(_with_programs(plan, programs).to_bytes())
+    assert len(stored.fusion.programs) == 2 and [s.program for s in stored.fusion.segments] == [0, 0, 1]
+    loaded = fused.prepare_fused(stored, CPU, base)
+    torch.testing.assert_close(_run_segments(stored, loaded, base), expected)
+
+
+def test_segments_compile_in_worker_processes(branches):
+    plan, base, expected = branches
+    programs = fused.segment_programs(plan, CPU)
+    fused.compile_segments(programs, base, plan=plan, workers=2)
+    # Only the worker path hands back stored bytes; a fallback to compiling here would leave them None.
+    assert all(p.blob for p in programs)
+    assert [p.program for p in programs] == [0, 0, 1]
+    torch.testing.assert_close(_run_segments(plan, programs, base), expected)
+
+
+def test_a_failing_worker_falls_back_to_compiling_here(branches, monkeypatch):
+    plan, base, expected = branches
+    monkeypatch.setenv("PYTHONPATH", "")
+    monkeypatch.setattr("sys.executable", "/bin/false")
+    programs = fused.segment_programs(plan, CPU)
+    with pytest.warns(UserWarning, match="worker processes failed"):
+        fused.compile_segments(programs, base, plan=plan, workers=2)
+    assert all(p.blob is None for p in programs)
+    torch.testing.assert_close(_run_segments(plan, programs, base), expected)
