@@ -75,33 +75,39 @@ def segment_times(runner, device: torch.device) -> list[float]:
 
 
 def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, say=None) -> Plan:
-    """Measure a few fused schedules against the given (unfused) plan; keep the fastest."""
+    """Measure a few fused schedules against the given (unfused) plan; keep the fastest.
+
+    Each fused candidate is compiled and timed once as it is built; then every candidate, the unfused plan
+    included, is timed again side by side in interleaved rounds (their compiled programs are reloaded, not
+    recompiled) and the median decides, as in the unfused tuner."""
     from opara_runtime.bind import weights_on_device
+    from oparac.tune import FINAL_ROUNDS, measure_rounds
 
     placed = weights_on_device(plan, weights, device)
-    unfused = timed_runner(plan, placed, device)
-    best_plan, best_ms = plan, time_graph_replays(unfused.captured.graph, device, repeats=7, replays=20)
-    del unfused
+    plans = [plan]
     candidates = [Candidate(streams=plan.schedule.stream_algorithm, order=plan.schedule.order_algorithm,
-                            max_streams=plan.schedule.max_streams, predicted_ms=plan.schedule.predicted_ms,
-                            measured_ms=best_ms)]
+                            max_streams=plan.schedule.max_streams, predicted_ms=plan.schedule.predicted_ms)]
     for streams, order, cap in FUSED_CANDIDATES:
         sched = make_schedule(plan.graph, plan.profile.ops, streams=streams, order=order, max_streams=cap)
-        fused = fuse_plan(dataclasses.replace(plan, schedule=sched), backend)
-        fused, ms = measure_fused(fused, placed, device)
+        fused, ms = measure_fused(fuse_plan(dataclasses.replace(plan, schedule=sched), backend), placed, device)
         if say:
-            say(f"tune: fused {streams}/{order}/cap {cap or '-'}: {len(fused.fusion.segments)} segments, {ms:.4f} ms")
+            say(f"tune: fused {streams}/{order}/cap {cap or '-'}: {len(fused.fusion.segments)} segments, "
+                f"{len(fused.fusion.programs)} programs, {ms:.4f} ms")
+        plans.append(fused)
         candidates.append(Candidate(streams=f"{streams}+{backend}", order=order, max_streams=cap,
-                                    predicted_ms=sched.predicted_ms, measured_ms=ms))
-        if ms < best_ms:
-            best_plan, best_ms = fused, ms
+                                    predicted_ms=sched.predicted_ms))
+    final = measure_rounds(dict(enumerate(plans)), placed, [device], rounds=FINAL_ROUNDS, repeats=5, replays=20)
+    candidates = [dataclasses.replace(c, measured_ms=final[k]) for k, c in enumerate(candidates)]
+    if say:
+        say("tune: fused finalists " + ", ".join(f"{c.streams}/{c.order}/cap {c.max_streams or '-'} "
+                                                 f"{c.measured_ms:.4f} ms" for c in candidates))
+    winner = min(range(len(plans)), key=lambda k: (final[k], k))  # a tie keeps the unfused plan
     # Earlier (unfused) tuning candidates stay on record; exactly one candidate ends up chosen. When the
     # unfused plan wins and was itself tuned, its own candidate entry is already the chosen one.
-    winner = next(k for k, c in enumerate(candidates) if c.measured_ms == best_ms)
     if winner == 0 and any(c.chosen for c in plan.profile.candidates):
         earlier = plan.profile.candidates
     else:
         earlier = tuple(dataclasses.replace(c, chosen=False) for c in plan.profile.candidates)
         candidates[winner] = dataclasses.replace(candidates[winner], chosen=True)
-    profile = dataclasses.replace(best_plan.profile, candidates=earlier + tuple(candidates))
-    return dataclasses.replace(best_plan, profile=profile)
+    best = plans[winner]
+    return dataclasses.replace(best, profile=dataclasses.replace(best.profile, candidates=earlier + tuple(candidates)))

@@ -82,7 +82,7 @@ def _tune(plan: Plan, candidates: dict[tuple, Placed], weights: dict, devices: l
         first.setdefault(_sig(placed.schedule), (key, with_placement(plan, placed)))
     measured: dict[tuple, float] = {}
     for signature, (key, candidate) in first.items():
-        measured.update(_measure({signature: candidate}, placed_weights, devices, rounds=1, repeats=repeats,
+        measured.update(measure_rounds({signature: candidate}, placed_weights, devices, rounds=1, repeats=repeats,
                                  replays=replays))
         if say:
             say(f"tune: {_label(key)}: {measured[signature]:.4f} ms")
@@ -90,7 +90,7 @@ def _tune(plan: Plan, candidates: dict[tuple, Placed], weights: dict, devices: l
     one_gpu = next(sig for sig in ranked if first[sig][0][3] == 1)
     single = _sig(candidates[SINGLE + (1,)].schedule)
     finalists = list(dict.fromkeys(ranked[:FINALISTS] + [one_gpu, single]))
-    measured.update(_measure({sig: first[sig][1] for sig in finalists}, placed_weights, devices,
+    measured.update(measure_rounds({sig: first[sig][1] for sig in finalists}, placed_weights, devices,
                              rounds=FINAL_ROUNDS, repeats=5, replays=replays))
     if say:
         say("tune: finalists " + ", ".join(f"{_label(first[sig][0])} {measured[sig]:.4f} ms" for sig in finalists))
@@ -104,7 +104,7 @@ def _tune(plan: Plan, candidates: dict[tuple, Placed], weights: dict, devices: l
     return dataclasses.replace(chosen, profile=dataclasses.replace(chosen.profile, candidates=recorded))
 
 
-def _measure(plans: dict[tuple, Plan], weights: dict, devices: list[torch.device], *, rounds: int, repeats: int,
+def measure_rounds(plans: dict[tuple, Plan], weights: dict, devices: list[torch.device], *, rounds: int, repeats: int,
              replays: int) -> dict[tuple, float]:
     """The median replay time of each plan over `rounds` rounds that time every plan in turn (all captured at
     once, so each round sees the same GPU state); a plan for N GPUs runs on the first N of `devices`."""

@@ -1,0 +1,74 @@
+"""Fused tuning without a GPU: compiling and timing are faked, what is tested is which plan tune_fused keeps
+(by the interleaved final rounds, not the first pass) and what it records."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from opara_plan import Candidate, validate
+from oparac import fuse, tune
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def fake(monkeypatch, tiny_plan):
+    """first[k] / final[k]: candidate k's first-pass and final-round figures (0 = the unfused plan, then
+    FUSED_CANDIDATES in order)."""
+    def install(first, final):
+        calls = []
+
+        def measure_fused(plan, weights, device):
+            k = len(calls) + 1
+            calls.append(plan.schedule.stream_algorithm)
+            return plan, first[k]
+
+        def measure_rounds(plans, weights, devices, *, rounds, repeats, replays):
+            assert rounds == tune.FINAL_ROUNDS and sorted(plans) == list(range(len(first)))
+            return {k: final[k] for k in plans}
+
+        monkeypatch.setattr(fuse, "measure_fused", measure_fused)
+        monkeypatch.setattr(tune, "measure_rounds", measure_rounds)
+        return calls
+    return install
+
+
+def _tune(plan):
+    return fuse.tune_fused(plan, {"w": torch.randn(3, 3)}, CPU, "inductor")
+
+
+def _chosen(plan):
+    [chosen] = [c for c in plan.profile.candidates if c.chosen]
+    return chosen
+
+
+def test_the_final_rounds_decide_not_the_first_pass(fake, tiny_plan):
+    # the cap-0 opara fused plan is fastest in the first pass only; the single-stream fused plan wins the rounds
+    fake([None, 1.0, 0.5, 0.9], [2.0, 1.1, 1.5, 1.3])
+    out = _tune(tiny_plan)
+    assert out.fusion.backend == "inductor" and out.schedule.stream_algorithm == "single"
+    assert (_chosen(out).streams, _chosen(out).measured_ms) == ("single+inductor", 1.1)
+    assert [c.measured_ms for c in out.profile.candidates] == [2.0, 1.1, 1.5, 1.3]
+    validate(out)
+
+
+def test_a_tie_keeps_the_unfused_plan(fake, tiny_plan):
+    fake([None, 1.0, 1.0, 1.0], [1.0, 1.0, 1.2, 1.0])
+    out = _tune(tiny_plan)
+    assert not out.fusion.backend and out.schedule == tiny_plan.schedule
+    assert _chosen(out).streams == tiny_plan.schedule.stream_algorithm
+
+
+def test_earlier_tuning_candidates_stay_on_record_with_one_chosen(fake, tiny_plan):
+    earlier = (Candidate(streams="opara", order="topo", max_streams=0, predicted_ms=0.1, measured_ms=0.2,
+                         chosen=True),)
+    tuned = dataclasses.replace(tiny_plan, profile=dataclasses.replace(tiny_plan.profile, candidates=earlier))
+    fake([None, 1.0, 1.0, 1.0], [0.9, 1.0, 1.0, 1.0])  # the (tuned) unfused plan wins
+    out = _tune(tuned)
+    assert out.profile.candidates[0].chosen and sum(c.chosen for c in out.profile.candidates) == 1
+    fake([None, 1.0, 1.0, 1.0], [0.9, 1.0, 0.8, 1.0])  # a fused plan wins: the earlier choice is withdrawn
+    out = _tune(tuned)
+    assert not out.profile.candidates[0].chosen and sum(c.chosen for c in out.profile.candidates) == 1
+    assert _chosen(out).streams == "opara+inductor" and _chosen(out).max_streams == 0
