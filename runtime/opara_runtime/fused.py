@@ -139,8 +139,8 @@ def compile_segments(programs: list[SegmentProgram], base_values: list, *, plan:
         except Exception as e:  # parallel compilation is an optimisation: compile here instead
             warnings.warn(f"compiling fused segments in worker processes failed ({type(e).__name__}: "
                           f"{str(e)[-800:]}); compiling them in this process", stacklevel=2)
-            for prog in programs:
-                prog.fn, prog.program, prog.blob = None, -1, None
+    for prog in programs:  # nothing half-loaded or from a failed attempt may be stored as this program
+        prog.fn, prog.program, prog.blob = None, -1, None
     values = list(base_values)
     compiled: dict[tuple, tuple[int, object]] = {}
     with torch.no_grad():
@@ -169,7 +169,7 @@ def _device_of(values: list) -> torch.device:
 
 def artifact_bytes(compiled) -> bytes:
     """A compiled segment as bytes: inductor's binary artifact format, zlib-compressed (kernel sources and
-    binaries shrink about 5x, and a plan holds one artifact per segment)."""
+    binaries shrink about 5x, and a plan holds one per distinct program)."""
     with tempfile.TemporaryDirectory(prefix="opara-seg-") as tmp:
         path = os.path.join(tmp, "segment.bin")
         compiled.save(path=path, format="binary")

@@ -151,3 +151,14 @@ def test_a_failing_worker_falls_back_to_compiling_here(branches, monkeypatch):
         fused.compile_segments(programs, base, plan=plan, workers=2)
     assert all(p.blob is None for p in programs)
     torch.testing.assert_close(_run_segments(plan, programs, base), expected)
+
+
+def test_a_partly_corrupt_plan_is_compiled_afresh_and_keeps_nothing_it_loaded(compiled):
+    plan, base, programs = compiled
+    stored = _with_programs(plan, programs)
+    corrupt = dataclasses.replace(stored, fusion=dataclasses.replace(
+        stored.fusion, programs=stored.fusion.programs[:-1] + (b"x",)))  # the first programs load, the last not
+    with pytest.warns(UserWarning, match="could not be loaded"):
+        again = fused.prepare_fused(corrupt, CPU, base)
+    assert all(p.blob is None for p in again)  # re-saving serialises the fresh compile, not the loaded bytes
+    torch.testing.assert_close(_run_segments(plan, again, base), _reference(plan, base))
