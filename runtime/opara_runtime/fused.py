@@ -177,7 +177,7 @@ def artifact_bytes(compiled) -> bytes:
             return zlib.compress(f.read(), 6)
 
 
-def _load_artifact(data: bytes):
+def load_artifact(data: bytes):
     with tempfile.TemporaryDirectory(prefix="opara-seg-") as tmp:
         path = os.path.join(tmp, "segment.bin")
         with open(path, "wb") as f:
@@ -217,7 +217,7 @@ def _load_all(programs: list[SegmentProgram], f) -> str | None:
         index = prog.segment.program
         if index not in loaded:
             try:
-                loaded[index] = _load_artifact(f.programs[index])
+                loaded[index] = load_artifact(f.programs[index])
             except Exception as e:  # a corrupt or foreign artifact must cost a compile, never the deployment
                 return f"could not be loaded (program {index}: {type(e).__name__}: {e})"
         prog.fn, prog.program, prog.blob = loaded[index], index, f.programs[index]

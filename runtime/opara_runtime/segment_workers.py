@@ -20,8 +20,7 @@ import torch
 from opara_plan import Plan
 
 MAX_WORKERS = 16
-# Started one after another the workers' first compiles contend for the same caches; a worker that has
-# produced nothing for this long is stuck.
+# A worker still running after this long is stuck: a whole model's segments took about a minute on the H100.
 WORKER_TIMEOUT_S = 1800
 
 
@@ -42,30 +41,22 @@ def default_workers(device: torch.device) -> int:
 def compile_in_workers(plan: Plan, programs: list, base_values: list, device: torch.device,
                        workers: int | None) -> None:
     """Give every program its compiled fn, compiling each distinct one once, spread over worker processes."""
-    from opara_runtime.fused import _load_artifact, _value, program_key
+    from opara_runtime.fused import _value, load_artifact, program_key
 
     examples = _eager_values(plan, base_values, device)
-    first: dict[tuple, int] = {}   # program key -> its first segment
-    order: list[tuple] = []
-    metas: list[list] = []
+    first: dict[tuple, int] = {}  # program key -> its first segment, in order of first use
     keys = []
     for k, prog in enumerate(programs):
-        example = [_value(examples, key) for key in prog.inputs]
-        key = program_key(prog, example)
-        keys.append(key)
-        if key not in first:
-            first[key] = k
-            order.append(key)
-            metas.append(key[1])
+        keys.append(program_key(prog, [_value(examples, ref) for ref in prog.inputs]))
+        first.setdefault(keys[-1], k)
     del examples
-    n = min(len(order), workers or default_workers(device))
-    jobs = _balance([(first[key], metas[u], len(programs[first[key]].segment.ops)) for u, key in enumerate(order)], n)
-    blobs_by_segment = _run_workers(plan, device, jobs)
-    index = {key: u for u, key in enumerate(order)}
-    fns = [_load_artifact(blobs_by_segment[first[key]]) for key in order]
+    n = min(len(first), workers or default_workers(device))
+    blobs = _run_workers(plan, device, _balance([(k, key[1], len(programs[k].segment.ops))
+                                                 for key, k in first.items()], n))
+    index = {key: u for u, key in enumerate(first)}
+    fns = {key: load_artifact(blobs[k]) for key, k in first.items()}
     for prog, key in zip(programs, keys):
-        u = index[key]
-        prog.program, prog.fn, prog.blob = u, fns[u], blobs_by_segment[first[key]]
+        prog.program, prog.fn, prog.blob = index[key], fns[key], blobs[first[key]]
 
 
 def _eager_values(plan: Plan, base_values: list, device: torch.device) -> list:
@@ -99,26 +90,31 @@ def _run_workers(plan: Plan, device: torch.device, jobs: list[list[tuple[int, li
     plan_bytes = plan.to_bytes()
     with tempfile.TemporaryDirectory(prefix="opara-compile-") as tmp:
         procs = []
-        for w, job in enumerate(jobs):
-            job_path, result_path, log_path = (Path(tmp) / f"{w}.{ext}" for ext in ("job", "result", "log"))
-            job_path.write_bytes(pickle.dumps({"plan": plan_bytes, "device": str(device), "segments": job}))
-            with open(log_path, "wb") as log:
-                procs.append((subprocess.Popen(
-                    [sys.executable, "-m", "opara_runtime.segment_workers", str(job_path), str(result_path)],
-                    env=env, stdout=subprocess.DEVNULL, stderr=log), result_path, log_path))
         out: dict[int, bytes] = {}
         failures = []
-        for proc, result_path, log_path in procs:
-            try:
-                rc = proc.wait(timeout=WORKER_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                rc = "timeout"
-            if rc != 0 or not result_path.exists():
-                tail = log_path.read_text(errors="replace")[-600:]
-                failures.append(f"worker exited with {rc}: {tail}")
-                continue
-            out.update(pickle.loads(result_path.read_bytes()))
+        try:
+            for w, job in enumerate(jobs):
+                job_path, result_path, log_path = (Path(tmp) / f"{w}.{ext}" for ext in ("job", "result", "log"))
+                job_path.write_bytes(pickle.dumps({"plan": plan_bytes, "device": str(device), "segments": job}))
+                with open(log_path, "wb") as log:
+                    procs.append((subprocess.Popen(
+                        [sys.executable, "-m", "opara_runtime.segment_workers", str(job_path), str(result_path)],
+                        env=env, stdout=subprocess.DEVNULL, stderr=log), result_path, log_path))
+            for proc, result_path, log_path in procs:
+                try:
+                    rc = proc.wait(timeout=WORKER_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    rc = "timeout"
+                if rc != 0 or not result_path.exists():
+                    tail = log_path.read_text(errors="replace")[-600:]
+                    failures.append(f"worker exited with {rc}: {tail}")
+                    continue
+                out.update(pickle.loads(result_path.read_bytes()))
+        finally:  # an interrupted or failed compile leaves no worker behind
+            for proc, _, _ in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
         if failures:
             raise RuntimeError(f"{len(failures)} of {len(procs)} segment compile workers failed; first: {failures[0]}")
     return out
