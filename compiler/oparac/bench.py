@@ -12,7 +12,8 @@ from oparac.measure import time_gpu
 METHODS = ("eager", "cudagraph", "torch_compile", "ort_cuda", "opara", "opara_tuned", "opara_fused",
            "opara_fused_tuned")
 # Also understood, not run by default: "opara_math" (and "opara_math_tuned"): the plan with --attention math,
-# which only differs from "opara" on models with attention.
+# which only differs from "opara" on models with attention; "opara_cl" and "opara_fused_cl" (any "_cl"
+# method): the plan with --memory-format channels_last, for convolution models.
 
 
 @dataclass
@@ -96,6 +97,8 @@ def build(method: str, model, inputs, device: torch.device, *, plan_options: dic
             options["fuse"] = "inductor"
         if "math" in method:
             options["attention"] = "math"
+        if method.endswith("_cl"):
+            options["memory_format"] = "channels_last"
         plan = compile(model, inputs, device=device, tune=method.endswith("tuned"), **options)
         return opara_runtime.load(plan, model, device=device)
     raise ValueError(f"unknown method {method!r}")

@@ -59,14 +59,16 @@ def _load_model(ref: str, shapes: str | None):
               help="several GPUs (HIOS); with --device cpu they are simulated for a preview plan")
 @click.option("--attention", type=click.Choice(("sdpa", "math")), default="sdpa", show_default=True,
               help="attention as one fused SDPA kernel, or as matrix products around a softmax")
+@click.option("--memory-format", type=click.Choice(("contiguous", "channels_last")), default="contiguous",
+              show_default=True, help="channels_last: 4-D weights and inputs in NHWC (convolution models)")
 def compile_cmd(model, output, shapes, streams, order, max_streams, dtype, device, tune, fuse, devices,
-                attention) -> None:
+                attention, memory_format) -> None:
     """Compile MODEL (.pt2, .onnx or package.module:factory) into a plan file."""
     from oparac.pipeline import compile_ref
 
     plan = compile_ref(model, shapes=shapes, streams=streams, order=order, max_streams=max_streams,
                        dtype=dtype, device=device, tune=tune, fuse=fuse or "", devices=devices, attention=attention,
-                       progress=_progress)
+                       memory_format=memory_format, progress=_progress)
     plan.save(output)
     s = plan.schedule
     gpus = f"{s.num_devices} GPUs, " if s.num_devices > 1 else ""

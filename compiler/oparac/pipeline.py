@@ -8,8 +8,8 @@ from typing import Callable
 
 import torch
 
-from opara_plan import (Graph, Link, ModelError, ModelInfo, OparaError, Plan, Profile, Target, TensorSpec, Tool,
-                        graph_fingerprint, validate)
+from opara_plan import (MEMORY_FORMATS, Graph, Link, ModelError, ModelInfo, OparaError, Plan, Profile, Target,
+                        TensorSpec, Tool, graph_fingerprint, validate)
 from oparac import cost_model
 from oparac.device_scheduling import make_device_schedule, with_placement
 from oparac.graph_builder import GraphBuilder
@@ -28,7 +28,7 @@ class StageError(OparaError):
 def compile(model, example_inputs=None, *, streams: str = "opara", order: str = "opara", max_streams: int = 0,
             dtype: str = "float32", device=None, tune: bool = False, progress: Callable[[str], None] | None = None,
             profile_cache=None, shapes: str | dict | None = None, fuse: str = "", devices=None,
-            links: tuple[Link, ...] | None = None, attention: str = "sdpa") -> Plan:
+            links: tuple[Link, ...] | None = None, attention: str = "sdpa", memory_format: str = "contiguous") -> Plan:
     """Compile a model (nn.Module, fx.GraphModule, ExportedProgram or .onnx path) into a plan.
 
     device: 'cpu' builds a preview plan from the analytic cost model; 'cuda' (default when a GPU is
@@ -45,6 +45,9 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
 
     attention: 'sdpa' keeps scaled_dot_product_attention as one fused kernel; 'math' lowers it to matrix
     products around a softmax (PyTorch models; ONNX exports already spell attention out that way).
+
+    memory_format: 'channels_last' runs the plan with 4-D floating-point weights and inputs in NHWC (what
+    cuDNN's tensor-core convolutions want); ops are profiled in that layout. Outputs stay contiguous.
     """
     from oparac.fuse import BACKENDS
 
@@ -55,6 +58,8 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
         raise ModelError(f"fuse: expected one of {BACKENDS}, found {fuse!r}")
     if attention not in ATTENTION:
         raise ModelError(f"attention: expected one of {ATTENTION}, found {attention!r}")
+    if memory_format not in MEMORY_FORMATS:
+        raise ModelError(f"memory_format: expected one of {MEMORY_FORMATS}, found {memory_format!r}")
     gpus = parse_devices(devices) if devices is not None else ()
     if gpus and fuse and len(gpus) > 1:
         raise ModelError("fuse: fused plans run on one GPU; compile with one device or without --fuse")
@@ -67,13 +72,14 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
     builder, source = _stage("ingest", "", lambda: ingest(model, example_inputs, dtype, shapes, attention))
     graph = builder.build()
     say(f"profile: {sum(n.kind == 'op' for n in graph.nodes)} ops on {dev}")
-    target, profile = _stage("profile", "ingest", lambda: profile_graph(graph, dev, dtype, profile_cache, say))
+    target, profile = _stage("profile", "ingest", lambda: profile_graph(graph, dev, dtype, profile_cache, say,
+                                                                        memory_format))
     if len(gpus) > 1:
         target, profile = _stage("links", "ingest, profile", lambda: link_stage(gpus, dev, target, profile, links, say))
     say(f"schedule: streams={streams} order={order} max_streams={max_streams}")
     single = _stage("schedule", "ingest, profile", lambda: make_schedule(
         graph, profile.ops, streams=streams, order=order, max_streams=max_streams))
-    plan = assemble(graph, builder, source, dtype, target, single, profile)
+    plan = assemble(graph, builder, source, dtype, target, single, profile, memory_format)
     if len(gpus) > 1 and not tune:
         say(f"devices: mapping ops onto {len(gpus)} GPUs (HIOS-LP)")
         plan = _stage("devices", "ingest, profile", lambda: with_placement(plan, make_device_schedule(
@@ -214,18 +220,19 @@ def model_weights(model) -> dict:
     return weights_of(model)  # nn.Module or .onnx path
 
 
-def profile_graph(graph: Graph, device: torch.device, dtype: str, cache, say) -> tuple[Target, Profile]:
+def profile_graph(graph: Graph, device: torch.device, dtype: str, cache, say,
+                  memory_format: str = "contiguous") -> tuple[Target, Profile]:
     if device.type == "cpu":
         ops = cost_model.estimate(graph)
         return (Target(device_type="cpu", torch=torch.__version__),
                 Profile(method="cost-model", ops=ops, sequential_ms=sum(o.ms for o in ops)))
     from oparac.profiler import profile_on_gpu
 
-    return profile_on_gpu(graph, device, dtype, cache, say)
+    return profile_on_gpu(graph, device, dtype, cache, say, memory_format)
 
 
 def assemble(graph: Graph, builder: GraphBuilder, source: str, dtype: str, target: Target, schedule,
-             profile: Profile) -> Plan:
+             profile: Profile, memory_format: str = "contiguous") -> Plan:
     nodes = graph.nodes
     inputs = tuple(TensorSpec(n.name, n.outputs[0].shape, n.outputs[0].dtype) for n in nodes if n.kind == "input")
     outputs = []
@@ -233,6 +240,6 @@ def assemble(graph: Graph, builder: GraphBuilder, source: str, dtype: str, targe
         meta = nodes[ref.node].outputs[ref.index]
         outputs.append(TensorSpec(f"output_{k}", meta.shape, meta.dtype))
     model = ModelInfo(source=source, fingerprint=graph_fingerprint(graph), inputs=inputs, outputs=tuple(outputs),
-                      output_tree=builder.tree, precision=dtype)
+                      output_tree=builder.tree, precision=dtype, memory_format=memory_format)
     return Plan(tool=Tool("oparac", TOOL_VERSION), model=model, target=target, graph=graph, schedule=schedule,
                 profile=profile)

@@ -1,4 +1,4 @@
-"""On-disk cache of per-op profiles, keyed by graph fingerprint + GPU + torch version + dtype."""
+"""On-disk cache of per-op profiles, keyed by graph fingerprint + GPU + torch version + dtype + memory format."""
 from __future__ import annotations
 
 import hashlib
@@ -26,9 +26,12 @@ class ProfileCache:
         return ProfileCache(Path(where) if where else Path.home() / ".cache" / "opara" / "profiles")
 
     @staticmethod
-    def key(fingerprint: str, target: Target, dtype: str) -> str:
-        text = "|".join([fingerprint, target.gpu_name, ".".join(map(str, target.compute_capability)),
-                         target.torch, target.cuda, dtype])
+    def key(fingerprint: str, target: Target, dtype: str, memory_format: str = "contiguous") -> str:
+        parts = [fingerprint, target.gpu_name, ".".join(map(str, target.compute_capability)), target.torch,
+                 target.cuda, dtype]
+        if memory_format != "contiguous":  # the contiguous key is the one caches held before the option
+            parts.append(memory_format)
+        text = "|".join(parts)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def get(self, key: str, num_nodes: int) -> tuple[OpProfile, ...] | None:

@@ -13,7 +13,7 @@ from oparac import cost_model
 from oparac.measure import time_graph_replays
 from oparac.model_ref import random_input
 from oparac.profile_cache import ProfileCache
-from opara_runtime.ops import constant_tensor, run_node, torch_dtype
+from opara_runtime.ops import constant_tensor, in_layout, run_node, torch_dtype
 
 REPEATS_IN_GRAPH = 20
 # Nominal dense peaks of Hopper (FLOP/s by dtype) and HBM bandwidth: only the ridge point comes from them.
@@ -32,21 +32,22 @@ def gpu_target(device: torch.device) -> Target:
                   cuda=torch.version.cuda or "", torch=torch.__version__)
 
 
-def profile_on_gpu(graph: Graph, device: torch.device, dtype: str, cache, say) -> tuple[Target, Profile]:
+def profile_on_gpu(graph: Graph, device: torch.device, dtype: str, cache, say,
+                   memory_format: str = "contiguous") -> tuple[Target, Profile]:
     target = gpu_target(device)
     store = ProfileCache.default() if cache is None else cache
     fingerprint_key = None
     if store:
         from opara_plan import graph_fingerprint
 
-        fingerprint_key = store.key(graph_fingerprint(graph), target, dtype)
+        fingerprint_key = store.key(graph_fingerprint(graph), target, dtype, memory_format)
         cached = store.get(fingerprint_key, len(graph.nodes))
         if cached is not None:
             say("profile: cache hit")
             return target, Profile(method="cuda-graph", ops=cached, sequential_ms=sum(o.ms for o in cached))
-    values = materialize(graph, device)
-    times = time_ops(graph, values, device, say)
-    kernels = kernel_records(graph, values, device)
+    values = materialize(graph, device, memory_format)
+    times = time_ops(graph, values, device, say, memory_format)
+    kernels = kernel_records(graph, values, device, memory_format)
     ridge = PEAK_FLOPS.get(dtype, PEAK_FLOPS["float32"]) / PEAK_BANDWIDTH
     ops = []
     for i, node in enumerate(graph.nodes):
@@ -62,8 +63,9 @@ def profile_on_gpu(graph: Graph, device: torch.device, dtype: str, cache, say) -
     return target, Profile(method="cuda-graph", ops=ops, sequential_ms=sum(o.ms for o in ops))
 
 
-def materialize(graph: Graph, device: torch.device) -> list:
-    """Every node's value, computed once from random inputs and weights (times do not depend on values)."""
+def materialize(graph: Graph, device: torch.device, memory_format: str = "contiguous") -> list:
+    """Every node's value, computed once from random inputs and weights (times do not depend on values),
+    inputs and weights in the layout the runtime binds them in (opara_runtime.ops.in_layout)."""
     g = torch.Generator().manual_seed(0)
     values: list = [None] * len(graph.nodes)
     with torch.no_grad():
@@ -72,38 +74,40 @@ def materialize(graph: Graph, device: torch.device) -> list:
                 meta = node.outputs[0]
                 dt = torch_dtype(meta.dtype)
                 x = random_input(meta.shape, dt, g)
-                values[i] = (x * 0.1 if dt.is_floating_point else x).to(device)
+                values[i] = in_layout((x * 0.1 if dt.is_floating_point else x).to(device), memory_format)
             elif node.kind == "constant":
                 values[i] = constant_tensor(node, device)
             elif node.kind == "op":
-                values[i] = run_node(node, values, device)
+                values[i] = run_node(node, values, device, memory_format)
         torch.cuda.synchronize(device)
     return values
 
 
-def time_ops(graph: Graph, values: list, device: torch.device, say) -> dict[int, float]:
+def time_ops(graph: Graph, values: list, device: torch.device, say,
+             memory_format: str = "contiguous") -> dict[int, float]:
     """Each op alone, REPEATS_IN_GRAPH times inside a small CUDA graph: no launch overhead in the figure."""
     times: dict[int, float] = {}
     ops = [i for i, n in enumerate(graph.nodes) if n.kind == "op" and not cost_model.is_free(n)]
     stream = torch.cuda.Stream(device=device)
     for k, i in enumerate(ops):
-        times[i] = _time_one(graph.nodes[i], values, device, stream)
+        times[i] = _time_one(graph.nodes[i], values, device, stream, memory_format)
         if say and (k + 1) % 200 == 0:
             say(f"profile: timed {k + 1}/{len(ops)} ops")
     return times
 
 
-def _time_one(node, values, device, stream) -> float:
+def _time_one(node, values, device, stream, memory_format: str) -> float:
     # Each small graph gets its own memory pool, released with it: a pool shared across graphs that
     # are created and dropped one after another trips the caching allocator's pool bookkeeping.
     g = torch.cuda.CUDAGraph()
     with torch.cuda.device(device), torch.cuda.graph(g, stream=stream):
         for _ in range(REPEATS_IN_GRAPH):
-            run_node(node, values, device)
+            run_node(node, values, device, memory_format)
     return time_graph_replays(g, device) / REPEATS_IN_GRAPH
 
 
-def kernel_records(graph: Graph, values: list, device: torch.device) -> dict[int, list[KernelInfo]]:
+def kernel_records(graph: Graph, values: list, device: torch.device,
+                   memory_format: str = "contiguous") -> dict[int, list[KernelInfo]]:
     """Kernel launch resources per op from one profiled run (torch.profiler's trace)."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -111,7 +115,7 @@ def kernel_records(graph: Graph, values: list, device: torch.device) -> dict[int
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for i in ops:
             with record_function(f"opara:{i}"):
-                run_node(graph.nodes[i], values, device)
+                run_node(graph.nodes[i], values, device, memory_format)
         torch.cuda.synchronize(device)
     fd, path = tempfile.mkstemp(suffix=".json")
     os.close(fd)

@@ -12,8 +12,9 @@ def print_summary(info: dict, console: Console | None = None) -> None:
     table.add_column("", style="bold")
     table.add_column("")
     ins = ", ".join(f"{x['name']}: {x['dtype']}{x['shape']}" for x in m["inputs"])
+    layout = f", {m['memory_format']}" if m["memory_format"] != "contiguous" else ""
     rows = [
-        ("model", f"{m['source']}, {m['precision']}, inputs {ins}"),
+        ("model", f"{m['source']}, {m['precision']}{layout}, inputs {ins}"),
         ("fingerprint", m["fingerprint"]),
         ("nodes", f"{g['nodes']} ({g['ops']} ops, {g['kernels']} kernels, {g['params']} params)"),
         ("streams", f"{s['streams']} ({s['stream_algorithm']} / order {s['order_algorithm']}, "

@@ -14,7 +14,7 @@ def summarize(plan: Plan) -> dict:
     t = plan.target
     return {
         "model": {"source": plan.model.source, "fingerprint": plan.model.fingerprint,
-                  "precision": plan.model.precision,
+                  "precision": plan.model.precision, "memory_format": plan.model.memory_format,
                   "inputs": [{"name": x.name, "shape": list(x.shape), "dtype": x.dtype} for x in plan.model.inputs],
                   "outputs": [{"name": x.name, "shape": list(x.shape), "dtype": x.dtype}
                               for x in plan.model.outputs]},

@@ -4,13 +4,13 @@ from opara_plan.errors import (InputError, ModelError, OparaError, PlanFormatErr
                                UnsupportedOpError)
 from opara_plan.fingerprint import graph_fingerprint
 from opara_plan.segments import cut_segments
-from opara_plan.schema import (NO_FUSION, SCHEMA_VERSION, Candidate, Fusion, Segment, Graph, KernelInfo, Link, ModelInfo, Node, OpProfile,
+from opara_plan.schema import (MEMORY_FORMATS, NO_FUSION, SCHEMA_VERSION, Candidate, Fusion, Segment, Graph, KernelInfo, Link, ModelInfo, Node, OpProfile,
                                OutTree, Plan, Profile, Ref, Schedule, Sym, Target, TensorMeta, TensorSpec,
                                Tool)
 from opara_plan.validate import COPY_TARGET, DTYPE_SIZES, is_copy, iter_refs, node_refs, validate
 
 __all__ = [
-    "NO_FUSION", "SCHEMA_VERSION", "Candidate", "Fusion", "Segment", "cut_segments", "DTYPE_SIZES", "Graph", "InputError", "KernelInfo", "Link", "ModelError",
+    "MEMORY_FORMATS", "NO_FUSION", "SCHEMA_VERSION", "Candidate", "Fusion", "Segment", "cut_segments", "DTYPE_SIZES", "Graph", "InputError", "KernelInfo", "Link", "ModelError",
     "ModelInfo", "Node", "OpProfile", "OparaError", "OutTree", "Plan", "PlanFormatError",
     "PlanMismatchError", "Profile", "Ref", "Schedule", "Sym", "Target", "TensorMeta", "TensorSpec", "Tool",
     "UnsupportedOpError", "COPY_TARGET", "graph_fingerprint", "is_copy", "iter_refs", "load_plan", "node_refs", "plan_from_bytes",

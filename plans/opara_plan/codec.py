@@ -25,12 +25,17 @@ def _encode(value, hint):
     if dataclasses.is_dataclass(value):
         hints = _hints(type(value))
         return {f.name: _encode(getattr(value, f.name), hints[f.name]) for f in sorted(
-            dataclasses.fields(value), key=lambda f: f.name)}
+            dataclasses.fields(value), key=lambda f: f.name) if not _omitted(f, getattr(value, f.name))}
     if isinstance(value, tuple):
         return [_encode(v, h) for v, h in zip(value, _element_hints(hint, len(value)))]
     if isinstance(value, float):
         return float(value)
     return value
+
+
+def _omitted(f: dataclasses.Field, value) -> bool:
+    """A field added by a minor version is left out while it holds its default: older plans keep their bytes."""
+    return bool(f.metadata.get("omit_default")) and value == f.default
 
 
 def _encode_arg(value):

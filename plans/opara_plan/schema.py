@@ -1,16 +1,21 @@
 """The plan: frozen dataclasses of plain data (ints, strings, floats, tuples) shared by compiler and runtime."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union
 
 # 1.1 added Segment.artifact (fused plans), Profile.links/links_method, Schedule.device_algorithm and
 # Candidate.num_devices (several GPUs). 1.2 stores each distinct compiled segment once (Fusion.programs,
 # Segment.program) instead of Segment.artifact: repeated cells compile to the same code. A 1.1 plan still
-# loads; its segments are compiled at load.
+# loads; its segments are compiled at load. 1.2 also adds ModelInfo.memory_format (written only when it is not
+# the default 'contiguous', so default plans keep their bytes; a reader without it ignores the key).
 SCHEMA_VERSION: tuple[int, int] = (1, 2)
 FORMAT = "opara-plan"
 NODE_KINDS = ("input", "param", "constant", "op", "output")
+# How the runtime lays out 4-D floating-point weights and inputs: NCHW as given, or NHWC (channels_last).
+MEMORY_FORMATS = ("contiguous", "channels_last")
+# Field metadata: the codec writes the field only when its value differs from the default.
+OMIT_DEFAULT = {"omit_default": True}
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,9 @@ class ModelInfo:
     outputs: tuple[TensorSpec, ...]
     output_tree: OutTree
     precision: str
+    # Applied at load like precision: 'channels_last' binds 4-D floating-point weights and static inputs in
+    # NHWC; outputs come back contiguous.
+    memory_format: str = field(default="contiguous", metadata=OMIT_DEFAULT)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from opara_plan.clocks import vector_clocks
 from opara_plan.errors import PlanFormatError
 from opara_plan.fingerprint import graph_fingerprint
-from opara_plan.schema import NODE_KINDS, Plan, Ref, Sym
+from opara_plan.schema import MEMORY_FORMATS, NODE_KINDS, Plan, Ref, Sym
 
 DTYPE_SIZES = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
@@ -108,6 +108,9 @@ def _check_syms(arg, where):
 
 
 def _check_model(plan: Plan) -> None:
+    if plan.model.memory_format not in MEMORY_FORMATS:
+        raise PlanFormatError(f"plan field model.memory_format: expected one of {MEMORY_FORMATS}, found "
+                              f"{plan.model.memory_format!r}")
     inputs = [n for n in plan.graph.nodes if n.kind == "input"]
     specs = plan.model.inputs
     if len(inputs) != len(specs):

@@ -7,7 +7,7 @@ import torch
 
 from opara_plan import ModelError, Plan, PlanMismatchError
 from opara_runtime.devices import node_device
-from opara_runtime.ops import dtype_name, spec_text, torch_dtype
+from opara_runtime.ops import dtype_name, in_layout, spec_text, torch_dtype
 
 _REDUCED = ("float16", "bfloat16")
 
@@ -62,12 +62,13 @@ def weights_on_device(plan: Plan, weights: dict[str, torch.Tensor], device: torc
                       only: int | None = None) -> dict[str, torch.Tensor]:
     """Param name -> the weight on `device` in the plan's dtype, each copied once however many nodes use it;
     `only`: just the params of that plan device id. Tuning builds many runners from this one copy (a tensor
-    already in place is not copied again)."""
+    already in place is not copied again). A channels_last plan gets its 4-D floating-point weights NHWC."""
     placed: dict[str, torch.Tensor] = {}
+    memory_format = plan.model.memory_format
     for i, node in enumerate(plan.graph.nodes):
         if node.kind == "param" and node.name not in placed and (only is None or node_device(plan, i) == only):
             dtype = torch_dtype(node.outputs[0].dtype)
-            placed[node.name] = weights[node.name].detach().to(device=device, dtype=dtype).contiguous()
+            placed[node.name] = in_layout(weights[node.name].detach().to(device=device, dtype=dtype), memory_format)
     return placed
 
 

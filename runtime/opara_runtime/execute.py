@@ -16,8 +16,9 @@ def run_sequential(plan: Plan, values: list, devices: list[torch.device]) -> Non
     devices[d] is where the plan's device d runs (copy nodes move values between them)."""
     nodes = plan.graph.nodes
     release = release_points(plan, sequential=True)
+    memory_format = plan.model.memory_format
     for i in plan.schedule.launch_order:
-        values[i] = run_node(nodes[i], values, devices[node_device(plan, i)])
+        values[i] = run_node(nodes[i], values, devices[node_device(plan, i)], memory_format)
         for j in release.get(i, ()):
             values[j] = None
 
@@ -95,7 +96,7 @@ class StreamLauncher:
             # The source stream is entered first so that the destination device is current for the op.
             with around(i), (torch.cuda.stream(source) if source is not None else _no_context(i)), \
                     torch.cuda.stream(st):
-                values[i] = run_node(nodes[i], values, self.node_devices[i])
+                values[i] = run_node(nodes[i], values, self.node_devices[i], plan.model.memory_format)
             if i in events:
                 events[i].record(st)
             for j in self.release.get(i, ()):

@@ -13,7 +13,7 @@ import torch._inductor
 import torch.fx
 
 from opara_plan import Plan, Ref, Segment, node_refs
-from opara_runtime.ops import materialize, resolve_op
+from opara_runtime.ops import materialize, plan_op
 
 Key = tuple[int, int]  # (node, output index)
 
@@ -84,7 +84,7 @@ def _build(plan: Plan, seg: Segment, needed_outside: set[Key], device: torch.dev
 
     for i in seg.ops:
         node = nodes[i]
-        call = g.call_function(resolve_op(node.target), tuple(convert(a) for a in node.args),
+        call = g.call_function(plan_op(node.target, plan.model.memory_format), tuple(convert(a) for a in node.args),
                                {k: convert(v) for k, v in node.kwargs})
         if node.multi:
             for index in range(len(node.outputs)):

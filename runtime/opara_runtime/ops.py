@@ -49,6 +49,28 @@ def resolve_op(target: str) -> torch._ops.OpOverload:
     return op
 
 
+# channels_last plans: aten.view needs strides that fit the new shape, which an NHWC tensor lacks when H and W
+# are not 1 (the flatten before a classifier). reshape gives the same value: the view where the strides allow
+# it, else a view of a contiguous copy. Only these targets change, and only in channels_last plans.
+_RESHAPE = "aten.reshape.default"
+_CHANNELS_LAST_TARGETS = {"aten.view.default": _RESHAPE, "aten._unsafe_view.default": _RESHAPE}
+
+
+def plan_op(target: str, memory_format: str = "contiguous") -> torch._ops.OpOverload:
+    """The overload that runs `target` in a plan of this memory format (resolve_op, or its stand-in)."""
+    if memory_format == "channels_last":
+        target = _CHANNELS_LAST_TARGETS.get(target, target)
+    return resolve_op(target)
+
+
+def in_layout(t: torch.Tensor, memory_format: str) -> torch.Tensor:
+    """`t` made contiguous in the plan's layout: NHWC for 4-D floating-point tensors of channels_last plans,
+    else NCHW. A tensor already so laid out is returned as it is, not copied."""
+    if memory_format == "channels_last" and t.dim() == 4 and t.is_floating_point():
+        return t.contiguous(memory_format=torch.channels_last)
+    return t.contiguous()
+
+
 def op_target(op: torch._ops.OpOverload) -> str:
     return f"{op.namespace}.{op._opname}.{op._overloadname}"
 
@@ -85,8 +107,8 @@ def materialize(arg, values, device: torch.device):
     return arg
 
 
-def run_node(node: Node, values, device: torch.device):
-    op = resolve_op(node.target)
+def run_node(node: Node, values, device: torch.device, memory_format: str = "contiguous"):
+    op = plan_op(node.target, memory_format)
     args = [materialize(a, values, device) for a in node.args]
     kwargs = {k: materialize(v, values, device) for k, v in node.kwargs}
     return op(*args, **kwargs)

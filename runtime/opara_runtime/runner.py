@@ -10,7 +10,7 @@ from opara_plan import InputError, OutTree, Plan, PlanMismatchError
 from opara_runtime.bind import check_weights, place_weights
 from opara_runtime.devices import node_device, plan_devices
 from opara_runtime.execute import run_sequential
-from opara_runtime.ops import constant_tensor, materialize, spec_text, torch_dtype
+from opara_runtime.ops import constant_tensor, in_layout, materialize, spec_text, torch_dtype
 
 
 def rebuild(tree: OutTree, flat: list):
@@ -57,12 +57,18 @@ class Runner:
                 meta = node.outputs[0]
                 # Zeros, not empty: warm-up runs before any real input arrives, and garbage integer
                 # inputs would index out of range (embedding lookups assert on the device).
-                base[i] = torch.zeros(meta.shape, dtype=torch_dtype(meta.dtype), device=device)
+                # channels_last plans keep 4-D floating-point inputs NHWC: the caller's NCHW tensor is
+                # transposed by the copy into this buffer.
+                zeros = torch.zeros(meta.shape, dtype=torch_dtype(meta.dtype), device=device)
+                base[i] = in_layout(zeros, plan.model.memory_format)
         self._base = base
         self._input_nodes = [node for node in nodes if node.kind == "input"]
         self._input_ids = [i for i, node in enumerate(nodes) if node.kind == "input"]
         # What every call's inputs are compared against, prepared once: the check is on the hot path.
         self._expected = [(torch.Size(n.outputs[0].shape), torch_dtype(n.outputs[0].dtype)) for n in self._input_nodes]
+        # Outputs come back as eager returns them: a channels_last plan's NHWC outputs are made contiguous.
+        self._contiguous_outputs = plan.model.memory_format == "channels_last"
+        self._out_format = torch.contiguous_format if self._contiguous_outputs else torch.preserve_format
         use_graph = device.type == "cuda" if capture is None else capture
         self.captured = None
         self.programs = None
@@ -111,18 +117,23 @@ class Runner:
         return tuple(self._base[i] for i in self._input_ids)
 
     def __call__(self, *inputs, zero_copy: bool = False):
+        """Run the plan on `inputs`; outputs in the model's structure. They are copies, except that on CUDA
+        zero_copy=True returns the captured graph's static output buffers (valid until the next call); in a
+        channels_last plan those may be channels_last-strided, where the copies are contiguous."""
         self.check_inputs(inputs)
         with self._lock:
             if self.captured is not None:
                 flat = self.captured.replay(inputs)
                 if not zero_copy:
-                    flat = [t.clone() for t in flat]
+                    flat = [t.clone(memory_format=self._out_format) for t in flat]
             else:
                 values = list(self._base)
                 for i, x in zip(self._input_ids, inputs):
                     values[i] = x
                 run_sequential(self.plan, values, self.devices)
                 flat = [materialize(r, values, self.device) for r in self.plan.graph.nodes[-1].args]
+                if self._contiguous_outputs:
+                    flat = [t.contiguous() for t in flat]
         return rebuild(self.plan.model.output_tree, flat)
 
 

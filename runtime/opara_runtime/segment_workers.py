@@ -67,7 +67,7 @@ def _eager_values(plan: Plan, base_values: list, device: torch.device) -> list:
     values = list(base_values)
     with torch.no_grad():
         for i in plan.schedule.launch_order:
-            values[i] = run_node(plan.graph.nodes[i], values, device)
+            values[i] = run_node(plan.graph.nodes[i], values, device, plan.model.memory_format)
     return values
 
 

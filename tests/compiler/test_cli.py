@@ -113,3 +113,17 @@ def test_demo_on_cpu(tmp_path):
 def test_help_is_instant():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0 and "compile" in result.output
+
+
+def test_memory_format_flag_reaches_the_plan(plan_path, tmp_path):
+    from opara_plan import load_plan
+
+    path = tmp_path / "sq_cl.plan"
+    result = CliRunner().invoke(main, ["compile", MODEL, "-o", str(path), "--device", "cpu",
+                                       "--memory-format", "channels_last"])
+    assert result.exit_code == 0, result.output
+    assert load_plan(path).model.memory_format == "channels_last"
+    assert load_plan(plan_path).model.memory_format == "contiguous"
+    assert "float32, channels_last" in CliRunner().invoke(main, ["inspect", str(path)]).output
+    result = CliRunner().invoke(main, ["verify", str(path), MODEL, "--device", "cpu"])
+    assert result.exit_code == 0 and result.output.startswith("OK"), result.output

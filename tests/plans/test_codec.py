@@ -163,3 +163,12 @@ def test_plan_object_api(tiny_plan, tmp_path):
     tiny_plan.save(tmp_path / "p.plan")
     assert type(tiny_plan).from_bytes(tiny_plan.to_bytes()) == tiny_plan
     assert dataclasses.is_dataclass(tiny_plan)
+
+
+def test_memory_format_round_trips_and_the_default_is_not_written(tiny_plan):
+    assert b"memory_format" not in plan_to_bytes(tiny_plan)  # default plans keep the bytes they had
+    nhwc = dataclasses.replace(tiny_plan, model=dataclasses.replace(tiny_plan.model, memory_format="channels_last"))
+    data = plan_to_bytes(nhwc)
+    assert b"memory_format" in data
+    assert plan_from_bytes(data) == nhwc
+    assert plan_from_bytes(plan_to_bytes(tiny_plan)).model.memory_format == "contiguous"

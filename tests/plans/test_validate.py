@@ -84,3 +84,10 @@ def test_profile_must_cover_every_node(tiny_plan):
     profile = dataclasses.replace(tiny_plan.profile, ops=tiny_plan.profile.ops[:3])
     with pytest.raises(PlanFormatError, match="profile.ops: expected 7"):
         validate(dataclasses.replace(tiny_plan, profile=profile))
+
+
+def test_memory_format_must_be_known(tiny_plan):
+    plan = dataclasses.replace(tiny_plan, model=dataclasses.replace(tiny_plan.model, memory_format="nhwc"))
+    with pytest.raises(PlanFormatError, match=r"plan field model.memory_format: expected one of "
+                                              r"\('contiguous', 'channels_last'\), found 'nhwc'"):
+        validate(plan)
