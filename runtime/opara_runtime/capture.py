@@ -37,16 +37,16 @@ class CapturedPlan:
             # as long as the graph: from the ordinary pool, a freed workspace would be handed to other
             # tensors or released by empty_cache() (which every later capture calls) while replays still
             # write it. Each pool is created on its GPU, so it holds that GPU's memory.
-            self.pools = {}
+            pools = {}
             for d in dict.fromkeys(devices[1:]):
                 with torch.cuda.device(d):
-                    self.pools[d] = torch.cuda.MemPool()
+                    pools[d] = torch.cuda.MemPool()
             values = list(base_values)
             # An explicit capture stream on the first device: torch.cuda.graph's default one is made once per
             # process, on whichever device was current at the first capture.
             capture_stream = torch.cuda.Stream(device=device)
             with contextlib.ExitStack() as routed:
-                for d, pool in self.pools.items():
+                for d, pool in pools.items():
                     routed.enter_context(torch.cuda.use_mem_pool(pool, device=d))
                 with torch.cuda.graph(self.graph, stream=capture_stream):
                     self.launcher.launch(values)
@@ -55,6 +55,7 @@ class CapturedPlan:
             # Values on the other GPUs stay referenced for the graph's life (lifetimes never releases them
             # during capture either).
             self.held = [v for i, v in enumerate(values) if node_device(plan, i) != 0 and v is not None]
+            self.pools = pools  # set after the graph and the tensors in the pools, so released after them
             del values
             _synchronize(devices)
 
