@@ -1,6 +1,8 @@
 """One multi-stream CUDA graph per plan: warm up in the plan's stream layout, capture, replay."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from opara_plan import Plan
@@ -30,15 +32,30 @@ class CapturedPlan:
             torch.cuda.current_stream(device).wait_stream(side)
             _synchronize(devices)
             self.graph = torch.cuda.CUDAGraph()
+            # The capture's private pool is the first device's only. What the ops allocate on the other
+            # GPUs during capture (values, and workspaces they free again) goes to a pool per GPU that lives
+            # as long as the graph: from the ordinary pool, a freed workspace would be handed to other
+            # tensors or released by empty_cache() (which every later capture calls) while replays still
+            # write it. Each pool is created on its GPU, so it holds that GPU's memory.
+            pools = {}
+            for d in dict.fromkeys(devices[1:]):
+                with torch.cuda.device(d):
+                    pools[d] = torch.cuda.MemPool()
             values = list(base_values)
-            with torch.cuda.graph(self.graph):
-                self.launcher.launch(values)
+            # An explicit capture stream on the first device: torch.cuda.graph's default one is made once per
+            # process, on whichever device was current at the first capture.
+            capture_stream = torch.cuda.Stream(device=device)
+            with contextlib.ExitStack() as routed:
+                for d, pool in pools.items():
+                    routed.enter_context(torch.cuda.use_mem_pool(pool, device=d))
+                with torch.cuda.graph(self.graph, stream=capture_stream):
+                    self.launcher.launch(values)
             out_node = plan.graph.nodes[-1]
             self.static_outputs = [materialize(r, values, device) for r in out_node.args]
-            # Values on the other GPUs were allocated from their devices' ordinary pools (the capture's
-            # private pool is the first device's): held for the graph's life, they are never handed to
-            # anything else, and lifetimes never releases them during capture.
+            # Values on the other GPUs stay referenced for the graph's life (lifetimes never releases them
+            # during capture either).
             self.held = [v for i, v in enumerate(values) if node_device(plan, i) != 0 and v is not None]
+            self.pools = pools  # set after the graph and the tensors in the pools, so released after them
             del values
             _synchronize(devices)
 

@@ -32,6 +32,10 @@ def plan_devices(plan: Plan, first: torch.device, devices=None) -> list[torch.de
         if any(d.type != found[0].type for d in found) or (found[0].type == "cuda" and len(set(found)) != n):
             raise PlanMismatchError(f"devices: expected {n} different GPUs (or the CPU), found "
                                     f"{', '.join(map(str, found))}")
+        count = torch.cuda.device_count() if found[0].type == "cuda" else 0
+        for d in found:
+            if d.type == "cuda" and (d.index or 0) >= count:
+                raise PlanMismatchError(f"devices: {d} does not exist, this machine has {count} GPUs")
         return found
     if first.type != "cuda":
         return [first] * n

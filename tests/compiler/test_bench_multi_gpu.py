@@ -40,3 +40,68 @@ def test_the_table_shows_the_ratios_of_the_2gpu_plan():
     lines = multi_gpu.table(rows).splitlines()
     assert lines[1].split() == ["inception_v3", "1x3x1024x1024", "12.000", "10.000", "8.000", "2", "1.25x", "1.50x"]
     assert lines[2].split() == ["googlenet", "1x3x224x224", "-", "-", "-", "-", "-", "-"]
+
+
+def test_the_best_single_gpu_candidate_is_taken_among_the_finalists():
+    # 'opara/opara' was lucky once in the first pass; the finalists' medians say 'critical/critical/cap 4' is faster
+    candidates = (Candidate("single", "topo", 0, 2.0, 3.0), Candidate("opara", "opara", 0, 1.0, 1.5),
+                  Candidate("critical", "critical", 4, 1.0, 2.0), Candidate("window", "critical", 0, 1.0, 1.0,
+                                                                               chosen=True, num_devices=2))
+    said = ["tune: single/topo/cap -: 3.0000 ms", "tune: finalists window/critical/cap - on 2 GPUs 1.0000 ms, "
+            "critical/critical/cap 4 2.0000 ms, single/topo/cap - 3.0000 ms"]
+    finalists = multi_gpu.finalist_labels(said)
+    assert finalists == {"window/critical/cap - on 2 GPUs", "critical/critical/cap 4", "single/topo/cap -"}
+    assert multi_gpu.best_single(candidates, finalists) == ("critical", "critical", 4)
+    assert multi_gpu.best_single(candidates, multi_gpu.finalist_labels([])) == ("opara", "opara", 0)
+
+
+@pytest.mark.slow
+def test_a_configuration_runs_end_to_end_with_the_gpus_faked(monkeypatch):
+    """run_config's glue on the CPU: CUDA bookkeeping is a no-op, timing a fixed figure, the sequential graph is
+    eager, and compile(devices=..., tune=True) is a CPU compile on simulated GPUs whose tuning keeps the
+    HIOS-LP plan and reports it as the only finalist besides the single stream."""
+    import dataclasses
+
+    import torch
+
+    import oparac
+    from oparac import bench
+    from oparac.links import nominal_links
+    from oparac.measure import Timing
+
+    for name in ("synchronize", "reset_peak_memory_stats", "empty_cache"):
+        monkeypatch.setattr(torch.cuda, name, lambda *args, **kwargs: None)
+    for name in ("memory_allocated", "max_memory_allocated"):
+        monkeypatch.setattr(torch.cuda, name, lambda *args, **kwargs: 0)
+    monkeypatch.setattr(bench, "time_gpu", lambda fn, device, **kwargs: (fn(), Timing(1.0, 1.0))[1])
+    monkeypatch.setattr(bench, "SequentialGraph", lambda model, inputs: lambda *xs: model(*xs))
+    real_compile = oparac.compile
+    asked = []
+
+    def compile(model, inputs, *, device, devices=None, tune=False, progress=None):
+        asked.append((devices, tune))
+        if devices is None:
+            return real_compile(model, inputs, device="cpu")
+        plan = real_compile(model, inputs, device="cpu", devices=["cuda:0", "cuda:1"],
+                            links=nominal_links(2, latency_ms=0.0, ms_per_byte=0.0))
+        s = plan.schedule
+        chosen = Candidate(s.stream_algorithm, s.order_algorithm, 0, s.predicted_ms, 1.0, chosen=True,
+                           num_devices=s.num_devices)
+        progress("tune: finalists opara/opara/cap - on 2 GPUs 1.0000 ms, single/topo/cap - 2.0000 ms")
+        candidates = (chosen, Candidate("single", "topo", 0, 2.0, 2.0), Candidate("nimble", "topo", 0, 2.0, 1.5))
+        return dataclasses.replace(plan, profile=dataclasses.replace(plan.profile, candidates=candidates))
+
+    monkeypatch.setattr(oparac, "compile", compile)
+    monkeypatch.setattr(multi_gpu, "build_model", lambda name, batch, size: (
+        multi_gpu_model(), (torch.randn(batch, 3, size, size),)))
+    records = multi_gpu.run_config("two_branches", 1, 32, ["cpu", "cpu"], iters=1, warmup=0)
+    assert [r["method"] for r in records] == list(multi_gpu.METHODS)
+    assert all("error" not in r for r in records), records
+    assert records[2]["devices_used"] == 2 and records[2]["max_abs_diff"] < 1e-4
+    assert asked == [(["cpu", "cpu"], True), (None, False)]
+
+
+def multi_gpu_model():
+    from multi_device_models import two_branches
+
+    return two_branches()[0]

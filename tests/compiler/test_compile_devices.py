@@ -147,3 +147,68 @@ def test_cli_devices_option(tmp_path):
     bad = CliRunner().invoke(main, ["compile", "multi_device_models:two_branches", "-o", str(out), "--device", "cpu",
                                     "--devices", "cuda:0,gpu1"])
     assert bad.exit_code == 1 and bad.output.startswith("error: devices: expected GPUs written cuda:N")
+
+
+def test_links_are_timed_per_ordered_pair_and_fitted(monkeypatch):
+    """measure_links with the copy timing faked: pair (a, b) costs (1 + a) us + bytes / ((1 + b) * 100 GB/s)."""
+    from oparac import links
+
+    seen = []
+
+    def time_copy(torch_module, size, src, dst):
+        seen.append((src, dst, size))
+        return (1 + src.index) * 1e-3 + size * 1e-8 / (1 + dst.index)
+    monkeypatch.setattr(links, "_time_copy", time_copy)
+    measured = links.measure_links(("cuda:0", "cuda:1", "cuda:2"))
+    assert [(k.src, k.dst) for k in measured] == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]
+    for k in measured:
+        assert k.latency_ms == pytest.approx((1 + k.src) * 1e-3, abs=1e-9)
+        assert k.ms_per_byte == pytest.approx(1e-8 / (1 + k.dst))
+    assert {s for _, _, s in seen} == set(links.SIZES)
+
+
+def test_a_copy_is_timed_on_the_source_gpu_between_events():
+    """_time_copy against a fake torch: the copies run with the source GPU current, between two events."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from oparac import links
+
+    log, current = [], [None]
+
+    class Tensor:
+        def __init__(self, size, device):
+            self.size, self.device = size, device
+
+        def copy_(self, other, non_blocking=False):
+            log.append(("copy", current[0], other.device, self.device, non_blocking))
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.at = None
+
+        def record(self):
+            self.at = len(log)
+            log.append(("record", current[0]))
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return 2.0 * sum(e[0] == "copy" for e in log[self.at:end.at])
+
+    @contextlib.contextmanager
+    def device(d):
+        before, current[0] = current[0], d
+        yield
+        current[0] = before
+
+    fake = SimpleNamespace(uint8="uint8", empty=lambda size, dtype, device: Tensor(size, device),
+                           cuda=SimpleNamespace(device=device, Event=Event, synchronize=lambda d=None: None))
+    src, dst = torch.device("cuda", 1), torch.device("cuda", 0)
+    assert links._time_copy(fake, 4096, src, dst) == 2.0, "ms per copy: the copies between the events, averaged"
+    copies = [e for e in log if e[0] == "copy"]
+    assert len(copies) == 1 + links.SAMPLES * links.COPIES_PER_SAMPLE
+    assert all(e == ("copy", src, src, dst, True) for e in copies)
+    assert all(e[1] == src for e in log if e[0] == "record")

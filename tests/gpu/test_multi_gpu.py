@@ -75,6 +75,26 @@ def test_a_wide_model_splits_and_replays_correctly_many_times():
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_a_runner_stays_correct_after_another_capture_and_an_emptied_cache():
+    """What a graph's ops allocate on GPU 1 during capture (values, and workspaces freed again) must stay the
+    graph's: a later capture calls empty_cache(), and memory handed out again on GPU 1 must not be written by
+    the first graph's replays (tuning captures its finalists side by side)."""
+    model, inputs = two_branches(batch=8)
+    model = model.cuda()
+    plan = _forced_split(model, tuple(x.cuda() for x in inputs))
+    first = opara_runtime.load(plan, model, device="cuda:0")
+    x = torch.randn_like(inputs[0]).cuda()
+    want = first(x)
+    second = opara_runtime.load(plan, model, device="cuda:0")
+    torch.cuda.empty_cache()
+    fillers = [torch.full((n,), float("nan"), device="cuda:1") for n in (1 << 12, 1 << 16, 1 << 20, 1 << 22) * 4]
+    for runner in (first, second, first):
+        for a, b in zip(runner(x), want):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    torch.cuda.synchronize("cuda:1")
+    assert all(torch.isnan(f).all() for f in fillers), "a replay wrote memory handed out after its capture"
+
+
 def test_tuning_never_picks_a_plan_slower_than_the_best_single_gpu_candidate():
     model, inputs = zoo.googlenet()
     said = []

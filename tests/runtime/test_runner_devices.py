@@ -60,3 +60,13 @@ def test_values_on_other_devices_are_never_released_during_capture(two_device_pl
     assert not released & {3, 4}, "device 1's values live for the whole graph"
     sequential = {j for group in release_points(two_device_plan, sequential=True).values() for j in group}
     assert {3, 4} <= sequential
+
+
+def test_named_gpus_must_exist(two_device_plan, monkeypatch):
+    from opara_runtime.devices import plan_devices
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    first = torch.device("cuda", 0)
+    assert plan_devices(two_device_plan, first, ["cuda:1", "cuda:0"]) == [torch.device("cuda", 1), first]
+    with pytest.raises(PlanMismatchError, match=r"devices: cuda:2 does not exist, this machine has 2 GPUs"):
+        plan_devices(two_device_plan, first, ["cuda:1", "cuda:2"])
