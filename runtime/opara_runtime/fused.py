@@ -116,8 +116,9 @@ def input_meta(x) -> tuple:
     return ("value", x)
 
 
-def program_key(prog: SegmentProgram, example: list) -> tuple:
-    return (prog.module.code, tuple(input_meta(x) for x in example))
+def program_key(prog: SegmentProgram, metas) -> tuple:
+    """Segments with equal keys share one compiled program: the same code on inputs of the same layout."""
+    return (prog.module.code, tuple(metas))
 
 
 def compile_segments(programs: list[SegmentProgram], base_values: list, *, plan: Plan | None = None,
@@ -146,7 +147,7 @@ def compile_segments(programs: list[SegmentProgram], base_values: list, *, plan:
     with torch.no_grad():
         for prog in programs:
             example = [_value(values, k) for k in prog.inputs]
-            key = program_key(prog, example)
+            key = program_key(prog, map(input_meta, example))
             if key not in compiled:
                 compiled[key] = (len(compiled), compile_one(prog.module, example))
             prog.program, prog.fn = compiled[key]

@@ -41,15 +41,14 @@ def default_workers(device: torch.device) -> int:
 def compile_in_workers(plan: Plan, programs: list, base_values: list, device: torch.device,
                        workers: int | None) -> None:
     """Give every program its compiled fn, compiling each distinct one once, spread over worker processes."""
-    from opara_runtime.fused import _value, load_artifact, program_key
+    from opara_runtime.fused import load_artifact, program_key
 
-    examples = _eager_values(plan, base_values, device)
+    metas = _input_metas(plan, programs, base_values, device)
     first: dict[tuple, int] = {}  # program key -> its first segment, in order of first use
     keys = []
     for k, prog in enumerate(programs):
-        keys.append(program_key(prog, [_value(examples, ref) for ref in prog.inputs]))
+        keys.append(program_key(prog, (metas[ref] for ref in prog.inputs)))
         first.setdefault(keys[-1], k)
-    del examples
     n = min(len(first), workers or default_workers(device))
     blobs = _run_workers(plan, device, _balance([(k, key[1], len(programs[k].segment.ops))
                                                  for key, k in first.items()], n))
@@ -59,16 +58,35 @@ def compile_in_workers(plan: Plan, programs: list, base_values: list, device: to
         prog.program, prog.fn, prog.blob = index[key], fns[key], blobs[first[key]]
 
 
-def _eager_values(plan: Plan, base_values: list, device: torch.device) -> list:
-    """Every node's value, op by op in launch order and none released: what each segment's inputs look
-    like (inductor keeps eager strides for a compiled segment's outputs, so these are what it will see)."""
+def _input_metas(plan: Plan, programs: list, base_values: list, device: torch.device) -> dict[tuple, tuple]:
+    """The layout of every segment input (inductor keeps eager strides for a compiled segment's outputs, so
+    these are what it will see), from one eager pass in launch order that drops each value after its last use."""
+    from opara_runtime.fused import _value, input_meta
+    from opara_runtime.lifetimes import release_points
     from opara_runtime.ops import run_node
 
+    wanted: dict[int, list[tuple]] = {}
+    for prog in programs:
+        for ref in prog.inputs:
+            wanted.setdefault(ref[0], []).append(ref)
     values = list(base_values)
+    metas: dict[tuple, tuple] = {}
+
+    def record(i: int) -> None:
+        for ref in wanted.get(i, ()):
+            metas[ref] = input_meta(_value(values, ref))
+
+    for i, v in enumerate(values):  # inputs, weights and constants
+        if v is not None:
+            record(i)
+    release = release_points(plan, sequential=True)
     with torch.no_grad():
         for i in plan.schedule.launch_order:
             values[i] = run_node(plan.graph.nodes[i], values, device, plan.model.memory_format)
-    return values
+            record(i)
+            for j in release.get(i, ()):
+                values[j] = None
+    return metas
 
 
 def _balance(items: list[tuple[int, list, int]], n: int) -> list[list[tuple[int, list]]]:
