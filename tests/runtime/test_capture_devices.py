@@ -63,11 +63,11 @@ class FakeCuda:
             monkeypatch.setattr(torch.cuda, name, value)
         real_run_node = execute.run_node
 
-        def run_node(node, values, device):
+        def run_node(node, values, device, memory_format="contiguous"):
             self.ran.append({"node": node, "device": device, "current_device": self.device,
                              "streams": dict(self.current), "capturing": self.capture_stream is not None,
                              "routed": dict(self.routed)})
-            return real_run_node(node, values, torch.device("cpu"))
+            return real_run_node(node, values, torch.device("cpu"), memory_format)
         monkeypatch.setattr(execute, "run_node", run_node)
 
     def _index(self, device) -> int:
