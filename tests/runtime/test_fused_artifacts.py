@@ -162,3 +162,15 @@ def test_a_partly_corrupt_plan_is_compiled_afresh_and_keeps_nothing_it_loaded(co
         again = fused.prepare_fused(corrupt, CPU, base)
     assert all(p.blob is None for p in again)  # re-saving serialises the fresh compile, not the loaded bytes
     torch.testing.assert_close(_run_segments(plan, again, base), _reference(plan, base))
+
+
+def test_worker_count_defaults_and_override(monkeypatch):
+    from opara_runtime.segment_workers import default_workers
+
+    monkeypatch.delenv("OPARA_COMPILE_WORKERS", raising=False)
+    assert default_workers(CPU) == 1  # the CPU path compiles in-process unless told otherwise
+    monkeypatch.setenv("OPARA_COMPILE_WORKERS", "3")
+    assert default_workers(CPU) == 3
+    monkeypatch.setenv("OPARA_COMPILE_WORKERS", "many")
+    with pytest.raises(ValueError, match="OPARA_COMPILE_WORKERS: expected a whole number of processes, found 'many'"):
+        default_workers(CPU)
