@@ -41,12 +41,12 @@ def best_single(candidates, finalists: set[str] = frozenset()) -> tuple[str, str
     """The (streams, order, cap) of the fastest measured single-GPU candidate, among the `finalists` when given:
     their figures are medians of the final rounds, the others' one first-pass figure is biased low (the tuner
     itself only chooses among the finalists, and the fastest single-GPU candidate of the first pass is one)."""
-    from oparac.tune import _label
+    from oparac.tune import candidate_label
 
     measured = [c for c in candidates if c.num_devices == 1 and c.measured_ms > 0]
     if not measured:
         raise ValueError("the tuned plan records no measured single-GPU candidate")
-    measured = [c for c in measured if _label((c.streams, c.order, c.max_streams, 1)) in finalists] or measured
+    measured = [c for c in measured if candidate_label((c.streams, c.order, c.max_streams, 1)) in finalists] or measured
     best = min(measured, key=lambda c: c.measured_ms)
     return best.streams, best.order, best.max_streams
 

@@ -85,7 +85,7 @@ def _tune(plan: Plan, candidates: dict[tuple, Placed], weights: dict, devices: l
         measured.update(measure_rounds({signature: candidate}, placed_weights, devices, rounds=1, repeats=repeats,
                                  replays=replays))
         if say:
-            say(f"tune: {_label(key)}: {measured[signature]:.4f} ms")
+            say(f"tune: {candidate_label(key)}: {measured[signature]:.4f} ms")
     ranked = sorted(measured, key=measured.get)
     one_gpu = next(sig for sig in ranked if first[sig][0][3] == 1)
     single = _sig(candidates[SINGLE + (1,)].schedule)
@@ -93,7 +93,8 @@ def _tune(plan: Plan, candidates: dict[tuple, Placed], weights: dict, devices: l
     measured.update(measure_rounds({sig: first[sig][1] for sig in finalists}, placed_weights, devices,
                              rounds=FINAL_ROUNDS, repeats=5, replays=replays))
     if say:
-        say("tune: finalists " + ", ".join(f"{_label(first[sig][0])} {measured[sig]:.4f} ms" for sig in finalists))
+        say("tune: finalists " + ", ".join(f"{candidate_label(first[sig][0])} {measured[sig]:.4f} ms"
+                                           for sig in finalists))
     best = min(candidates, key=lambda k: (_sig(candidates[k].schedule) not in finalists,
                                           measured[_sig(candidates[k].schedule)], k[3], k[:3] != SINGLE))
     recorded = tuple(Candidate(streams=s, order=o, max_streams=c, predicted_ms=p.schedule.predicted_ms,
@@ -118,7 +119,9 @@ def measure_rounds(plans: dict[tuple, Plan], weights: dict, devices: list[torch.
     return {sig: statistics.median(times) for sig, times in samples.items()}
 
 
-def _label(key: tuple) -> str:
+def candidate_label(key: tuple) -> str:
+    """How tuning names a candidate (streams, order, max_streams, num_devices) in its progress lines; the
+    multi-GPU benchmark reads the finalists back by these names."""
     streams, order, cap, num_devices = key
     return f"{streams}/{order}/cap {cap or '-'}" + (f" on {num_devices} GPUs" if num_devices > 1 else "")
 

@@ -180,5 +180,5 @@ def test_the_progress_line_names_the_finalists(fake_gpu):
     [line] = [s for s in said if s.startswith("tune: finalists ")]
     again = {k for k, n in gpu.samples.items() if n > 1}
     assert sorted(f.rsplit(" ", 2)[0] for f in line.removeprefix("tune: finalists ").split(", ")) == \
-        sorted(map(tune._label, again))
+        sorted(map(tune.candidate_label, again))
     assert line.endswith("single/topo/cap - 2.0000 ms")

@@ -12,7 +12,7 @@ from multi_device_models import two_branches
 from opara_plan import PlanMismatchError, is_copy
 from oparac import zoo
 from oparac.device_scheduling import make_device_schedule, with_placement
-from oparac.tune import _label
+from oparac.tune import candidate_label
 from oparac.verify import verify
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32"),
@@ -104,7 +104,7 @@ def test_tuning_never_picks_a_plan_slower_than_the_best_single_gpu_candidate():
     line = next(s for s in said if s.startswith("tune: finalists "))
     labels = {f.rsplit(" ", 2)[0] for f in line.removeprefix("tune: finalists ").split(", ")}
     finalists = [c for c in plan.profile.candidates
-                 if _label((c.streams, c.order, c.max_streams, c.num_devices)) in labels]
+                 if candidate_label((c.streams, c.order, c.max_streams, c.num_devices)) in labels]
     chosen = next(c for c in plan.profile.candidates if c.chosen)
     best_single = min(c.measured_ms for c in finalists if c.num_devices == 1)
     assert chosen in finalists and chosen.measured_ms == min(c.measured_ms for c in finalists)
