@@ -41,17 +41,29 @@ def make_tiny_plan() -> Plan:
         Node(kind="output", name="output", args=(Ref(5),)),
     )
     graph = Graph(nodes)
-    free = OpProfile(ms=0.0, flops=0.0, bytes=0.0, intensity="free")
-    op = OpProfile(ms=0.01, flops=36.0, bytes=96.0, intensity="memory")
     schedule = Schedule(stream_algorithm="opara", order_algorithm="topo", max_streams=0, num_streams=2,
                         stream=(-1, -1, 0, 1, 0, 0, -1), launch_order=(2, 3, 4, 5),
                         waits=((3, 2), (5, 3)), predicted_ms=0.03)
-    model = ModelInfo(source="fx", fingerprint=graph_fingerprint(graph), inputs=(TensorSpec("x", (2, 3), f32),),
-                      outputs=(TensorSpec("output_0", (2, 3), f32),), output_tree=OutTree("tensor", 0),
-                      precision=f32)
-    return Plan(tool=Tool("oparac", "0.1.0"), model=model, target=Target(device_type="cpu", torch=torch.__version__),
-                graph=graph, schedule=schedule,
-                profile=Profile(method="cost-model", ops=(free, free, op, op, op, op, free), sequential_ms=0.04))
+    return Plan(tool=Tool("oparac", "0.1.0"), model=_fork_join_model(graph),
+                target=Target(device_type="cpu", torch=torch.__version__), graph=graph, schedule=schedule,
+                profile=Profile(method="cost-model", ops=(FREE, FREE, OP, OP, OP, OP, FREE), sequential_ms=0.04))
+
+
+def fork_join(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """What both fork-join plans compute, in eager PyTorch."""
+    y = x @ w
+    return torch.relu(y) + torch.sigmoid(y)
+
+
+FREE = OpProfile(ms=0.0, flops=0.0, bytes=0.0, intensity="free")
+OP = OpProfile(ms=0.01, flops=36.0, bytes=96.0, intensity="memory")
+
+
+def _fork_join_model(graph: Graph) -> ModelInfo:
+    f32 = "float32"
+    return ModelInfo(source="fx", fingerprint=graph_fingerprint(graph), inputs=(TensorSpec("x", (2, 3), f32),),
+                     outputs=(TensorSpec("output_0", (2, 3), f32),), output_tree=OutTree("tensor", 0),
+                     precision=f32)
 
 
 @pytest.fixture
@@ -92,19 +104,14 @@ def make_two_device_plan() -> Plan:
         Node(kind="output", name="output", args=(Ref(7),)),
     )
     graph = Graph(nodes)
-    free = OpProfile(ms=0.0, flops=0.0, bytes=0.0, intensity="free")
-    op = OpProfile(ms=0.01, flops=36.0, bytes=96.0, intensity="memory")
     schedule = Schedule(stream_algorithm="opara", order_algorithm="topo", max_streams=0, num_streams=2,
                         stream=(-1, -1, 0, 1, 1, 0, 0, 0, -1), launch_order=(2, 3, 4, 6, 5, 7),
                         waits=((3, 2), (5, 4)), predicted_ms=0.05, num_devices=2,
                         device=(0, 0, 0, 1, 1, 0, 0, 0, 0), device_algorithm="hios-lp")
-    model = ModelInfo(source="fx", fingerprint=graph_fingerprint(graph), inputs=(TensorSpec("x", (2, 3), f32),),
-                      outputs=(TensorSpec("output_0", (2, 3), f32),), output_tree=OutTree("tensor", 0),
-                      precision=f32)
     links = (Link(0, 1, 0.01, 5e-9), Link(1, 0, 0.01, 5e-9))
-    return Plan(tool=Tool("oparac", "0.1.0"), model=model,
+    return Plan(tool=Tool("oparac", "0.1.0"), model=_fork_join_model(graph),
                 target=Target(device_type="cpu", device_count=2, torch=torch.__version__), graph=graph,
-                schedule=schedule, profile=Profile(method="cost-model", ops=(free, free, op, op, op, op, op, op, free),
+                schedule=schedule, profile=Profile(method="cost-model", ops=(FREE, FREE, OP, OP, OP, OP, OP, OP, FREE),
                                                    sequential_ms=0.06, links=links, links_method="nominal"))
 
 

@@ -7,20 +7,16 @@ import pytest
 import torch
 
 import opara_runtime
+from conftest import fork_join
 from opara_plan import InputError, ModelError, OutTree, PlanFormatError, PlanMismatchError
 from opara_runtime import rebuild
-
-
-def _expected(x, w):
-    y = x @ w
-    return torch.relu(y) + torch.sigmoid(y)
 
 
 def test_runs_the_plan(tiny_plan):
     w = torch.randn(3, 3)
     runner = opara_runtime.load(tiny_plan, {"w": w}, device="cpu")
     x = torch.randn(2, 3)
-    torch.testing.assert_close(runner(x), _expected(x, w))
+    torch.testing.assert_close(runner(x), fork_join(x, w))
 
 
 def test_loads_from_a_path(tiny_plan, tmp_path):
@@ -28,7 +24,7 @@ def test_loads_from_a_path(tiny_plan, tmp_path):
     w = torch.randn(3, 3)
     runner = opara_runtime.load(tmp_path / "t.plan", {"w": w})
     x = torch.randn(2, 3)
-    torch.testing.assert_close(runner(x), _expected(x, w))
+    torch.testing.assert_close(runner(x), fork_join(x, w))
 
 
 def test_weights_from_a_module(tiny_plan):
@@ -38,7 +34,7 @@ def test_weights_from_a_module(tiny_plan):
             self.w = torch.nn.Parameter(torch.randn(3, 3))
     m = M()
     x = torch.randn(2, 3)
-    torch.testing.assert_close(opara_runtime.load(tiny_plan, m)(x), _expected(x, m.w.detach()))
+    torch.testing.assert_close(opara_runtime.load(tiny_plan, m)(x), fork_join(x, m.w.detach()))
 
 
 @pytest.mark.parametrize("weights, message", [
@@ -96,7 +92,7 @@ def test_runner_calls_are_independent(tiny_plan):
     x1, x2 = torch.randn(2, 3), torch.randn(2, 3)
     y1 = runner(x1)
     runner(x2)
-    torch.testing.assert_close(y1, _expected(x1, torch.eye(3)))
+    torch.testing.assert_close(y1, fork_join(x1, torch.eye(3)))
 
 
 def test_input_buffers_filled_in_place_give_the_same_result(tiny_plan):
@@ -106,4 +102,4 @@ def test_input_buffers_filled_in_place_give_the_same_result(tiny_plan):
     assert buf.shape == (2, 3) and buf.dtype == torch.float32
     x = torch.randn(2, 3)
     buf.copy_(x)
-    torch.testing.assert_close(runner(buf), _expected(x, w))
+    torch.testing.assert_close(runner(buf), fork_join(x, w))

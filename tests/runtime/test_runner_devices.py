@@ -5,15 +5,11 @@ import pytest
 import torch
 
 import opara_runtime
+from conftest import fork_join
 from opara_plan import PlanMismatchError
 from opara_runtime.bind import place_weights
 from opara_runtime.devices import stream_devices
 from opara_runtime.lifetimes import release_points
-
-
-def _expected(x, w):
-    y = x @ w
-    return torch.relu(y) + torch.sigmoid(y)
 
 
 def test_a_two_device_plan_runs_like_eager_on_the_cpu(two_device_plan):
@@ -21,14 +17,14 @@ def test_a_two_device_plan_runs_like_eager_on_the_cpu(two_device_plan):
     runner = opara_runtime.load(two_device_plan, {"w": w}, device="cpu")
     assert runner.devices == [torch.device("cpu"), torch.device("cpu")]
     x = torch.randn(2, 3)
-    torch.testing.assert_close(runner(x), _expected(x, w))
+    torch.testing.assert_close(runner(x), fork_join(x, w))
 
 
 def test_devices_can_be_named_and_must_match_the_plan(two_device_plan):
     w = torch.randn(3, 3)
     runner = opara_runtime.load(two_device_plan, {"w": w}, device="cpu", devices=["cpu", "cpu"])
     x = torch.randn(2, 3)
-    torch.testing.assert_close(runner(x), _expected(x, w))
+    torch.testing.assert_close(runner(x), fork_join(x, w))
     with pytest.raises(PlanMismatchError, match=r"devices: the plan runs on 2 devices, 1 were given \(cpu\)"):
         opara_runtime.load(two_device_plan, {"w": w}, device="cpu", devices=["cpu"])
 
