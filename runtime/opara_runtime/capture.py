@@ -8,6 +8,7 @@ import torch
 from opara_plan import Plan
 from opara_runtime.devices import node_device
 from opara_runtime.execute import StreamLauncher
+from opara_runtime.graph_inputs import CopyAheadFeed, InputFeed, in_graph_copies
 from opara_runtime.ops import materialize
 
 
@@ -31,7 +32,12 @@ class CapturedPlan:
                     self.launcher.launch(list(base_values))
             torch.cuda.current_stream(device).wait_stream(side)
             _synchronize(devices)
-            self.graph = torch.cuda.CUDAGraph()
+            api = in_graph_copies(device)
+            # Inputs the caller passes are copied inside the graph (graph_inputs): one captured memcpy per
+            # input whose buffer has the caller's layout, switched and re-pointed per call.
+            staging = [torch.zeros_like(buf) if api is not None and _patchable(buf) else None
+                       for buf in self.static_inputs]
+            self.graph = torch.cuda.CUDAGraph(keep_graph=api is not None)
             # The capture's private pool is the first device's only. What the ops allocate on the other
             # GPUs during capture (values, and workspaces they free again) goes to a pool per GPU that lives
             # as long as the graph: from the ordinary pool, a freed workspace would be handed to other
@@ -49,7 +55,12 @@ class CapturedPlan:
                 for d, pool in pools.items():
                     routed.enter_context(torch.cuda.use_mem_pool(pool, device=d))
                 with torch.cuda.graph(self.graph, stream=capture_stream):
+                    for buf, st in zip(self.static_inputs, staging):
+                        if st is not None:
+                            buf.copy_(st)
                     self.launcher.launch(values)
+            self.inputs = (InputFeed(api, self.graph, self.static_inputs, staging) if api is not None
+                           else CopyAheadFeed(self.static_inputs))
             out_node = plan.graph.nodes[-1]
             self.static_outputs = [materialize(r, values, device) for r in out_node.args]
             # Values on the other GPUs stay referenced for the graph's life (lifetimes never releases them
@@ -60,11 +71,15 @@ class CapturedPlan:
             _synchronize(devices)
 
     def replay(self, inputs) -> list[torch.Tensor]:
-        for buf, x in zip(self.static_inputs, inputs):
-            if x is not buf:  # a caller that filled the static buffer itself saves the copy (a launch)
-                buf.copy_(x, non_blocking=True)
+        self.inputs.feed(inputs)
         self.graph.replay()
         return self.static_outputs
+
+
+def _patchable(buf: torch.Tensor) -> bool:
+    """A caller's (contiguous) input reaches this buffer by a plain memcpy, which a graph node can re-point.
+    A channels_last buffer needs a transposing kernel instead; an empty one no copy at all."""
+    return buf.is_contiguous() and buf.numel() > 0
 
 
 def _synchronize(devices: list[torch.device]) -> None:

@@ -58,7 +58,7 @@ class FakeCuda:
         self.Stream, self.Event = FakeStream, FakeEvent
         for name, value in {"Stream": FakeStream, "Event": FakeEvent, "current_stream": self.current_stream,
                             "stream": self.stream, "device": self.device_ctx, "graph": self.graph,
-                            "CUDAGraph": object, "synchronize": lambda device=None: None,
+                            "CUDAGraph": lambda keep_graph=False: object(), "synchronize": lambda device=None: None,
                             "MemPool": FakeMemPool, "use_mem_pool": self.use_mem_pool}.items():
             monkeypatch.setattr(torch.cuda, name, value)
         real_run_node = execute.run_node
