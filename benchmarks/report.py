@@ -7,7 +7,8 @@ from pathlib import Path
 
 TARGETS_VS_CUDAGRAPH = {"googlenet": 1.6, "inception_v3": 1.45, "nasnet": 1.9}
 ORDER = ("eager", "cudagraph", "torch_compile", "ort_cuda", "opara", "opara_cl", "opara_tuned", "opara_math",
-         "opara_math_tuned", "opara_fused", "opara_fused_cl", "opara_fused_tuned")
+         "opara_math_tuned", "opara_fused", "opara_fused_cl", "opara_fused_coarse",
+         "opara_fused_tuned")
 
 
 def _fmt(v, spec=".3f"):

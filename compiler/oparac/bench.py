@@ -13,7 +13,8 @@ METHODS = ("eager", "cudagraph", "torch_compile", "ort_cuda", "opara", "opara_tu
            "opara_fused_tuned")
 # Also understood, not run by default: "opara_math" (and "opara_math_tuned"): the plan with --attention math,
 # which only differs from "opara" on models with attention; "opara_cl" and "opara_fused_cl" (any "_cl"
-# method): the plan with --memory-format channels_last, for convolution models.
+# method): the plan with --memory-format channels_last, for convolution models; "opara_fused_coarse": the fused
+# plan with --cut coarse.
 
 
 @dataclass
@@ -97,6 +98,8 @@ def build(method: str, model, inputs, device: torch.device, *, plan_options: dic
             options["fuse"] = "inductor"
         if "math" in method:
             options["attention"] = "math"
+        if "coarse" in method:
+            options["cut"] = "coarse"
         if method.endswith("_cl"):
             options["memory_format"] = "channels_last"
         plan = compile(model, inputs, device=device, tune=method.endswith("tuned"), **options)

@@ -55,24 +55,28 @@ def _load_model(ref: str, shapes: str | None):
 @click.option("--tune", is_flag=True, help="measure candidate schedules on the GPU and keep the fastest")
 @click.option("--fuse", type=click.Choice(("inductor",)), default=None,
               help="compile each stream segment with TorchInductor (fused and parallel)")
+@click.option("--cut", type=click.Choice(("maximal", "coarse")), default="maximal", show_default=True,
+              help="fused segments: cut the schedule as it is, or first move small side branches onto a "
+                   "neighbouring stream (fewer, bigger segments); --tune compares both")
 @click.option("--devices", default=None, metavar="cuda:0,cuda:1",
               help="several GPUs (HIOS); with --device cpu they are simulated for a preview plan")
 @click.option("--attention", type=click.Choice(("sdpa", "math")), default="sdpa", show_default=True,
               help="attention as one fused SDPA kernel, or as matrix products around a softmax")
 @click.option("--memory-format", type=click.Choice(("contiguous", "channels_last")), default="contiguous",
               show_default=True, help="channels_last: 4-D weights and inputs in NHWC (convolution models)")
-def compile_cmd(model, output, shapes, streams, order, max_streams, dtype, device, tune, fuse, devices,
+def compile_cmd(model, output, shapes, streams, order, max_streams, dtype, device, tune, fuse, cut, devices,
                 attention, memory_format) -> None:
     """Compile MODEL (.pt2, .onnx or package.module:factory) into a plan file."""
     from oparac.pipeline import compile_ref
 
     plan = compile_ref(model, shapes=shapes, streams=streams, order=order, max_streams=max_streams,
-                       dtype=dtype, device=device, tune=tune, fuse=fuse or "", devices=devices, attention=attention,
-                       memory_format=memory_format, progress=_progress)
+                       dtype=dtype, device=device, tune=tune, fuse=fuse or "", cut=cut, devices=devices,
+                       attention=attention, memory_format=memory_format, progress=_progress)
     plan.save(output)
     s = plan.schedule
     gpus = f"{s.num_devices} GPUs, " if s.num_devices > 1 else ""
-    click.echo(f"wrote {output}: {gpus}{s.num_streams} streams, {len(s.waits)} waits, predicted "
+    fused = f"{len(plan.fusion.segments)} fused segments, " if plan.fusion.backend else ""
+    click.echo(f"wrote {output}: {gpus}{s.num_streams} streams, {len(s.waits)} waits, {fused}predicted "
                f"{s.predicted_ms:.3f} ms vs {plan.profile.sequential_ms:.3f} ms sequential ({plan.profile.method})")
 
 

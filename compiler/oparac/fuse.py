@@ -8,17 +8,29 @@ import warnings
 import torch
 
 from opara_plan import Candidate, Fusion, Plan, cut_segments
+from oparac.coarsen import coarsen_streams
 from oparac.measure import time_graph_replays, timed_runner
 from oparac.scheduling import make_schedule
+from oparac.tune import candidate_label
 
 BACKENDS = ("inductor",)
+# How a schedule becomes segments. maximal: cut the schedule as it is. coarse: first move small side
+# branches onto a neighbouring stream (oparac.coarsen), for fewer, bigger segments and fewer waits.
+CUTS = ("maximal", "coarse")
 # Fused tuning compiles every candidate's segments with inductor (seconds each), so it tries a few
-# schedules that cut differently, always with the single-stream fused plan and the unfused plan.
-FUSED_CANDIDATES = (("single", "topo", 0), ("opara", "opara", 0), ("opara", "opara", 4))
+# schedules that cut differently, always with the single-stream fused plan and the unfused plan:
+# (streams, order, max_streams, cut).
+FUSED_CANDIDATES = (("single", "topo", 0, "maximal"), ("opara", "opara", 0, "maximal"),
+                    ("opara", "opara", 4, "maximal"), ("opara", "opara", 0, "coarse"))
 
 
-def fuse_plan(plan: Plan, backend: str, *, max_ops: int = 0) -> Plan:
-    """The plan with its schedule cut into segments (no GPU work)."""
+def fuse_plan(plan: Plan, backend: str, *, cut: str = "maximal", max_ops: int = 0) -> Plan:
+    """The plan with its schedule cut into segments (no GPU work); the coarse cut also changes the schedule
+    (its stream_algorithm then says so, e.g. 'opara+coarse')."""
+    if cut not in CUTS:
+        raise ValueError(f"cut: expected one of {CUTS}, found {cut!r}")
+    if cut == "coarse":
+        plan = dataclasses.replace(plan, schedule=coarsen_streams(plan.schedule, plan.graph, plan.profile.ops))
     return dataclasses.replace(plan, fusion=Fusion(backend=backend, segments=cut_segments(plan.schedule, max_ops)))
 
 
@@ -87,20 +99,23 @@ def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, sa
     plans = [plan]
     candidates = [Candidate(streams=plan.schedule.stream_algorithm, order=plan.schedule.order_algorithm,
                             max_streams=plan.schedule.max_streams, predicted_ms=plan.schedule.predicted_ms)]
-    for streams, order, cap in FUSED_CANDIDATES:
+    for streams, order, cap, cut in FUSED_CANDIDATES:
         sched = make_schedule(plan.graph, plan.profile.ops, streams=streams, order=order, max_streams=cap)
-        fused, ms = measure_fused(fuse_plan(dataclasses.replace(plan, schedule=sched), backend), placed, device)
+        fused, ms = measure_fused(fuse_plan(dataclasses.replace(plan, schedule=sched), backend, cut=cut), placed,
+                                  device)
+        # The recorded name carries the cut through the schedule's name ('opara+coarse+inductor'), so the
+        # plan tells the strategies apart without a schema change.
+        candidate = Candidate(streams=f"{fused.schedule.stream_algorithm}+{backend}", order=order, max_streams=cap,
+                              predicted_ms=fused.schedule.predicted_ms)
         if say:
-            say(f"tune: fused {streams}/{order}/cap {cap or '-'}: {len(fused.fusion.segments)} segments, "
+            say(f"tune: fused {_label(candidate)}: {len(fused.fusion.segments)} segments, "
                 f"{len(fused.fusion.programs)} programs, {ms:.4f} ms")
         plans.append(fused)
-        candidates.append(Candidate(streams=f"{streams}+{backend}", order=order, max_streams=cap,
-                                    predicted_ms=sched.predicted_ms))
+        candidates.append(candidate)
     final = measure_rounds(dict(enumerate(plans)), placed, [device], rounds=FINAL_ROUNDS, repeats=5, replays=20)
     candidates = [dataclasses.replace(c, measured_ms=final[k]) for k, c in enumerate(candidates)]
     if say:
-        say("tune: fused finalists " + ", ".join(f"{c.streams}/{c.order}/cap {c.max_streams or '-'} "
-                                                 f"{c.measured_ms:.4f} ms" for c in candidates))
+        say("tune: fused finalists " + ", ".join(f"{_label(c)} {c.measured_ms:.4f} ms" for c in candidates))
     winner = min(range(len(plans)), key=lambda k: (final[k], k))  # a tie keeps the unfused plan
     # Earlier (unfused) tuning candidates stay on record; exactly one candidate ends up chosen. When the
     # unfused plan wins and was itself tuned, its own candidate entry is already the chosen one.
@@ -111,3 +126,7 @@ def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, sa
         candidates[winner] = dataclasses.replace(candidates[winner], chosen=True)
     best = plans[winner]
     return dataclasses.replace(best, profile=dataclasses.replace(best.profile, candidates=earlier + tuple(candidates)))
+
+
+def _label(c: Candidate) -> str:
+    return candidate_label((c.streams, c.order, c.max_streams, c.num_devices))

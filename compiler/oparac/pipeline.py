@@ -27,14 +27,17 @@ class StageError(OparaError):
 
 def compile(model, example_inputs=None, *, streams: str = "opara", order: str = "opara", max_streams: int = 0,
             dtype: str = "float32", device=None, tune: bool = False, progress: Callable[[str], None] | None = None,
-            profile_cache=None, shapes: str | dict | None = None, fuse: str = "", devices=None,
+            profile_cache=None, shapes: str | dict | None = None, fuse: str = "", cut: str = "maximal", devices=None,
             links: tuple[Link, ...] | None = None, attention: str = "sdpa", memory_format: str = "contiguous") -> Plan:
     """Compile a model (nn.Module, fx.GraphModule, ExportedProgram or .onnx path) into a plan.
 
     device: 'cpu' builds a preview plan from the analytic cost model; 'cuda' (default when a GPU is
     present) profiles every op on the GPU. tune=True measures candidate schedules on the GPU and keeps
     the fastest (never slower than one stream). fuse='inductor' compiles each stream segment with
-    TorchInductor (measured and, with tune, chosen against the unfused plan on the GPU). shapes fixes the
+    TorchInductor (measured and, with tune, chosen against the unfused plan on the GPU). cut says how a fused
+    plan's schedule becomes segments: 'maximal' cuts the schedule as it is, 'coarse' first moves small side
+    branches onto a neighbouring stream (fewer, bigger segments, fewer waits); with tune=True the fused tuner
+    compares both itself, as it compares stream algorithms. shapes fixes the
     symbolic input dimensions of an .onnx model: 'x:1x3x224x224,ids:1x128:int64' or
     {'x': (1, 3, 224, 224), 'ids': ((1, 128), 'int64')}.
 
@@ -49,13 +52,17 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
     memory_format: 'channels_last' runs the plan with 4-D floating-point weights and inputs in NHWC (what
     cuDNN's tensor-core convolutions want); ops are profiled in that layout. Outputs stay contiguous.
     """
-    from oparac.fuse import BACKENDS
+    from oparac.fuse import BACKENDS, CUTS
 
     say = progress or (lambda msg: None)
     if dtype not in DTYPES:
         raise ModelError(f"dtype: expected one of {DTYPES}, found {dtype!r}")
     if fuse and fuse not in BACKENDS:
         raise ModelError(f"fuse: expected one of {BACKENDS}, found {fuse!r}")
+    if cut not in CUTS:
+        raise ModelError(f"cut: expected one of {CUTS}, found {cut!r}")
+    if cut != "maximal" and not fuse:
+        raise ModelError(f"cut {cut!r}: applies to fused plans only; add fuse='inductor' (--fuse inductor)")
     if attention not in ATTENTION:
         raise ModelError(f"attention: expected one of {ATTENTION}, found {attention!r}")
     if memory_format not in MEMORY_FORMATS:
@@ -98,22 +105,22 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
         plan = _stage("tune", "ingest, profile, schedule", lambda: tune_plan(plan, model_weights(model),
                                                                              dev, say))
     if fuse:
-        plan = _stage("fuse", "ingest, profile, schedule", lambda: fuse_stage(plan, model, dtype, dev, fuse, tune, say))
+        plan = _stage("fuse", "ingest, profile, schedule", lambda: fuse_stage(plan, model, dev, fuse, cut, tune, say))
     validate(plan)
     return plan
 
 
-def fuse_stage(plan: Plan, model, dtype: str, dev: torch.device, backend: str, tune: bool, say) -> Plan:
+def fuse_stage(plan: Plan, model, dev: torch.device, backend: str, cut: str, tune: bool, say) -> Plan:
     from oparac.fuse import fuse_plan, measure_fused, tune_fused
 
     if dev.type != "cuda":
-        return fuse_plan(plan, backend)  # segments recorded; the CPU path runs them unfused
+        return fuse_plan(plan, backend, cut=cut)  # segments recorded; the CPU path runs them unfused
     weights = model_weights(model)
     if tune:
         say("fuse: measuring fused candidates (inductor compiles each segment)")
         return tune_fused(plan, weights, dev, backend, say)
-    say("fuse: compiling segments with inductor")
-    return measure_fused(fuse_plan(plan, backend), weights, dev)[0]
+    say(f"fuse: compiling segments with inductor ({cut} cut)")
+    return measure_fused(fuse_plan(plan, backend, cut=cut), weights, dev)[0]
 
 
 def _stage(name: str, before: str, fn):

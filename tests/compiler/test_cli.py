@@ -127,3 +127,29 @@ def test_memory_format_flag_reaches_the_plan(plan_path, tmp_path):
     assert "float32, channels_last" in CliRunner().invoke(main, ["inspect", str(path)]).output
     result = CliRunner().invoke(main, ["verify", str(path), MODEL, "--device", "cpu"])
     assert result.exit_code == 0 and result.output.startswith("OK"), result.output
+
+
+def test_cut_flag_reaches_the_fused_plan(plan_path, tmp_path):
+    from opara_plan import load_plan
+
+    path = tmp_path / "sq_coarse.plan"
+    result = CliRunner().invoke(main, ["compile", MODEL, "-o", str(path), "--device", "cpu", "--fuse", "inductor",
+                                       "--cut", "coarse"])
+    assert result.exit_code == 0, result.output
+    coarse = load_plan(path)
+    assert f"{len(coarse.fusion.segments)} fused segments" in result.output
+    assert coarse.fusion.backend == "inductor" and coarse.schedule.stream_algorithm == "opara+coarse"
+    assert coarse.schedule.num_streams < load_plan(plan_path).schedule.num_streams
+    assert "opara+coarse / order opara" in CliRunner().invoke(main, ["inspect", str(path)]).output
+    result = CliRunner().invoke(main, ["verify", str(path), MODEL, "--device", "cpu"])
+    assert result.exit_code == 0 and result.output.startswith("OK"), result.output
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--fuse", "inductor", "--cut", "fine"], 2, "Invalid value for '--cut': 'fine' is not one of 'maximal', 'coarse'"),
+    (["--cut", "coarse"], 1, "error: cut 'coarse': applies to fused plans only; add fuse='inductor' (--fuse inductor)"),
+])
+def test_bad_cut_flags_are_refused(args, code, message, tmp_path):
+    result = CliRunner().invoke(main, ["compile", MODEL, "-o", str(tmp_path / "x.plan"), "--device", "cpu", *args])
+    assert result.exit_code == code and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "x.plan").exists()

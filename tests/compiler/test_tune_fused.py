@@ -46,16 +46,16 @@ def _chosen(plan):
 
 def test_the_final_rounds_decide_not_the_first_pass(fake, tiny_plan):
     # the cap-0 opara fused plan is fastest in the first pass only; the single-stream fused plan wins the rounds
-    fake([None, 1.0, 0.5, 0.9], [2.0, 1.1, 1.5, 1.3])
+    fake([None, 1.0, 0.5, 0.9, 0.8], [2.0, 1.1, 1.5, 1.3, 1.4])
     out = _tune(tiny_plan)
     assert out.fusion.backend == "inductor" and out.schedule.stream_algorithm == "single"
     assert (_chosen(out).streams, _chosen(out).measured_ms) == ("single+inductor", 1.1)
-    assert [c.measured_ms for c in out.profile.candidates] == [2.0, 1.1, 1.5, 1.3]
+    assert [c.measured_ms for c in out.profile.candidates] == [2.0, 1.1, 1.5, 1.3, 1.4]
     validate(out)
 
 
 def test_a_tie_keeps_the_unfused_plan(fake, tiny_plan):
-    fake([None, 1.0, 1.0, 1.0], [1.0, 1.0, 1.2, 1.0])
+    fake([None, 1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.2, 1.0, 1.0])
     out = _tune(tiny_plan)
     assert not out.fusion.backend and out.schedule == tiny_plan.schedule
     assert _chosen(out).streams == tiny_plan.schedule.stream_algorithm
@@ -65,10 +65,34 @@ def test_earlier_tuning_candidates_stay_on_record_with_one_chosen(fake, tiny_pla
     earlier = (Candidate(streams="opara", order="topo", max_streams=0, predicted_ms=0.1, measured_ms=0.2,
                          chosen=True),)
     tuned = dataclasses.replace(tiny_plan, profile=dataclasses.replace(tiny_plan.profile, candidates=earlier))
-    fake([None, 1.0, 1.0, 1.0], [0.9, 1.0, 1.0, 1.0])  # the (tuned) unfused plan wins
+    fake([None, 1.0, 1.0, 1.0, 1.0], [0.9, 1.0, 1.0, 1.0, 1.0])  # the (tuned) unfused plan wins
     out = _tune(tuned)
     assert out.profile.candidates[0].chosen and sum(c.chosen for c in out.profile.candidates) == 1
-    fake([None, 1.0, 1.0, 1.0], [0.9, 1.0, 0.8, 1.0])  # a fused plan wins: the earlier choice is withdrawn
+    fake([None, 1.0, 1.0, 1.0, 1.0], [0.9, 1.0, 0.8, 1.0, 1.0])  # a fused plan wins: the earlier choice is withdrawn
     out = _tune(tuned)
     assert not out.profile.candidates[0].chosen and sum(c.chosen for c in out.profile.candidates) == 1
     assert _chosen(out).streams == "opara+inductor" and _chosen(out).max_streams == 0
+
+
+def _short_branches(plan):
+    """The tiny fork-join with its two branches (relu, sigmoid) too short to be worth a stream each."""
+    ops = list(plan.profile.ops)
+    ops[3] = dataclasses.replace(ops[3], ms=0.001)
+    ops[4] = dataclasses.replace(ops[4], ms=0.001)
+    return dataclasses.replace(plan, profile=dataclasses.replace(plan.profile, ops=tuple(ops)))
+
+
+def test_the_coarse_cut_is_a_candidate_told_apart_by_its_label(fake, tiny_plan):
+    assert [c[3] for c in fuse.FUSED_CANDIDATES] == ["maximal", "maximal", "maximal", "coarse"]
+    calls = fake([None, 1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0, 0.7])
+    out = _tune(_short_branches(tiny_plan))
+    assert calls == ["single", "opara", "opara", "opara+coarse"]
+    labels = [tune.candidate_label((c.streams, c.order, c.max_streams, c.num_devices))
+              for c in out.profile.candidates]
+    assert labels == ["opara/topo/cap -", "single+inductor/topo/cap -", "opara+inductor/opara/cap -",
+                      "opara+inductor/opara/cap 4", "opara+coarse+inductor/opara/cap -"]
+    assert _chosen(out).streams == "opara+coarse+inductor"
+    # the kept plan is the coarse one: the side branch joined stream 0, so one stream and one segment
+    assert out.schedule.stream_algorithm == "opara+coarse" and out.schedule.num_streams == 1
+    assert len(out.fusion.segments) == 1
+    validate(out)

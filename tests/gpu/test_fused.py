@@ -30,6 +30,20 @@ def test_fused_googlenet_matches_and_embeds_artifacts(tmp_path):
     assert load_plan(tmp_path / "g.plan") == plan
 
 
+def test_coarse_fused_googlenet_matches_with_no_more_segments():
+    from opara_plan import cut_segments
+    from oparac.scheduling import make_schedule
+
+    model, inputs = zoo.googlenet()
+    model, inputs = model.cuda(), tuple(x.cuda() for x in inputs)
+    plan = oparac.compile(model, inputs, device="cuda", fuse="inductor", cut="coarse")
+    assert plan.schedule.stream_algorithm == "opara+coarse" and plan.fusion.programs
+    maximal = make_schedule(plan.graph, plan.profile.ops, streams="opara", order="opara", max_streams=0)
+    assert len(plan.fusion.segments) <= len(cut_segments(maximal))
+    verdict = verify(plan, model, device="cuda")
+    assert verdict.ok, f"rel {verdict.max_rel:.2e}"
+
+
 def test_fused_load_uses_embedded_artifacts(tmp_path):
     model, inputs = zoo.googlenet()
     plan = oparac.compile(model.cuda(), tuple(x.cuda() for x in inputs), device="cuda", fuse="inductor")
