@@ -22,6 +22,10 @@ CUTS = ("maximal", "coarse")
 # (streams, order, max_streams, cut).
 FUSED_CANDIDATES = (("single", "topo", 0, "maximal"), ("opara", "opara", 0, "maximal"),
                     ("opara", "opara", 4, "maximal"), ("opara", "opara", 0, "coarse"))
+# Convolution models are also tried NHWC (channels_last): cuDNN's tensor-core convolutions want that layout, and
+# inductor's kernels around them then need no layout conversions. On the H100 the NHWC fused plan beat every NCHW
+# fused plan in each CNN group where both ran (benchmarks/results/suite-*-s12.json).
+NHWC_CANDIDATES = (("opara", "opara", 0, "maximal"),)
 
 
 def fuse_plan(plan: Plan, backend: str, *, cut: str = "maximal", max_ops: int = 0) -> Plan:
@@ -86,12 +90,16 @@ def segment_times(runner, device: torch.device) -> list[float]:
     return times
 
 
-def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, say=None) -> Plan:
+def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, say=None, nhwc_profile=None) -> Plan:
     """Measure a few fused schedules against the given (unfused) plan; keep the fastest.
 
     Each fused candidate is compiled and timed once as it is built; then every candidate, the unfused plan
     included, is timed again side by side in interleaved rounds (their compiled programs are reloaded, not
-    recompiled) and the median decides, as in the unfused tuner."""
+    recompiled) and the median decides, as in the unfused tuner.
+
+    nhwc_profile(): the ops profiled in channels_last. When given and the plan is an NCHW one with 4-D
+    floating-point weights, NHWC_CANDIDATES are tried in that layout too, scheduled from that profile; a plan
+    chosen from them carries it."""
     from opara_runtime.bind import weights_on_device
     from oparac.tune import FINAL_ROUNDS, measure_rounds
 
@@ -99,19 +107,27 @@ def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, sa
     plans = [plan]
     candidates = [Candidate(streams=plan.schedule.stream_algorithm, order=plan.schedule.order_algorithm,
                             max_streams=plan.schedule.max_streams, predicted_ms=plan.schedule.predicted_ms)]
-    for streams, order, cap, cut in FUSED_CANDIDATES:
-        sched = make_schedule(plan.graph, plan.profile.ops, streams=streams, order=order, max_streams=cap)
-        fused, ms = measure_fused(fuse_plan(dataclasses.replace(plan, schedule=sched), backend, cut=cut), placed,
-                                  device)
-        # The recorded name carries the cut through the schedule's name ('opara+coarse+inductor'), so the
-        # plan tells the strategies apart without a schema change.
-        candidate = Candidate(streams=f"{fused.schedule.stream_algorithm}+{backend}", order=order, max_streams=cap,
-                              predicted_ms=fused.schedule.predicted_ms)
-        if say:
-            say(f"tune: fused {_label(candidate)}: {len(fused.fusion.segments)} segments, "
-                f"{len(fused.fusion.programs)} programs, {ms:.4f} ms")
-        plans.append(fused)
-        candidates.append(candidate)
+    variants = [(plan, FUSED_CANDIDATES, "")]
+    if nhwc_profile is not None and has_nhwc_weights(plan):
+        nhwc = nhwc_profile()
+        variants.append((dataclasses.replace(
+            plan, model=dataclasses.replace(plan.model, memory_format="channels_last"),
+            profile=dataclasses.replace(plan.profile, ops=nhwc.ops, sequential_ms=nhwc.sequential_ms)),
+            NHWC_CANDIDATES, "+channels_last"))
+    for base, table, layout in variants:
+        for streams, order, cap, cut in table:
+            sched = make_schedule(base.graph, base.profile.ops, streams=streams, order=order, max_streams=cap)
+            fused, ms = measure_fused(fuse_plan(dataclasses.replace(base, schedule=sched), backend, cut=cut),
+                                      placed, device)
+            # The recorded name carries the cut and the layout ('opara+coarse+inductor', 'opara+inductor+
+            # channels_last'), so the plan tells the candidates apart without a schema change.
+            candidate = Candidate(streams=f"{fused.schedule.stream_algorithm}+{backend}{layout}", order=order,
+                                  max_streams=cap, predicted_ms=fused.schedule.predicted_ms)
+            if say:
+                say(f"tune: fused {_label(candidate)}: {len(fused.fusion.segments)} segments, "
+                    f"{len(fused.fusion.programs)} programs, {ms:.4f} ms")
+            plans.append(fused)
+            candidates.append(candidate)
     final = measure_rounds(dict(enumerate(plans)), placed, [device], rounds=FINAL_ROUNDS, repeats=5, replays=20)
     candidates = [dataclasses.replace(c, measured_ms=final[k]) for k, c in enumerate(candidates)]
     if say:
@@ -126,6 +142,13 @@ def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, sa
         candidates[winner] = dataclasses.replace(candidates[winner], chosen=True)
     best = plans[winner]
     return dataclasses.replace(best, profile=dataclasses.replace(best.profile, candidates=earlier + tuple(candidates)))
+
+
+def has_nhwc_weights(plan: Plan) -> bool:
+    """An NCHW plan that channels_last would change: it has 4-D floating-point weights (convolutions)."""
+    return plan.model.memory_format == "contiguous" and any(
+        n.kind == "param" and len(n.outputs[0].shape) == 4 and n.outputs[0].dtype.startswith(("float", "bfloat"))
+        for n in plan.graph.nodes)
 
 
 def _label(c: Candidate) -> str:

@@ -105,12 +105,14 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
         plan = _stage("tune", "ingest, profile, schedule", lambda: tune_plan(plan, model_weights(model),
                                                                              dev, say))
     if fuse:
-        plan = _stage("fuse", "ingest, profile, schedule", lambda: fuse_stage(plan, model, dev, fuse, cut, tune, say))
+        plan = _stage("fuse", "ingest, profile, schedule", lambda: fuse_stage(plan, model, dev, fuse, cut, tune, say,
+                                                                              profile_cache))
     validate(plan)
     return plan
 
 
-def fuse_stage(plan: Plan, model, dev: torch.device, backend: str, cut: str, tune: bool, say) -> Plan:
+def fuse_stage(plan: Plan, model, dev: torch.device, backend: str, cut: str, tune: bool, say,
+               profile_cache=None) -> Plan:
     from oparac.fuse import fuse_plan, measure_fused, tune_fused
 
     if dev.type != "cuda":
@@ -118,7 +120,11 @@ def fuse_stage(plan: Plan, model, dev: torch.device, backend: str, cut: str, tun
     weights = model_weights(model)
     if tune:
         say("fuse: measuring fused candidates (inductor compiles each segment)")
-        return tune_fused(plan, weights, dev, backend, say)
+
+        def nhwc_profile():
+            say("fuse: profiling the ops in channels_last for the NHWC candidates")
+            return profile_graph(plan.graph, dev, plan.model.precision, profile_cache, say, "channels_last")[1]
+        return tune_fused(plan, weights, dev, backend, say, nhwc_profile)
     say(f"fuse: compiling segments with inductor ({cut} cut)")
     return measure_fused(fuse_plan(plan, backend, cut=cut), weights, dev)[0]
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from opara_plan import Candidate, validate
+from opara_plan import Candidate, graph_fingerprint, validate
 from oparac import fuse, tune
 
 CPU = torch.device("cpu")
@@ -96,3 +96,49 @@ def test_the_coarse_cut_is_a_candidate_told_apart_by_its_label(fake, tiny_plan):
     assert out.schedule.stream_algorithm == "opara+coarse" and out.schedule.num_streams == 1
     assert len(out.fusion.segments) == 1
     validate(out)
+
+
+def _with_conv_weight(plan):
+    """The tiny plan with its weight 4-D, as a convolution's is (the fakes run nothing, only the layout rule
+    reads it)."""
+    nodes = list(plan.graph.nodes)
+    nodes[1] = dataclasses.replace(nodes[1], outputs=(dataclasses.replace(nodes[1].outputs[0], shape=(3, 3, 1, 1)),))
+    graph = dataclasses.replace(plan.graph, nodes=tuple(nodes))
+    return dataclasses.replace(plan, graph=graph, model=dataclasses.replace(plan.model,
+                                                                            fingerprint=graph_fingerprint(graph)))
+
+
+def test_convolution_models_are_also_tried_in_channels_last(fake, tiny_plan):
+    plan = _with_conv_weight(tiny_plan)
+    nhwc_ops = tuple(dataclasses.replace(op, ms=op.ms * 0.5) for op in plan.profile.ops)
+    asked = []
+
+    def nhwc_profile():
+        asked.append(True)
+        return dataclasses.replace(plan.profile, ops=nhwc_ops, sequential_ms=0.02)
+
+    n = len(fuse.FUSED_CANDIDATES) + len(fuse.NHWC_CANDIDATES)
+    fake([None] + [1.0] * n, [1.0] * n + [0.6])  # the NHWC candidate (last) wins the rounds
+    out = fuse.tune_fused(plan, {"w": torch.randn(3, 3, 1, 1)}, CPU, "inductor", nhwc_profile=nhwc_profile)
+    assert asked == [True]
+    assert _chosen(out).streams == "opara+inductor+channels_last"
+    assert out.model.memory_format == "channels_last" and out.fusion.backend == "inductor"
+    assert out.profile.ops == nhwc_ops and out.profile.sequential_ms == 0.02  # the profile of its own layout
+    assert [c.streams for c in out.profile.candidates][-2:] == ["opara+coarse+inductor", "opara+inductor+channels_last"]
+    validate(out)
+
+
+def test_channels_last_is_not_tried_without_4d_weights_or_when_already_chosen(fake, tiny_plan):
+    def nhwc_profile():
+        raise AssertionError("no NHWC candidates for this plan")
+
+    n = len(fuse.FUSED_CANDIDATES)
+    fake([None] + [1.0] * n, [1.0] * (n + 1))
+    out = fuse.tune_fused(tiny_plan, {"w": torch.randn(3, 3)}, CPU, "inductor", nhwc_profile=nhwc_profile)
+    assert out.model.memory_format == "contiguous"  # 2-D weights only: the layout changes nothing
+    conv = _with_conv_weight(tiny_plan)
+    already = dataclasses.replace(conv, model=dataclasses.replace(conv.model, memory_format="channels_last"))
+    fake([None] + [1.0] * n, [1.0] * (n + 1))
+    out = fuse.tune_fused(already, {"w": torch.randn(3, 3, 1, 1)}, CPU, "inductor", nhwc_profile=nhwc_profile)
+    assert out.model.memory_format == "channels_last" and all("channels_last" not in c.streams
+                                                             for c in out.profile.candidates)
