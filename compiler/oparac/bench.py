@@ -29,6 +29,7 @@ class Record:
     peak_mem_mb: float | None = None
     max_abs_diff: float | None = None
     error: str | None = None
+    plan: str | None = None  # what an Opara method ran (plan_label): shows what the tuners chose
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -37,7 +38,23 @@ class Record:
                 d.pop(k)
         else:
             d.pop("error")
+        if self.plan is None:
+            d.pop("plan")
         return d
+
+
+def plan_label(plan) -> str:
+    """A plan's schedule, streams, fusion and layout in a few words, e.g.
+    'opara/opara, 8 streams, inductor 46 segments, channels_last'."""
+    s = plan.schedule
+    parts = [f"{s.stream_algorithm}/{s.order_algorithm}", f"{s.num_streams} streams"]
+    if s.num_devices > 1:
+        parts.append(f"{s.num_devices} GPUs")
+    if plan.fusion.backend:
+        parts.append(f"{plan.fusion.backend} {len(plan.fusion.segments)} segments")
+    if plan.model.memory_format != "contiguous":
+        parts.append(plan.model.memory_format)
+    return ", ".join(parts)
 
 
 def max_abs_diff(got, want) -> float:
@@ -125,6 +142,8 @@ def measure_into(rec: Record, make, inputs, reference, device: torch.device, *, 
         fn = make()
         torch.cuda.synchronize(device)
         rec.compile_s = time.perf_counter() - t0
+        if getattr(fn, "plan", None) is not None:  # an Opara runner
+            rec.plan = plan_label(fn.plan)
         out = fn(*inputs)
         timing = time_gpu(lambda: fn(*inputs), device, iters=iters, warmup=warmup)
         rec.ms_b2b, rec.ms_latency = timing.ms_b2b, timing.ms_latency

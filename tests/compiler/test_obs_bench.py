@@ -9,6 +9,7 @@ from rich.console import Console
 from opara_plan import OparaError
 from oparac.bench_cli import BASELINES, parse_methods, print_bench
 from oparac.cli import main
+from oparac.fuse import fuse_plan
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
 
@@ -77,3 +78,17 @@ def test_table_renders_rows_errors_and_speedups():
     print_bench(result, console)
     text = console.export_text()
     assert "2.00x" in text and "4.00x" in text and "onnxruntime" in text and "NVIDIA H100" in text
+
+
+def test_a_record_names_the_plan_an_opara_method_ran(tiny_plan):
+    import dataclasses
+
+    from oparac.bench import Record, plan_label
+
+    assert plan_label(tiny_plan) == "opara/topo, 2 streams"
+    fused = fuse_plan(tiny_plan, "inductor")
+    nhwc = dataclasses.replace(fused, model=dataclasses.replace(fused.model, memory_format="channels_last"))
+    assert plan_label(nhwc) == f"opara/topo, 2 streams, inductor {len(fused.fusion.segments)} segments, channels_last"
+    rec = Record(model="m", batch=1, dtype="float32", method="opara_tuned", ms_b2b=1.0, plan=plan_label(tiny_plan))
+    assert rec.as_dict()["plan"] == "opara/topo, 2 streams"
+    assert "plan" not in Record(model="m", batch=1, dtype="float32", method="eager", ms_b2b=1.0).as_dict()
