@@ -37,7 +37,8 @@ class CapturedPlan:
             # input whose buffer has the caller's layout, switched and re-pointed per call.
             staging = [torch.zeros_like(buf) if api is not None and _patchable(buf) else None
                        for buf in self.static_inputs]
-            self.graph = torch.cuda.CUDAGraph(keep_graph=api is not None)
+            # keep_graph only where the feed needs the graph's nodes: torch < 2.8 has no such argument.
+            self.graph = torch.cuda.CUDAGraph(keep_graph=True) if api is not None else torch.cuda.CUDAGraph()
             # The capture's private pool is the first device's only. What the ops allocate on the other
             # GPUs during capture (values, and workspaces they free again) goes to a pool per GPU that lives
             # as long as the graph: from the ordinary pool, a freed workspace would be handed to other

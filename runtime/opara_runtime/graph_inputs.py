@@ -61,6 +61,9 @@ class GraphApi:
         self._set_enabled = _bind(lib, "cudaGraphNodeSetEnabled", vp, vp, ctypes.c_uint)
         self._error_string = lib.cudaGetErrorString
         self._error_string.restype, self._error_string.argtypes = ctypes.c_char_p, [ctypes.c_int]
+        # A failed call also leaves its error as the thread's last error in torch's cudart, where torch's next
+        # kernel launch check (cudaGetLastError) would raise it from an unrelated op: every failure clears it.
+        self._last_error = _bind(lib, "cudaGetLastError")
 
     def memcpy_nodes(self, graph: int) -> list[MemcpyNode]:
         """Every 1-D memcpy node of a cudaGraph_t, with its operands."""
@@ -84,13 +87,17 @@ class GraphApi:
 
     def set_source(self, graph_exec: int, node: MemcpyNode, src: int) -> int:
         """0 on success, else the CUDA error code (not raised: the caller then copies the input itself)."""
-        return self._set_1d(graph_exec, node.node, node.dst, src, node.nbytes, node.kind)
+        code = self._set_1d(graph_exec, node.node, node.dst, src, node.nbytes, node.kind)
+        if code:
+            self._last_error()
+        return code
 
     def set_enabled(self, graph_exec: int, node: MemcpyNode, enabled: bool) -> None:
         self._check(self._set_enabled(graph_exec, node.node, 1 if enabled else 0), "cudaGraphNodeSetEnabled")
 
     def _check(self, code: int, what: str) -> None:
         if code:
+            self._last_error()
             raise RuntimeError(f"{what} failed: CUDA error {code} ({self._error_string(code).decode()})")
 
 
@@ -108,15 +115,31 @@ def graph_api() -> GraphApi | None:
         return None
     try:
         with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "libcudart.so" in line}
+            paths = cudart_paths(maps, torch.version.cuda)
     except OSError:
         return None
-    for path in sorted(paths):
+    for path in paths:
         try:
             return GraphApi(ctypes.CDLL(path))
         except (OSError, AttributeError):
             continue
     return None
+
+
+def cudart_paths(maps_lines, cuda_version: str | None) -> list[str]:
+    """The mapped libcudart files of torch's CUDA major version. Another library may have mapped a cudart of
+    its own (another major version): a separate runtime, whose last-error state and graph support are not
+    torch's, so it is never used."""
+    major = (cuda_version or "").split(".")[0]
+    if not major:
+        return []
+    found = set()
+    for line in maps_lines:
+        path = line.split()[-1] if line.strip() else ""
+        name = path.rsplit("/", 1)[-1]
+        if name.startswith("libcudart.so.") and name.removeprefix("libcudart.so.").split(".")[0] == major:
+            found.add(path)
+    return sorted(found)
 
 
 def in_graph_copies(device: torch.device) -> GraphApi | None:
@@ -138,16 +161,27 @@ def _probe(api: GraphApi, index: int) -> bool:
             stream.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.graph(graph, stream=stream):
                 b.copy_(a)
-            feed = InputFeed(api, graph, [b], [a])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a copy not found is reported below, once
+                feed = InputFeed(api, graph, [b], [a])
+            # Without its node the feed would fill the staging tensor ahead of the replay and still get the
+            # right answer: the check must not pass on that.
+            if feed.nodes[0] is None:
+                raise RuntimeError("the captured copy was not found among the graph's memcpy nodes")
             feed.feed([c])
+            if not feed.enabled[0]:
+                raise RuntimeError("re-pointing the captured copy was refused")
             graph.replay()
             torch.cuda.synchronize(device)
-            ok = bool((b == 3.0).all())
+            if not bool((b == 3.0).all()):
+                raise RuntimeError("the re-pointed copy did not deliver the input")
             b.fill_(5.0)
             feed.feed([b])  # the buffer itself: its copy is switched off
             graph.replay()
             torch.cuda.synchronize(device)
-            return ok and bool((b == 5.0).all())
+            if not bool((b == 5.0).all()):
+                raise RuntimeError("the switched-off copy still ran")
+            return True
     except Exception as e:  # any failure means: copy ahead of the replay, as without this feature
         warnings.warn(f"inputs will be copied ahead of each replay: patching the captured input copies failed "
                       f"({type(e).__name__}: {e})", stacklevel=2)
@@ -180,6 +214,10 @@ class InputFeed:
             self.nodes.append(node)
             self.copy_into.append(st if st is not None and node is None else buf)
         self.source = [0] * len(buffers)  # the source each node was last set to
+        # The staging tensors are the copies' operands at instantiation, kept for the graph's life: CUDA refuses
+        # an update once those operands' mappings have changed, and empty_cache (which every later capture
+        # calls) may release their memory.
+        self.staging = list(staging)
         # What each enabled node reads, kept alive until the next call replaces it: a later bare replay of the
         # graph then reads valid memory (the last call's input).
         self.held: list = list(staging)
@@ -191,7 +229,8 @@ class InputFeed:
     def feed(self, inputs) -> None:
         api, exec_ = self.api, self.exec
         for k, (buf, x, node) in enumerate(zip(self.buffers, inputs, self.nodes)):
-            if node is not None and x is not buf and x.is_contiguous():
+            # A memcpy ignores the conjugate and negative view bits, which a copy_ resolves.
+            if node is not None and x is not buf and x.is_contiguous() and not (x.is_conj() or x.is_neg()):
                 ptr = x.data_ptr()
                 if ptr == self.source[k] or api.set_source(exec_, node, ptr) == 0:
                     self.source[k] = ptr

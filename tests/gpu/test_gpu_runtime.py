@@ -128,9 +128,12 @@ def test_inputs_are_copied_inside_the_graph():
     for _ in range(2):  # every input again, in a new order: each call reads its own tensor, bit for bit
         for k in (2, 0, 3, 1):
             torch.testing.assert_close(runner(xs[k]), first[k], rtol=0, atol=0)
+            # the contiguous inputs went through the re-pointed node, not the copy-ahead fallback
+            assert feed.enabled == [k != 3] and (k == 3 or feed.source == [xs[k].data_ptr()])
     (buf,) = runner.input_buffers()
-    buf.copy_(xs[1])
-    torch.testing.assert_close(runner(buf), first[1], rtol=0, atol=0)
+    buf.copy_(xs[2])  # not the last call's input (xs[1]), which a copy left switched on would deliver instead
+    torch.testing.assert_close(runner(buf), first[2], rtol=0, atol=0)
+    assert feed.enabled == [False]
     torch.testing.assert_close(runner(xs[0]), first[0], rtol=0, atol=0)  # switched back on
     fresh = xs[2].clone()
     runner(fresh)
@@ -170,6 +173,7 @@ def test_per_call_overhead_and_memory():
     graph = runner.captured.graph
     rows = []
     for _ in range(3):
+        runner(*runner.input_buffers(), zero_copy=True)  # the in-graph input copy off: the floor is the graph alone
         bare = time_gpu(graph.replay, dev)
         call = time_gpu(lambda: runner(x), dev)
         rows.append((bare.ms_b2b, bare.ms_latency, call.ms_b2b, call.ms_latency))

@@ -56,9 +56,10 @@ class FakeCuda:
                 self.device = fake.device
 
         self.Stream, self.Event = FakeStream, FakeEvent
+        # CUDAGraph takes no keep_graph, as in torch < 2.8: the capture without in-graph input copies must not pass it.
         for name, value in {"Stream": FakeStream, "Event": FakeEvent, "current_stream": self.current_stream,
                             "stream": self.stream, "device": self.device_ctx, "graph": self.graph,
-                            "CUDAGraph": lambda keep_graph=False: object(), "synchronize": lambda device=None: None,
+                            "CUDAGraph": object, "synchronize": lambda device=None: None,
                             "MemPool": FakeMemPool, "use_mem_pool": self.use_mem_pool}.items():
             monkeypatch.setattr(torch.cuda, name, value)
         real_run_node = execute.run_node

@@ -1,9 +1,15 @@
 """The in-graph input copies' bookkeeping (graph_inputs.InputFeed), against a fake cudart on CPU tensors: which
 node is re-pointed, switched on or off, and what is copied ahead of the replay. The GPU test runs it for real."""
+import contextlib
+import ctypes
+import gc
+import weakref
+
 import pytest
 import torch
 
-from opara_runtime.graph_inputs import CopyAheadFeed, InputFeed, MemcpyNode
+from opara_runtime import graph_inputs
+from opara_runtime.graph_inputs import CopyAheadFeed, GraphApi, InputFeed, MemcpyNode, cudart_paths
 
 
 class FakeGraph:
@@ -19,6 +25,9 @@ class FakeGraph:
     def raw_cuda_graph_exec(self):
         assert self.instantiated, "the exec handle is read after instantiate()"
         return 2000
+
+    def replay(self):
+        pass
 
 
 class FakeApi:
@@ -138,3 +147,100 @@ def test_copy_ahead_feed_skips_the_buffer_itself():
     bufs[0].fill_(5.0)
     feed.feed([bufs[0]])
     assert torch.equal(bufs[0], torch.full((4,), 5.0))
+
+
+def test_a_staging_tensor_outlives_the_first_call():
+    """The staging tensors are the copies' operands at instantiation: their memory must stay mapped."""
+    feed, _, _, staging, _ = _feed(1)
+    gone = weakref.ref(staging[0])
+    del staging
+    feed.feed([torch.ones(4)])
+    gc.collect()
+    assert gone() is not None
+
+
+def test_a_conjugate_view_is_copied_ahead_not_memcpyed():
+    bufs, staging = [torch.zeros(4, dtype=torch.complex64)], [torch.zeros(4, dtype=torch.complex64)]
+    node = MemcpyNode(node=10, dst=bufs[0].data_ptr(), src=staging[0].data_ptr(), nbytes=32, kind=3)
+    api = FakeApi([node])
+    feed = InputFeed(api, FakeGraph(), bufs, staging)
+    z = torch.tensor([1 + 2j, 3 - 1j, 0 + 1j, 2 + 0j], dtype=torch.complex64)
+    assert z.conj().is_contiguous() and z.conj().is_conj()
+    feed.feed([z.conj()])
+    assert not feed.enabled[0] and torch.equal(bufs[0], z.conj().resolve_conj())
+
+
+class FakeCudart:
+    """ctypes-like functions: each returns `fail` (a CUDA error code) and is logged; cudaGetLastError clears."""
+
+    def __init__(self, fail: int):
+        self.log = []
+        for name in ("cudaGraphGetNodes", "cudaGraphNodeGetType", "cudaGraphMemcpyNodeGetParams",
+                     "cudaGraphExecMemcpyNodeSetParams1D", "cudaGraphNodeSetEnabled"):
+            setattr(self, name, self._fn(name, fail))
+        self.cudaGetLastError = self._fn("cudaGetLastError", 0)
+        self.cudaGetErrorString = lambda code: b"invalid argument"
+
+    def _fn(self, name, code):
+        def call(*args):
+            self.log.append(name)
+            return code
+        return call
+
+
+def test_a_failed_call_clears_the_last_cuda_error_it_leaves():
+    """Else torch's next kernel launch check (cudaGetLastError) raises it from an unrelated op."""
+    lib = FakeCudart(fail=1)
+    api = GraphApi(lib)
+    node = MemcpyNode(node=10, dst=1, src=2, nbytes=16, kind=3)
+    assert api.set_source(2000, node, 3) == 1
+    assert lib.log == ["cudaGraphExecMemcpyNodeSetParams1D", "cudaGetLastError"]
+    lib.log.clear()
+    with pytest.raises(RuntimeError, match="cudaGraphNodeSetEnabled failed: CUDA error 1"):
+        api.set_enabled(2000, node, True)
+    assert lib.log == ["cudaGraphNodeSetEnabled", "cudaGetLastError"]
+
+
+def test_a_successful_update_leaves_the_last_error_alone():
+    lib = FakeCudart(fail=0)
+    GraphApi(lib).set_source(2000, MemcpyNode(node=10, dst=1, src=2, nbytes=16, kind=3), 3)
+    assert lib.log == ["cudaGraphExecMemcpyNodeSetParams1D"]
+
+
+def test_the_memcpy_params_struct_has_the_cuda_header_layout():
+    """struct cudaMemcpy3DParms on LP64: arrays and pointers 8 bytes, cudaPos/cudaExtent 3 size_t, cudaPitchedPtr
+    a pointer and 3 size_t, the kind an int padded to 8."""
+    p = graph_inputs._Memcpy3DParms
+    offsets = {name: getattr(p, name).offset for name, _ in p._fields_}
+    assert offsets == {"srcArray": 0, "srcPos": 8, "srcPtr": 32, "dstArray": 64, "dstPos": 72, "dstPtr": 96,
+                       "extent": 128, "kind": 152}
+    assert ctypes.sizeof(p) == 160
+
+
+def test_only_torchs_cudart_major_version_is_used():
+    maps = ["7f00-7f01 r-xp 00000000 08:01 11 /site/nvidia/cu13/lib/libcudart.so.13\n",
+            "7f02-7f03 r--p 00001000 08:01 11 /site/nvidia/cu13/lib/libcudart.so.13\n",
+            "7f04-7f05 r-xp 00000000 08:01 12 /opt/other/lib/libcudart.so.12.4.127\n",
+            "7f06-7f07 r-xp 00000000 08:01 13 /opt/other/lib/libcudart_static_helper.so\n",
+            "7f08-7f09 rw-p 00000000 00:00 0\n"]
+    assert cudart_paths(maps, "13.0") == ["/site/nvidia/cu13/lib/libcudart.so.13"]
+    assert cudart_paths(maps, "12.8") == ["/opt/other/lib/libcudart.so.12.4.127"]
+    assert cudart_paths(maps, "11.8") == []
+    assert cudart_paths(maps, None) == []  # a CPU or ROCm build of torch
+
+
+def test_the_probe_fails_with_a_warning_when_the_captured_copy_is_not_found(monkeypatch):
+    """Fed through its staging tensor, the probe's input would still arrive: finding the node is the check."""
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    for name, value in {"device": lambda device: contextlib.nullcontext(), "Stream": lambda device=None: Stream(),
+                        "current_stream": lambda device=None: Stream(), "synchronize": lambda device=None: None,
+                        "graph": lambda graph, stream=None: contextlib.nullcontext(),
+                        "CUDAGraph": lambda keep_graph=False: FakeGraph()}.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    real_full = torch.full
+    monkeypatch.setattr(torch, "full", lambda size, value, device=None: real_full(size, value))
+    with pytest.warns(UserWarning, match="not found among the graph's memcpy nodes"):
+        assert graph_inputs._probe.__wrapped__(FakeApi([]), 0) is False
