@@ -1,6 +1,6 @@
 """Where a runner call's time goes, on the GPU: bare replay, input copy + replay, the runner's call, and the
-host-side input check alone. Latency is one call followed by a synchronize; overhead is latency minus the
-back-to-back replay time (DESIGN section 8).
+host-side input check alone. Latency is one call followed by a synchronize, the variants timed in turn; overhead
+is latency minus the back-to-back replay time (DESIGN section 8).
 
     python benchmarks/call_overhead.py --model googlenet        # GPU; writes results/call-overhead-*.json
 """
@@ -16,14 +16,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def breakdown(model_name: str, rounds: int = 5) -> dict:
+def breakdown(model_name: str, iters: int = 200) -> dict:
     import torch
 
     import opara_runtime
     import oparac
     from opara_runtime.graph_inputs import InputFeed
     from oparac import zoo
-    from oparac.measure import fill_random, time_gpu
+    from oparac.measure import fill_random, median_paired_diff_us, time_alternating, time_gpu
 
     model, inputs = getattr(zoo, model_name)()
     model = model.cuda()
@@ -46,37 +46,39 @@ def breakdown(model_name: str, rounds: int = 5) -> dict:
     own = runner.input_buffers()  # a caller that fills the runner's buffers in place skips the input copy
     # Two input tensors in turn: every call re-points the graph's input copies (the same tensor again does not).
     turns = itertools.cycle([tuple(x.clone() for x in xs), xs])
-    # Each round opens with the bare replays, after a call with the runner's own buffers has switched the in-graph
-    # input copies off: they then time the graph without them, as before any call.
+    # The runner's calls switch the graph's in-graph input copies on (the caller's tensors) or off (its own
+    # buffers), and the three variants that replay the graph directly run it in whatever state the last call
+    # left. The alternation below wraps from runner_own_buffers_zero_copy, which leaves the copies off, to
+    # bare_replay: those three then time the graph without them, as before any call.
     variants = {"bare_replay": graph.replay, "copy_and_replay": copy_and_replay,
                 "foreach_copy_and_replay": foreach_copy_and_replay,
                 "runner_zero_copy": lambda: runner(*xs, zero_copy=True), "runner": lambda: runner(*xs),
                 "runner_alternating_inputs": lambda: runner(*next(turns)),
-                "runner_own_buffers_zero_copy": lambda: runner(*own, zero_copy=True),
-                "runner_own_buffers": lambda: runner(*own)}
-    rows = {name: [] for name in variants}
+                "runner_own_buffers": lambda: runner(*own),
+                "runner_own_buffers_zero_copy": lambda: runner(*own, zero_copy=True)}
+    runner(*own, zero_copy=True)  # the copies off for the replays' back-to-back timing too
+    b2bs = {name: time_gpu(fn, dev).ms_b2b for name, fn in variants.items()}
+    # One untimed call ahead of each timed one: a runner call that switches the copies (runner_zero_copy after
+    # the replays, runner_own_buffers after runner_alternating_inputs) then does so there, and the timed call
+    # is the variant's steady state, as in a loop of its own.
+    lat = time_alternating(variants, dev, iters=iters, lead_in=1)
     check_us = []
-    for _ in range(rounds):  # interleaved rounds: a slow moment of the VM hits every variant alike
-        runner(*own, zero_copy=True)
-        for name, fn in variants.items():
-            t = time_gpu(fn, dev)
-            rows[name].append((t.ms_b2b, t.ms_latency))
+    for _ in range(5):
         t0 = time.perf_counter()
         for _ in range(1000):
             runner.check_inputs(xs)
         check_us.append((time.perf_counter() - t0) * 1e3)
-    replay_b2b = statistics.median(r[0] for r in rows["bare_replay"])
+    replay_b2b = b2bs["bare_replay"]
     out = {"model": model_name, "replay_b2b_ms": replay_b2b, "input_check_us": statistics.median(check_us),
            "in_graph_input_copies": isinstance(runner.captured.inputs, InputFeed)}
-    for name, samples in rows.items():
-        b2b = statistics.median(r[0] for r in samples)
-        lat = statistics.median(r[1] for r in samples)
-        out[name] = {"ms_b2b": b2b, "ms_latency": lat, "overhead_us": (lat - replay_b2b) * 1e3}
-    # The VM's synchronisation floor (the bare replay's overhead) moves between runs by more than a call costs:
-    # each variant's figure over its own run's floor is what compares across runs.
-    floor = out["bare_replay"]["overhead_us"]
-    for name in rows:
-        out[name]["over_floor_us"] = out[name]["overhead_us"] - floor
+    # The VM's synchronisation floor (the bare replay's overhead) drifts by more than a call costs, within a run
+    # and between runs: over_floor_us is the median difference from the bare replay of the same iteration,
+    # timed milliseconds before.
+    for name in variants:
+        ms_latency = statistics.median(lat[name])
+        out[name] = {"ms_b2b": b2bs[name], "ms_latency": ms_latency,
+                     "overhead_us": (ms_latency - replay_b2b) * 1e3,
+                     "over_floor_us": median_paired_diff_us(lat, name, "bare_replay")}
     return out
 
 

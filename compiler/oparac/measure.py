@@ -1,8 +1,11 @@
 """Timing on the GPU, one method for every variant (DESIGN section 8)."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +36,49 @@ def time_gpu(fn, device: torch.device, *, iters: int = 200, warmup: int = 20, la
             torch.cuda.synchronize(device)
             walls.append((time.perf_counter() - t0) * 1e3)
     return Timing(b2b, statistics.median(walls))
+
+
+def time_alternating(fns: dict[str, Callable[[], object]], device: torch.device | None, *, iters: int = 200,
+                     warmup: int = 20, lead_in: int = 0,
+                     sync: Callable[[], object] | None = None) -> dict[str, list[float]]:
+    """Wall time of one call followed by `sync`, in ms, for every fn in `fns`, taken in strict alternation:
+    iteration k times each fn once, in the dict's order. Returns the samples per fn, in iteration order.
+
+    The VM's synchronisation latency drifts over seconds by more than a runner call costs, so two medians taken
+    one after the other compare two moments of the machine. Sample k of one fn and sample k of another are
+    taken a call or two apart, not seconds: their difference (`median_paired_diff_us`) cancels the drift.
+
+    Each fn is warmed up `warmup` times first, in order, so the first iteration sees the state the last fn
+    leaves, as every later one does. A fn that changes state another reads (a runner's in-graph input copy is
+    switched on or off by the call) is timed after the previous fn's state: `lead_in` untimed calls of the same
+    fn, each followed by `sync`, ahead of every timed one make each sample see the state its own calls leave.
+    sync: defaults to torch.cuda.synchronize(device); pass another to time without CUDA.
+    """
+    if sync is None:
+        ctx, sync = torch.cuda.device(device), functools.partial(torch.cuda.synchronize, device)
+    else:
+        ctx = contextlib.nullcontext()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    with ctx:
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
+            sync()
+        for _ in range(iters):
+            for name, fn in fns.items():
+                for _ in range(lead_in):
+                    fn()
+                    sync()
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
+def median_paired_diff_us(samples: dict[str, list[float]], name: str, baseline: str) -> float:
+    """Median over iterations of `name`'s sample minus `baseline`'s, in us (samples from `time_alternating`)."""
+    return statistics.median(a - b for a, b in zip(samples[name], samples[baseline], strict=True)) * 1e3
 
 
 def time_graph_replays(graph: torch.cuda.CUDAGraph, device: torch.device, *, repeats: int = 5,

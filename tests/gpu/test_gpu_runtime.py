@@ -12,7 +12,7 @@ import opara_runtime
 import oparac
 from oparac import zoo
 from oparac.bench import SequentialGraph
-from oparac.measure import time_gpu
+from oparac.measure import median_paired_diff_us, time_alternating, time_gpu
 from oparac.verify import TOLERANCE, compare, verify
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]
@@ -155,7 +155,8 @@ def test_inputs_checked_on_every_call():
 def test_per_call_overhead_and_memory():
     """Overhead = median synchronised call minus back-to-back replay, for the default call (inputs copied in,
     outputs copied out). The machine's own floor is the same figure for a bare graph.replay(); the runner may
-    add at most 20 us to it."""
+    add at most 20 us to it. The VM's synchronisation latency drifts over seconds by more than that, so what the
+    runner adds is the median difference of runner and bare calls taken in alternation, a call apart."""
     model, inputs = zoo.googlenet()
     model = model.cuda()
     x = inputs[0].cuda()
@@ -171,19 +172,22 @@ def test_per_call_overhead_and_memory():
     seq_peak = torch.cuda.max_memory_allocated() - base
     dev = torch.device("cuda")
     graph = runner.captured.graph
-    rows = []
-    for _ in range(3):
-        runner(*runner.input_buffers(), zero_copy=True)  # the in-graph input copy off: the floor is the graph alone
-        bare = time_gpu(graph.replay, dev)
-        call = time_gpu(lambda: runner(x), dev)
-        rows.append((bare.ms_b2b, bare.ms_latency, call.ms_b2b, call.ms_latency))
-    b2b, bare_lat, call_b2b, call_lat = (statistics.median(r[k] for r in rows) for k in range(4))
+    runner(*runner.input_buffers(), zero_copy=True)  # the in-graph input copy off: b2b is the graph alone
+    b2b = time_gpu(graph.replay, dev).ms_b2b
+    # Every runner(x) leaves the graph's input copy switched on, so the bare replays between them run that
+    # memcpy node too: device-to-device, GPU time only, no host work. Switching it off before each bare replay
+    # would make each runner(x) switch it back on, a host-side graph update a steady caller never pays. So the
+    # floor here is the graph as runner(x) replays it, and "runner adds" is the runner's host work and output
+    # copies, not the in-graph input copy; the absolute overhead (against the graph alone) still counts it.
+    lat = time_alternating({"bare": graph.replay, "runner": lambda: runner(x)}, dev)
+    bare_lat, call_lat = statistics.median(lat["bare"]), statistics.median(lat["runner"])
     floor_us, overhead_us = (bare_lat - b2b) * 1e3, (call_lat - b2b) * 1e3
+    adds_us = median_paired_diff_us(lat, "runner", "bare")
     print(f"replay b2b {b2b:.4f} ms; bare replay+sync {bare_lat:.4f} ms (floor {floor_us:.1f} us); runner call "
-          f"b2b {call_b2b:.4f} ms, +sync {call_lat:.4f} ms (overhead {overhead_us:.1f} us, runner adds "
-          f"{overhead_us - floor_us:.1f} us); peak memory opara {opara_peak / 2**20:.1f} MiB, sequential graph "
+          f"+sync {call_lat:.4f} ms (overhead {overhead_us:.1f} us, runner adds {adds_us:.1f} us, median of "
+          f"paired differences); peak memory opara {opara_peak / 2**20:.1f} MiB, sequential graph "
           f"{seq_peak / 2**20:.1f} MiB ({opara_peak / seq_peak:.2f}x)")
-    assert overhead_us - floor_us <= 20.0
+    assert adds_us <= 20.0
     assert opara_peak <= 1.3 * seq_peak
     del seq
 
