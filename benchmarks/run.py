@@ -32,6 +32,9 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--tag", default="", help="session name: BENCHMARKS.md merges every result file with this tag")
+    ap.add_argument("--progress", action="store_true",
+                    help="print the compiler's progress lines (tuning candidates...) with the seconds since each "
+                         "method began: where an Opara method's compile time goes")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("the benchmark suite needs a CUDA GPU", file=sys.stderr)
@@ -53,6 +56,8 @@ def main(argv=None) -> int:
                 for method in args.methods.split(","):
                     t0 = time.perf_counter()
                     options = {"dtype": dtype} if dtype != "float32" else {}
+                    if args.progress:
+                        options["progress"] = stamped(f"{name} b{batch} {dtype} {method}", t0)
                     rec = bench_method(method, name, model, inputs, dtype, device, reference, iters=args.iters,
                                        plan_options=options)
                     records.append(rec.as_dict())
@@ -68,6 +73,13 @@ def main(argv=None) -> int:
     same = sorted(out.glob(f"suite-*-{args.tag}.json")) if args.tag else [path]
     write_markdown(same, HERE.parent / "BENCHMARKS.md")
     return 0
+
+
+def stamped(prefix: str, t0: float):
+    """A compiler progress callback printing each line with the seconds since t0."""
+    def say(msg: str) -> None:
+        print(f"  [{time.perf_counter() - t0:7.1f} s] {prefix}: {msg}", flush=True)
+    return say
 
 
 if __name__ == "__main__":
