@@ -101,6 +101,7 @@ def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, sa
     floating-point weights, NHWC_CANDIDATES are tried in that layout too, scheduled from that profile; a plan
     chosen from them carries it."""
     from opara_runtime.bind import weights_on_device
+    from opara_runtime.segment_workers import compile_pool
     from oparac.tune import FINAL_ROUNDS, measure_rounds
 
     placed = weights_on_device(plan, weights, device)
@@ -114,18 +115,11 @@ def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, sa
             plan, model=dataclasses.replace(plan.model, memory_format="channels_last"),
             profile=dataclasses.replace(plan.profile, ops=nhwc.ops, sequential_ms=nhwc.sequential_ms)),
             NHWC_CANDIDATES, "+channels_last"))
-    for base, table, layout in variants:
-        for streams, order, cap, cut in table:
-            sched = make_schedule(base.graph, base.profile.ops, streams=streams, order=order, max_streams=cap)
-            fused, ms = measure_fused(fuse_plan(dataclasses.replace(base, schedule=sched), backend, cut=cut),
-                                      placed, device)
-            # The recorded name carries the cut and the layout ('opara+coarse+inductor', 'opara+inductor+
-            # channels_last'), so the plan tells the candidates apart without a schema change.
-            candidate = Candidate(streams=f"{fused.schedule.stream_algorithm}+{backend}{layout}", order=order,
-                                  max_streams=cap, predicted_ms=fused.schedule.predicted_ms)
-            if say:
-                say(f"tune: fused {_label(candidate)}: {len(fused.fusion.segments)} segments, "
-                    f"{len(fused.fusion.programs)} programs, {ms:.4f} ms")
+    # One set of segment-compile workers for every candidate: a fresh set spends ~18-20 s starting (imports,
+    # inductor's warm-up) on the H100 (benchmarks/worker_startup.py). It closes before the final rounds, which
+    # reload the compiled programs, so its idle workers hold no GPU memory while the candidates are timed.
+    with compile_pool(device):
+        for fused, candidate in _fused_candidates(variants, placed, device, backend, say):
             plans.append(fused)
             candidates.append(candidate)
     final = measure_rounds(dict(enumerate(plans)), placed, [device], rounds=FINAL_ROUNDS, repeats=5, replays=20)
@@ -142,6 +136,23 @@ def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, sa
         candidates[winner] = dataclasses.replace(candidates[winner], chosen=True)
     best = plans[winner]
     return dataclasses.replace(best, profile=dataclasses.replace(best.profile, candidates=earlier + tuple(candidates)))
+
+
+def _fused_candidates(variants, placed: dict, device: torch.device, backend: str, say):
+    """Each fused candidate compiled and timed once: (its plan, its Candidate record)."""
+    for base, table, layout in variants:
+        for streams, order, cap, cut in table:
+            sched = make_schedule(base.graph, base.profile.ops, streams=streams, order=order, max_streams=cap)
+            fused, ms = measure_fused(fuse_plan(dataclasses.replace(base, schedule=sched), backend, cut=cut),
+                                      placed, device)
+            # The recorded name carries the cut and the layout ('opara+coarse+inductor', 'opara+inductor+
+            # channels_last'), so the plan tells the candidates apart without a schema change.
+            candidate = Candidate(streams=f"{fused.schedule.stream_algorithm}+{backend}{layout}", order=order,
+                                  max_streams=cap, predicted_ms=fused.schedule.predicted_ms)
+            if say:
+                say(f"tune: fused {_label(candidate)}: {len(fused.fusion.segments)} segments, "
+                    f"{len(fused.fusion.programs)} programs, {ms:.4f} ms")
+            yield fused, candidate
 
 
 def has_nhwc_weights(plan: Plan) -> bool:

@@ -129,10 +129,10 @@ def compile_segments(programs: list[SegmentProgram], base_values: list, *, plan:
     distinct programs are compiled in parallel worker processes; otherwise here, in launch order. Either
     way every segment then runs once on real values, so each is specialised to the exact sizes and strides
     its inputs will have."""
-    from opara_runtime.segment_workers import compile_in_workers, default_workers
+    from opara_runtime.segment_workers import compile_in_workers, worker_count
 
     device = _device_of(base_values)
-    if plan is not None and (default_workers(device) if workers is None else workers) > 1:
+    if plan is not None and worker_count(device, workers) > 1:
         try:
             compile_in_workers(plan, programs, base_values, device, workers)
             _run_once(programs, base_values)

@@ -12,28 +12,17 @@ from opara_runtime.execute import run_sequential
 from opara_runtime.runner import Runner
 from oparac.fuse import fuse_plan, stored_programs
 
-pytestmark = pytest.mark.slow  # inductor compiles C++ for every segment on the CPU
-CPU = torch.device("cpu")
+from fused_cases import CPU, run_segments, two_branches
 
+pytestmark = pytest.mark.slow  # inductor compiles C++ for every segment on the CPU
 
 def _weights():
     return {"w": torch.randn(3, 3)}
-
-
-def _run_segments(plan, programs, base) -> torch.Tensor:
-    values = list(base)
-    with torch.no_grad():
-        for prog in programs:
-            prog(values)
-    out = plan.graph.nodes[-1].args[0]
-    return values[out.node]
-
 
 def _reference(plan, base) -> torch.Tensor:
     values = list(base)
     run_sequential(plan, values, [CPU])
     return values[plan.graph.nodes[-1].args[0].node]
-
 
 @pytest.fixture
 def compiled(tiny_plan, tmp_path, monkeypatch):
@@ -45,12 +34,10 @@ def compiled(tiny_plan, tmp_path, monkeypatch):
     fused.compile_segments(programs, base)
     return plan, base, programs
 
-
 def test_compiled_segments_match_sequential_execution(compiled):
     plan, base, programs = compiled
     assert len(programs) == len(plan.fusion.segments) > 1
-    torch.testing.assert_close(_run_segments(plan, programs, base), _reference(plan, base))
-
+    torch.testing.assert_close(run_segments(plan, programs, base), _reference(plan, base))
 
 def test_plan_with_artifacts_loads_without_compiling(compiled, monkeypatch):
     plan, base, programs = compiled
@@ -63,17 +50,15 @@ def test_plan_with_artifacts_loads_without_compiling(compiled, monkeypatch):
 
     monkeypatch.setattr(torch._inductor, "standalone_compile", no_compile)
     loaded = fused.prepare_fused(stored, CPU, base)
-    torch.testing.assert_close(_run_segments(stored, loaded, base), _reference(stored, base))
+    torch.testing.assert_close(run_segments(stored, loaded, base), _reference(stored, base))
     with pytest.raises(AssertionError, match="must not compile"):  # the caller may refuse the stored code
         fused.prepare_fused(stored, CPU, base, use_artifacts=False)
-
 
 def _with_programs(plan, programs):
     blobs, index = stored_programs(programs)
     segments = tuple(dataclasses.replace(s, program=k) for s, k in zip(plan.fusion.segments, index))
     return dataclasses.replace(plan, fusion=dataclasses.replace(plan.fusion, segments=segments, programs=blobs,
                                                                 cache_key=fused.cache_key(CPU)))
-
 
 def test_foreign_or_corrupt_artifacts_are_compiled_afresh_with_a_warning(compiled):
     plan, base, programs = compiled
@@ -82,41 +67,19 @@ def test_foreign_or_corrupt_artifacts_are_compiled_afresh_with_a_warning(compile
         segments=tuple(dataclasses.replace(s, program=k) for k, s in enumerate(plan.fusion.segments))))
     with pytest.warns(UserWarning, match="were made with torch 0.0"):
         again = fused.prepare_fused(foreign, CPU, base)
-    torch.testing.assert_close(_run_segments(plan, again, base), _reference(plan, base))
+    torch.testing.assert_close(run_segments(plan, again, base), _reference(plan, base))
     corrupt = dataclasses.replace(foreign, fusion=dataclasses.replace(foreign.fusion, cache_key=fused.cache_key(CPU)))
     with pytest.warns(UserWarning, match="could not be loaded"):
         again = fused.prepare_fused(corrupt, CPU, base)
-    torch.testing.assert_close(_run_segments(plan, again, base), _reference(plan, base))
-
-
-class TwoBranches(torch.nn.Module):
-    """Two equal branches on two streams: their segments have the same code on inputs of the same layout."""
-
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)
-
-    def forward(self, x):
-        return torch.relu(self.a(x)).sigmoid() + torch.relu(self.b(x)).sigmoid()
-
+    torch.testing.assert_close(run_segments(plan, again, base), _reference(plan, base))
 
 @pytest.fixture
 def branches(tmp_path, monkeypatch):
-    import oparac
-
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    model = TwoBranches().eval()
-    x = torch.randn(4, 16)
-    plan = fuse_plan(oparac.compile(model, (x,), device="cpu"), "inductor")
-    runner = Runner(plan, dict(model.named_parameters()), CPU, capture=False)
-    base = list(runner._base)
-    base[runner._input_ids[0]] = x
-    return plan, base, model(x).detach()
-
+    return two_branches()
 
 def _ops(plan, seg):
     return [plan.graph.nodes[i].target for i in seg.ops]
-
 
 def test_equal_segments_share_one_compiled_program(branches):
     plan, base, expected = branches
@@ -129,29 +92,7 @@ def test_equal_segments_share_one_compiled_program(branches):
     stored = plan_from_bytes(_with_programs(plan, programs).to_bytes())
     assert len(stored.fusion.programs) == 2 and [s.program for s in stored.fusion.segments] == [0, 0, 1]
     loaded = fused.prepare_fused(stored, CPU, base)
-    torch.testing.assert_close(_run_segments(stored, loaded, base), expected)
-
-
-def test_segments_compile_in_worker_processes(branches):
-    plan, base, expected = branches
-    programs = fused.segment_programs(plan, CPU)
-    fused.compile_segments(programs, base, plan=plan, workers=2)
-    # Only the worker path hands back stored bytes; a fallback to compiling here would leave them None.
-    assert all(p.blob for p in programs)
-    assert [p.program for p in programs] == [0, 0, 1]
-    torch.testing.assert_close(_run_segments(plan, programs, base), expected)
-
-
-def test_a_failing_worker_falls_back_to_compiling_here(branches, monkeypatch):
-    plan, base, expected = branches
-    monkeypatch.setenv("PYTHONPATH", "")
-    monkeypatch.setattr("sys.executable", "/bin/false")
-    programs = fused.segment_programs(plan, CPU)
-    with pytest.warns(UserWarning, match="worker processes failed"):
-        fused.compile_segments(programs, base, plan=plan, workers=2)
-    assert all(p.blob is None for p in programs)
-    torch.testing.assert_close(_run_segments(plan, programs, base), expected)
-
+    torch.testing.assert_close(run_segments(stored, loaded, base), expected)
 
 def test_a_partly_corrupt_plan_is_compiled_afresh_and_keeps_nothing_it_loaded(compiled):
     plan, base, programs = compiled
@@ -161,16 +102,4 @@ def test_a_partly_corrupt_plan_is_compiled_afresh_and_keeps_nothing_it_loaded(co
     with pytest.warns(UserWarning, match="could not be loaded"):
         again = fused.prepare_fused(corrupt, CPU, base)
     assert all(p.blob is None for p in again)  # re-saving serialises the fresh compile, not the loaded bytes
-    torch.testing.assert_close(_run_segments(plan, again, base), _reference(plan, base))
-
-
-def test_worker_count_defaults_and_override(monkeypatch):
-    from opara_runtime.segment_workers import default_workers
-
-    monkeypatch.delenv("OPARA_COMPILE_WORKERS", raising=False)
-    assert default_workers(CPU) == 1  # the CPU path compiles in-process unless told otherwise
-    monkeypatch.setenv("OPARA_COMPILE_WORKERS", "3")
-    assert default_workers(CPU) == 3
-    monkeypatch.setenv("OPARA_COMPILE_WORKERS", "many")
-    with pytest.raises(ValueError, match="OPARA_COMPILE_WORKERS: expected a whole number of processes, found 'many'"):
-        default_workers(CPU)
+    torch.testing.assert_close(run_segments(plan, again, base), _reference(plan, base))
