@@ -78,6 +78,16 @@ def test_a_nested_pool_is_the_open_one_and_workers_start_only_for_a_compile(monk
     assert worker_count(CPU, None) == 1
 
 
+def test_a_pool_starts_its_workers_on_an_indexed_device(monkeypatch):
+    # On the H100 a pool opened with the compiler's plain 'cuda' started workers that could not select it.
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    for given, expected in (("cuda", "cuda:3"), ("cuda:1", "cuda:1")):
+        pool = segment_workers.WorkerPool(2, torch.device(given))
+        pool.close()  # no worker started: they start with a compile
+        assert pool.device == torch.device(expected) and pool.pids == []
+    assert segment_workers.indexed(CPU) == CPU
+
+
 @pytest.mark.slow
 def test_a_pool_compiles_as_one_shot_workers_do_and_keeps_its_workers(branches):
     plan, base, expected = branches
