@@ -43,13 +43,14 @@ def require_cuda(command: str, device=None):
     """The CUDA device to use, or a one-line OparaError where there is none."""
     import torch
 
+    from opara_runtime.devices import indexed
+
     if device is not None and torch.device(device).type != "cuda":
         raise OparaError(f"oparac {command} needs a CUDA GPU: --device {device!r} is not a CUDA device")
     if not torch.cuda.is_available():
         raise OparaError(f"oparac {command} needs a CUDA GPU; none is available here "
                          f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'})")
-    dev = torch.device(device or "cuda")
-    return torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
+    return indexed(torch.device(device or "cuda"))
 
 
 def range_name(i: int, plan: Plan) -> str:

@@ -6,6 +6,14 @@ import torch
 from opara_plan import Plan, PlanMismatchError
 
 
+def indexed(device: torch.device) -> torch.device:
+    """The device with its index: plain 'cuda' as the current GPU. torch.cuda.set_device, a worker process and a
+    plan's device table need the index; callers often give the device without one."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def node_device(plan: Plan, i: int) -> int:
     """The plan's device id of node i (0 for single-GPU plans, whose device table is empty)."""
     device = plan.schedule.device
@@ -39,7 +47,7 @@ def plan_devices(plan: Plan, first: torch.device, devices=None) -> list[torch.de
         return found
     if first.type != "cuda":
         return [first] * n
-    start = first.index if first.index is not None else torch.cuda.current_device()
+    start = indexed(first).index
     count = torch.cuda.device_count()
     if start + n > count:
         raise PlanMismatchError(f"plan schedule: needs {n} GPUs (cuda:{start}..cuda:{start + n - 1}), this "

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from opara_runtime.devices import indexed
+
 _MEMCPY_NODE = 1  # cudaGraphNodeTypeMemcpy
 
 
@@ -148,7 +150,7 @@ def in_graph_copies(device: torch.device) -> GraphApi | None:
     api = graph_api()
     if api is None or device.type != "cuda":
         return None
-    return api if _probe(api, device.index if device.index is not None else torch.cuda.current_device()) else None
+    return api if _probe(api, indexed(device).index) else None
 
 
 @functools.cache

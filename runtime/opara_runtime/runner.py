@@ -8,7 +8,7 @@ import torch
 
 from opara_plan import InputError, OutTree, Plan, PlanMismatchError
 from opara_runtime.bind import check_weights, place_weights
-from opara_runtime.devices import node_device, plan_devices
+from opara_runtime.devices import indexed, node_device, plan_devices
 from opara_runtime.execute import run_sequential
 from opara_runtime.ops import constant_tensor, in_layout, materialize, spec_text, torch_dtype
 
@@ -144,12 +144,10 @@ def choose_device(plan: Plan, device) -> torch.device:
         if device.type == "cuda":
             if not torch.cuda.is_available():
                 raise PlanMismatchError(f"device {device} was asked for, but CUDA is not available here")
-            if device.index is None:
-                device = torch.device("cuda", torch.cuda.current_device())
-        return device
+        return indexed(device)
     if plan.target.device_type == "cuda":
         if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
+            return indexed(torch.device("cuda"))
         warnings.warn("the plan was compiled for a CUDA GPU but CUDA is not available: running it on the "
                       "CPU, sequentially (correctness path)", stacklevel=3)
     return torch.device("cpu")

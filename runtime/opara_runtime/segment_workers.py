@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from opara_plan import Plan
+from opara_runtime.devices import indexed
 
 MAX_WORKERS = 16
 # A worker still running after this long is stuck: a whole model's segments took about a minute on the H100.
@@ -301,20 +302,13 @@ class _PoolWorker:
                 pipe.close()
 
 
-def indexed(device: torch.device) -> torch.device:
-    """The device with its index: a worker started on plain 'cuda' cannot select it (torch.cuda.set_device needs
-    an index), and the compilers' device is often given that way."""
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
 class WorkerPool:
     """Long-lived compile workers on one device: started as compiles need them (up to `size`), each warming up
     once, then kept for every later compile until `close`. A worker that dies or stops answering fails its
     job and is started afresh for the next one; a worker whose caller dies reads end of input and exits."""
 
     def __init__(self, size: int, device: torch.device):
+        # A worker started on plain 'cuda' cannot select it (torch.cuda.set_device needs the index).
         self.size, self.device = size, indexed(device)
         self._tmp = Path(tempfile.mkdtemp(prefix="opara-pool-"))
         self._env = _worker_env()

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from opara_runtime import fused, segment_workers
+from opara_runtime.devices import indexed
 from opara_runtime.segment_workers import compile_pool, default_workers, worker_count
 
 from fused_cases import CPU, run_segments, two_branches
@@ -85,7 +86,7 @@ def test_a_pool_starts_its_workers_on_an_indexed_device(monkeypatch):
         pool = segment_workers.WorkerPool(2, torch.device(given))
         pool.close()  # no worker started: they start with a compile
         assert pool.device == torch.device(expected) and pool.pids == []
-    assert segment_workers.indexed(CPU) == CPU
+    assert indexed(CPU) == CPU
 
 
 @pytest.mark.slow
