@@ -117,8 +117,14 @@ def build(method: str, model, inputs, device: torch.device, *, plan_options: dic
             options["attention"] = "math"
         if "coarse" in method:
             options["cut"] = "coarse"
+        # Each method names one layout, so a method means the same in every run: the plain fused methods stay
+        # NCHW (what they measured before 'auto' made NHWC the default of a fused convolution plan); *_cl is
+        # NHWC, which is what `--fuse inductor` now gives a convolution model; the tuned ones leave the layout
+        # to 'auto', which lets the fused tuner try both.
         if method.endswith("_cl"):
             options["memory_format"] = "channels_last"
+        elif not method.endswith("tuned"):
+            options["memory_format"] = "contiguous"
         plan = compile(model, inputs, device=device, tune=method.endswith("tuned"), **options)
         return opara_runtime.load(plan, model, device=device)
     raise ValueError(f"unknown method {method!r}")

@@ -62,8 +62,10 @@ def _load_model(ref: str, shapes: str | None):
               help="several GPUs (HIOS); with --device cpu they are simulated for a preview plan")
 @click.option("--attention", type=click.Choice(("sdpa", "math")), default="sdpa", show_default=True,
               help="attention as one fused SDPA kernel, or as matrix products around a softmax")
-@click.option("--memory-format", type=click.Choice(("contiguous", "channels_last")), default="contiguous",
-              show_default=True, help="channels_last: 4-D weights and inputs in NHWC (convolution models)")
+@click.option("--memory-format", type=click.Choice(("auto", "contiguous", "channels_last")), default="auto",
+              show_default=True, help="channels_last: 4-D weights and inputs in NHWC (convolution models); auto: "
+                                      "channels_last for a --fuse plan of a convolution model, contiguous otherwise "
+                                      "(with --fuse --tune the tuner tries both)")
 def compile_cmd(model, output, shapes, streams, order, max_streams, dtype, device, tune, fuse, cut, devices,
                 attention, memory_format) -> None:
     """Compile MODEL (.pt2, .onnx or package.module:factory) into a plan file."""

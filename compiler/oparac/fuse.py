@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from opara_plan import Candidate, Fusion, Plan, cut_segments
+from opara_plan import Candidate, Fusion, Graph, Plan, cut_segments
 from oparac.coarsen import coarsen_streams
 from oparac.measure import time_graph_replays, timed_runner
 from oparac.scheduling import make_schedule
@@ -157,9 +157,23 @@ def _fused_candidates(variants, placed: dict, device: torch.device, backend: str
 
 def has_nhwc_weights(plan: Plan) -> bool:
     """An NCHW plan that channels_last would change: it has 4-D floating-point weights (convolutions)."""
-    return plan.model.memory_format == "contiguous" and any(
-        n.kind == "param" and len(n.outputs[0].shape) == 4 and n.outputs[0].dtype.startswith(("float", "bfloat"))
-        for n in plan.graph.nodes)
+    return plan.model.memory_format == "contiguous" and has_4d_weights(plan.graph)
+
+
+def has_4d_weights(graph: Graph) -> bool:
+    """The graph has 4-D floating-point weights: convolutions, which channels_last changes."""
+    return any(n.kind == "param" and len(n.outputs[0].shape) == 4 and n.outputs[0].dtype.startswith(("float", "bfloat"))
+               for n in graph.nodes)
+
+
+def resolve_memory_format(requested: str, graph: Graph, fuse: str, tune: bool) -> str:
+    """The layout a plan is built in. 'auto' picks NHWC for an untuned fused plan of a convolution model: on the
+    H100 the NHWC fused plan beat every NCHW fused plan in every convolution group where both ran, and the
+    NCHW one lost to torch.compile in five (BENCHMARKS.md). Unfused plans stay NCHW, running eager's own
+    kernels bit for bit; a tuned fused plan starts NCHW and its tuner tries NHWC itself."""
+    if requested != "auto":
+        return requested
+    return "channels_last" if fuse and not tune and has_4d_weights(graph) else "contiguous"
 
 
 def _label(c: Candidate) -> str:

@@ -19,6 +19,7 @@ from oparac.scheduling import make_schedule
 
 TOOL_VERSION = "0.1.0"
 DTYPES = ("float32", "float16", "bfloat16")
+MEMORY_FORMAT_CHOICES = ("auto",) + MEMORY_FORMATS  # what compile() takes; a plan records a resolved one
 
 
 class StageError(OparaError):
@@ -28,7 +29,7 @@ class StageError(OparaError):
 def compile(model, example_inputs=None, *, streams: str = "opara", order: str = "opara", max_streams: int = 0,
             dtype: str = "float32", device=None, tune: bool = False, progress: Callable[[str], None] | None = None,
             profile_cache=None, shapes: str | dict | None = None, fuse: str = "", cut: str = "maximal", devices=None,
-            links: tuple[Link, ...] | None = None, attention: str = "sdpa", memory_format: str = "contiguous") -> Plan:
+            links: tuple[Link, ...] | None = None, attention: str = "sdpa", memory_format: str = "auto") -> Plan:
     """Compile a model (nn.Module, fx.GraphModule, ExportedProgram or .onnx path) into a plan.
 
     device: 'cpu' builds a preview plan from the analytic cost model; 'cuda' (default when a GPU is
@@ -51,8 +52,10 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
 
     memory_format: 'channels_last' runs the plan with 4-D floating-point weights and inputs in NHWC (what
     cuDNN's tensor-core convolutions want); ops are profiled in that layout. Outputs stay contiguous.
+    'contiguous' keeps NCHW. 'auto' (default) is channels_last for an untuned fused plan of a model with 4-D
+    weights and contiguous otherwise; with tune=True and fuse the fused tuner tries both layouts.
     """
-    from oparac.fuse import BACKENDS, CUTS
+    from oparac.fuse import BACKENDS, CUTS, resolve_memory_format
 
     say = progress or (lambda msg: None)
     if dtype not in DTYPES:
@@ -65,8 +68,8 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
         raise ModelError(f"cut {cut!r}: applies to fused plans only; add fuse='inductor' (--fuse inductor)")
     if attention not in ATTENTION:
         raise ModelError(f"attention: expected one of {ATTENTION}, found {attention!r}")
-    if memory_format not in MEMORY_FORMATS:
-        raise ModelError(f"memory_format: expected one of {MEMORY_FORMATS}, found {memory_format!r}")
+    if memory_format not in MEMORY_FORMAT_CHOICES:
+        raise ModelError(f"memory_format: expected one of {MEMORY_FORMAT_CHOICES}, found {memory_format!r}")
     gpus = parse_devices(devices) if devices is not None else ()
     if gpus and fuse and len(gpus) > 1:
         raise ModelError("fuse: fused plans run on one GPU; compile with one device or without --fuse")
@@ -78,6 +81,9 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
     say("ingest: exporting the model to ATen")
     builder, source = _stage("ingest", "", lambda: ingest(model, example_inputs, dtype, shapes, attention))
     graph = builder.build()
+    requested, memory_format = memory_format, resolve_memory_format(memory_format, graph, fuse, tune)
+    if requested == "auto" and memory_format == "channels_last":
+        say(f"layout: {memory_format} (memory_format='auto'; a fused plan of a model with 4-D weights)")
     say(f"profile: {sum(n.kind == 'op' for n in graph.nodes)} ops on {dev}")
     target, profile = _stage("profile", "ingest", lambda: profile_graph(graph, dev, dtype, profile_cache, say,
                                                                         memory_format))
@@ -106,13 +112,13 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
                                                                              dev, say))
     if fuse:
         plan = _stage("fuse", "ingest, profile, schedule", lambda: fuse_stage(plan, model, dev, fuse, cut, tune, say,
-                                                                              profile_cache))
+                                                                              profile_cache, requested == "auto"))
     validate(plan)
     return plan
 
 
 def fuse_stage(plan: Plan, model, dev: torch.device, backend: str, cut: str, tune: bool, say,
-               profile_cache=None) -> Plan:
+               profile_cache=None, try_nhwc: bool = True) -> Plan:
     from oparac.fuse import fuse_plan, measure_fused, tune_fused
 
     if dev.type != "cuda":
@@ -124,7 +130,8 @@ def fuse_stage(plan: Plan, model, dev: torch.device, backend: str, cut: str, tun
         def nhwc_profile():
             say("fuse: profiling the ops in channels_last for the NHWC candidates")
             return profile_graph(plan.graph, dev, plan.model.precision, profile_cache, say, "channels_last")[1]
-        return tune_fused(plan, weights, dev, backend, say, nhwc_profile)
+        # A layout the caller named is kept; 'auto' lets the tuner try NHWC too.
+        return tune_fused(plan, weights, dev, backend, say, nhwc_profile if try_nhwc else None)
     say(f"fuse: compiling segments with inductor ({cut} cut)")
     return measure_fused(fuse_plan(plan, backend, cut=cut), weights, dev)[0]
 

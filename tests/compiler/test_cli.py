@@ -129,6 +129,18 @@ def test_memory_format_flag_reaches_the_plan(plan_path, tmp_path):
     assert result.exit_code == 0 and result.output.startswith("OK"), result.output
 
 
+@pytest.mark.parametrize("flags, layout", [([], "channels_last"), (["--memory-format", "auto"], "channels_last"),
+                                           (["--memory-format", "contiguous"], "contiguous")])
+def test_a_fused_convolution_plan_is_nhwc_unless_a_layout_is_named(tmp_path, flags, layout):
+    from opara_plan import load_plan
+
+    path = tmp_path / "sq_fused.plan"
+    result = CliRunner().invoke(main, ["compile", MODEL, "-o", str(path), "--device", "cpu", "--fuse", "inductor",
+                                       *flags])
+    assert result.exit_code == 0, result.output
+    assert load_plan(path).model.memory_format == layout
+
+
 def test_cut_flag_reaches_the_fused_plan(plan_path, tmp_path):
     from opara_plan import load_plan
 

@@ -13,7 +13,7 @@ from small_cnn import small_cnn
 
 def test_unknown_memory_format_is_refused():
     model, inputs = small_cnn()
-    with pytest.raises(ModelError, match=r"memory_format: expected one of \('contiguous', 'channels_last'\), "
+    with pytest.raises(ModelError, match=r"memory_format: expected one of \('auto', 'contiguous', 'channels_last'\), "
                                          r"found 'nhwc'"):
         oparac.compile(model, inputs, device="cpu", memory_format="nhwc")
 
@@ -45,3 +45,62 @@ def test_bench_cl_methods_compile_channels_last_plans(method, backend):
     runner = build(method, model, inputs, torch.device("cpu"))
     assert runner.plan.model.memory_format == "channels_last" and runner.plan.fusion.backend == backend
     assert method not in METHODS  # measured on request, like opara_math
+
+
+@pytest.mark.parametrize("options, layout", [
+    ({}, "contiguous"),  # unfused: eager's own kernels, bit for bit
+    ({"fuse": "inductor"}, "channels_last"),  # 'auto': a fused plan of a convolution model runs NHWC
+    ({"fuse": "inductor", "memory_format": "contiguous"}, "contiguous"),  # a named layout is kept
+    ({"memory_format": "channels_last"}, "channels_last"),
+])
+def test_auto_memory_format_makes_fused_convolution_plans_nhwc(options, layout):
+    import opara_runtime
+
+    model, inputs = small_cnn()
+    plan = oparac.compile(model, inputs, device="cpu", **options)
+    assert plan.model.memory_format == layout
+    out = opara_runtime.load(plan, model, device="cpu")(*inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(*inputs), rtol=1e-4, atol=1e-5)
+
+
+def test_auto_memory_format_keeps_models_without_4d_weights_contiguous():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4)).eval()
+    plan = oparac.compile(model, (torch.randn(2, 8),), device="cpu", fuse="inductor")
+    assert plan.model.memory_format == "contiguous"
+
+
+def test_a_tuned_fused_plan_starts_nchw_and_its_tuner_tries_nhwc_only_under_auto(monkeypatch):
+    from oparac import pipeline
+    from oparac.fuse import resolve_memory_format
+
+    model, inputs = small_cnn()
+    graph = oparac.compile(model, inputs, device="cpu").graph
+    assert resolve_memory_format("auto", graph, "inductor", True) == "contiguous"
+    assert resolve_memory_format("auto", graph, "inductor", False) == "channels_last"
+    # compile() tells the fuse stage whether the layout was left to it ...
+    seen = []
+    monkeypatch.setattr(pipeline, "fuse_stage", lambda plan, *args: seen.append(args[-1]) or plan)
+    oparac.compile(model, inputs, device="cpu", fuse="inductor")
+    oparac.compile(model, inputs, device="cpu", fuse="inductor", memory_format="contiguous")
+    assert seen == [True, False]
+    monkeypatch.undo()
+    # ... and the fused tuner is given the NHWC profile only when it was
+    from oparac import fuse
+
+    given = []
+    monkeypatch.setattr(fuse, "tune_fused", lambda plan, weights, dev, backend, say, nhwc: given.append(nhwc) or plan)
+    plan = oparac.compile(model, inputs, device="cpu")
+    for try_nhwc in (True, False):
+        pipeline.fuse_stage(plan, model, torch.device("cuda"), "inductor", "maximal", True, lambda msg: None, None,
+                            try_nhwc)
+    assert callable(given[0]) and given[1] is None
+
+
+@pytest.mark.parametrize("method", ["opara_fused", "opara_fused_coarse"])
+def test_bench_plain_fused_methods_stay_nchw(method):
+    from oparac.bench import build
+
+    model, inputs = small_cnn()
+    runner = build(method, model, inputs, torch.device("cpu"))
+    assert runner.plan.model.memory_format == "contiguous" and runner.plan.fusion.backend == "inductor"
