@@ -22,8 +22,8 @@ def breakdown(model_name: str, iters: int = 200) -> dict:
     import opara_runtime
     import oparac
     from opara_runtime.graph_inputs import InputFeed
-    from oparac import zoo
-    from oparac.measure import fill_random, median_paired_diff_us, time_alternating, time_gpu
+    from oparac.models import zoo
+    from oparac.profile.measure import fill_random, median_paired_diff_us, time_alternating, time_gpu
 
     model, inputs = getattr(zoo, model_name)()
     model = model.cuda()

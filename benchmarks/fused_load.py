@@ -16,7 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # Runs in the child: load the plan (weights from the zoo factory), one synchronised call, print seconds.
-_CHILD = ("import sys, time, torch, opara_runtime; from oparac import zoo; "
+_CHILD = ("import sys, time, torch, opara_runtime; from oparac.models import zoo; "
           "m, xs = getattr(zoo, sys.argv[2])(); m = m.cuda(); xs = [x.cuda() for x in xs]; "
           "t = time.perf_counter(); r = opara_runtime.load(sys.argv[1], m); "
           "torch.cuda.synchronize(); load = time.perf_counter() - t; r(*xs); torch.cuda.synchronize(); "
@@ -39,8 +39,7 @@ def measure(model: str, workdir: Path) -> dict:
     import torch
 
     import oparac
-    from oparac import zoo
-
+    from oparac.models import zoo
     net, inputs = getattr(zoo, model)()
     start = time.perf_counter()
     plan = oparac.compile(net.cuda(), tuple(x.cuda() for x in inputs), device="cuda", fuse="inductor")

@@ -41,7 +41,7 @@ def best_single(candidates, finalists: set[str] = frozenset()) -> tuple[str, str
     """The (streams, order, cap) of the fastest measured single-GPU candidate, among the `finalists` when given:
     their figures are medians of the final rounds, the others' one first-pass figure is biased low (the tuner
     itself only chooses among the finalists, and the fastest single-GPU candidate of the first pass is one)."""
-    from oparac.tune import candidate_label
+    from oparac.search.tune import candidate_label
 
     measured = [c for c in candidates if c.num_devices == 1 and c.measured_ms > 0]
     if not measured:
@@ -73,8 +73,7 @@ def build_model(name: str, batch: int, size: int):
     """A zoo model (BatchNorm calibrated at its usual size, as the suite does) and an input of the given size."""
     import torch
 
-    from oparac import zoo
-
+    from oparac.models import zoo
     model, _ = getattr(zoo, name)(1)
     torch.manual_seed(1)
     return model, (torch.randn(batch, 3, size, size),)
@@ -87,8 +86,8 @@ def run_config(name: str, batch: int, size: int, gpus: list[str], iters: int, wa
 
     import opara_runtime
     import oparac
-    from oparac.bench import Record, SequentialGraph, measure_into
-    from oparac.scheduling import make_schedule
+    from oparac.bench.methods import Record, SequentialGraph, measure_into
+    from oparac.schedule.build import make_schedule
 
     device = torch.device(gpus[0])
     model, inputs = build_model(name, batch, size)

@@ -23,7 +23,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # for results_io
-MODELS = {  # benchmark name -> oparac.zoo factory (batch 1, float32, random weights, calibrated batch norm)
+MODELS = {  # benchmark name -> oparac.models.zoo factory (batch 1, float32, random weights, calibrated batch norm)
     name: name for name in ("googlenet", "inception_v3", "resnet50", "densenet121", "mobilenet_v3_large", "bert")
 }
 INPUT_NAMES = {"bert": ["input_ids", "attention_mask"]}
@@ -35,8 +35,7 @@ def make_model(name: str):
     factory = MODELS[name]
     if callable(factory):
         return factory()
-    from oparac import zoo
-
+    from oparac.models import zoo
     return getattr(zoo, factory)(1)
 
 
@@ -58,8 +57,8 @@ def onnx_plan_runner(path: Path, device: torch.device):
 
 def measure(method: str, name: str, make, inputs, reference, device: torch.device, iters: int,
             exporter: str | None = None) -> dict:
-    """One record: on CUDA through oparac.bench's timing; on the CPU build and check only (no timings)."""
-    from oparac.bench import Record, measure_into
+    """One record: on CUDA through oparac.bench.methods's timing; on the CPU build and check only (no timings)."""
+    from oparac.bench.methods import Record, measure_into
     from oparac.verify import compare
 
     rec = Record(model=name, batch=int(inputs[0].shape[0]), dtype="float32", method=method)
@@ -98,7 +97,7 @@ def methods_for(device: torch.device) -> tuple[str, ...]:
 
 
 def main(argv=None) -> int:
-    from oparac.bench import build
+    from oparac.bench.methods import build
     from results_io import new_result, write_result
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -20,8 +20,8 @@ SUITE = {  # model -> batches
 
 
 def main(argv=None) -> int:
-    from oparac import zoo
-    from oparac.bench import METHODS, bench_method
+    from oparac.models import zoo
+    from oparac.bench.methods import METHODS, bench_method
     from results_io import new_result, write_result
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

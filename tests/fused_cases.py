@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from oparac.fuse import fuse_plan
+from oparac.fuse.segments import fuse_plan
 from opara_runtime.runner import Runner
 
 CPU = torch.device("cpu")

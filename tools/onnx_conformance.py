@@ -108,7 +108,7 @@ def data_set_cases(ops: set[str], report: Report) -> list[Case]:
 def run_case(case: Case) -> Outcome:
     """Compile the case's model with Opara (device cpu), run every data set, compare like onnx's runner."""
     from opara_plan import OparaError
-    from oparac.onnx_backend import OparaBackend
+    from oparac.adapters.onnx_backend import OparaBackend
 
     try:
         with warnings.catch_warnings():

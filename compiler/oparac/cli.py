@@ -38,7 +38,7 @@ def main() -> None:
 
 
 def _load_model(ref: str, shapes: str | None):
-    from oparac.model_ref import load_model
+    from oparac.models.reference import load_model
 
     return load_model(ref, shapes)
 
@@ -95,14 +95,14 @@ def compile_cmd(model, output, shapes, streams, order, max_streams, dtype, devic
 def inspect(plan, as_json, timeline, svg, dot, aggregate, zoom, measured) -> None:
     """Summarise PLAN: nodes, kernels, streams, waits, predicted latency, target, candidates."""
     from opara_plan import load_plan
-    from oparac.summary import summarize
+    from oparac.observe.summary import summarize
 
     loaded = load_plan(plan)
     info = summarize(loaded)
     if timeline or svg or dot or measured or zoom or aggregate is not None:
         from pathlib import Path
 
-        from oparac.timeline import write_pictures
+        from oparac.observe.timeline import write_pictures
 
         written = write_pictures(loaded, timeline=timeline, svg=svg, dot=dot, aggregate_ms=aggregate, zoom=zoom,
                                  measured=measured, title=Path(plan).stem)
@@ -110,7 +110,7 @@ def inspect(plan, as_json, timeline, svg, dot, aggregate, zoom, measured) -> Non
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    from oparac.report import print_summary
+    from oparac.observe.report import print_summary
 
     print_summary(info)
 
@@ -138,7 +138,7 @@ def verify(plan, model, shapes, device, tolerance, seed) -> None:
 
 
 @main.command()
-@click.option("--model", "name", default="googlenet", show_default=True, help="a model of oparac.zoo")
+@click.option("--model", "name", default="googlenet", show_default=True, help="a model of oparac.models.zoo")
 @click.option("-o", "--output", default="demo.plan", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--device", default=None)
 def demo(name, output, device) -> None:
@@ -158,7 +158,7 @@ def demo(name, output, device) -> None:
 @click.option("--timeline", type=click.Path(dir_okay=False), help="also draw the measured timeline (.png or .svg)")
 def trace(plan, model, output, shapes, device, replays, timeline) -> None:
     """Replay PLAN for MODEL on the GPU under torch.profiler, a range per plan node; write a trace."""
-    from oparac.trace import print_trace_report, trace_plan
+    from oparac.observe.trace import print_trace_report, trace_plan
 
     print_trace_report(trace_plan(plan, model, output, shapes=shapes, device=device, replays=replays,
                                   timeline=timeline, progress=_progress))
@@ -170,7 +170,7 @@ def trace(plan, model, output, shapes, device, replays, timeline) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable diff")
 def diff(plan_a, plan_b, as_json) -> None:
     """Compare two plans: model, target, schedule, profile, predicted and measured latency."""
-    from oparac.diff import diff_files
+    from oparac.observe.diff import diff_files
 
     info = diff_files(plan_a, plan_b)
     if as_json:
@@ -178,7 +178,7 @@ def diff(plan_a, plan_b, as_json) -> None:
         return
     from pathlib import Path
 
-    from oparac.diff import print_diff
+    from oparac.observe.diff import print_diff
 
     print_diff(info, (f"A {Path(plan_a).name}", f"B {Path(plan_b).name}"))
 
@@ -194,7 +194,7 @@ def diff(plan_a, plan_b, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable records")
 def bench(plan, model, shapes, device, iters, warmup, baselines, as_json) -> None:
     """Time PLAN (as the runtime loads it) against the baselines for MODEL on the GPU."""
-    from oparac.bench_cli import bench_plan, print_bench
+    from oparac.bench.cli import bench_plan, print_bench
 
     result = bench_plan(plan, model, shapes=shapes, device=device, iters=iters, warmup=warmup, baselines=baselines)
     if as_json:

@@ -11,10 +11,10 @@ from opara_plan import ModelError
 def run_demo(name: str, output: str, *, device=None, progress=None) -> None:
     from rich.console import Console
 
-    from oparac import zoo
+    from oparac.models import zoo
     from oparac.pipeline import compile
-    from oparac.report import print_summary
-    from oparac.summary import summarize
+    from oparac.observe.report import print_summary
+    from oparac.observe.summary import summarize
     from oparac.verify import verify
 
     console = Console()
@@ -31,7 +31,7 @@ def run_demo(name: str, output: str, *, device=None, progress=None) -> None:
                   f"max rel diff {verdict.max_rel:.2e} (tolerance {verdict.tolerance:.0e}) against eager PyTorch")
     print_summary(summarize(plan), console)
     if dev.type == "cuda":
-        from oparac.bench import measure_pair
+        from oparac.bench.methods import measure_pair
 
         seq_ms, plan_ms = measure_pair(plan, model, dev)
         console.print(f"on {torch.cuda.get_device_name(dev)}: sequential CUDA graph {seq_ms:.3f} ms, Opara plan "

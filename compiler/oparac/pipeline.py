@@ -10,12 +10,12 @@ import torch
 
 from opara_plan import (MEMORY_FORMATS, Graph, Link, ModelError, ModelInfo, OparaError, Plan, Profile, Target,
                         TensorSpec, Tool, graph_fingerprint, validate)
-from oparac import cost_model
-from oparac.device_scheduling import make_device_schedule, with_placement
-from oparac.graph_builder import GraphBuilder
+from oparac.profile import cost_model
+from oparac.schedule.placement import make_device_schedule, with_placement
+from oparac.ingest.graph_builder import GraphBuilder
 from oparac.ingest.attention import ATTENTION
-from oparac.links import measure_links, nominal_links, parse_devices
-from oparac.scheduling import make_schedule
+from oparac.profile.links import measure_links, nominal_links, parse_devices
+from oparac.schedule.build import make_schedule
 
 TOOL_VERSION = "0.1.0"
 DTYPES = ("float32", "float16", "bfloat16")
@@ -55,7 +55,7 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
     'contiguous' keeps NCHW. 'auto' (default) is channels_last for an untuned fused plan of a model with 4-D
     weights and contiguous otherwise; with tune=True and fuse the fused tuner tries both layouts.
     """
-    from oparac.fuse import BACKENDS, CUTS, resolve_memory_format
+    from oparac.fuse.segments import BACKENDS, CUTS, resolve_memory_format
 
     say = progress or (lambda msg: None)
     if dtype not in DTYPES:
@@ -99,13 +99,13 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
             graph, profile.ops, links=profile.links, num_devices=len(gpus), streams=streams, order=order,
             max_streams=max_streams)))
     if tune and len(gpus) > 1:
-        from oparac.tune import tune_devices
+        from oparac.search.tune import tune_devices
 
         say(f"tune: measuring single- and {len(gpus)}-GPU candidate schedules")
         plan = _stage("tune", "ingest, profile, schedule", lambda: tune_devices(
             plan, model_weights(model), [torch.device(g) for g in gpus], say))
     elif tune:
-        from oparac.tune import tune_plan
+        from oparac.search.tune import tune_plan
 
         say("tune: measuring candidate schedules")
         plan = _stage("tune", "ingest, profile, schedule", lambda: tune_plan(plan, model_weights(model),
@@ -119,7 +119,8 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
 
 def fuse_stage(plan: Plan, model, dev: torch.device, backend: str, cut: str, tune: bool, say,
                profile_cache=None, try_nhwc: bool = True) -> Plan:
-    from oparac.fuse import fuse_plan, measure_fused, tune_fused
+    from oparac.fuse.segments import fuse_plan, measure_fused
+    from oparac.search.fused import tune_fused
 
     if dev.type != "cuda":
         return fuse_plan(plan, backend, cut=cut)  # segments recorded; the CPU path runs them unfused
@@ -190,7 +191,7 @@ def cast_model(model, example_inputs, dtype: str):
 
 def compile_ref(ref: str, *, shapes: str | None = None, **options) -> Plan:
     """compile() for a model named on the command line (.pt2, .onnx or package.module:factory)."""
-    from oparac.model_ref import load_model
+    from oparac.models.reference import load_model
 
     model, inputs = load_model(ref, shapes)
     if isinstance(model, Path):
@@ -205,7 +206,7 @@ def ingest(model, example_inputs, dtype: str, shapes: str | dict | None = None,
 
     if isinstance(model, (str, Path)) and str(model).endswith(".onnx"):
         from oparac.ingest.onnx_import import graph_from_onnx
-        from oparac.model_ref import parse_shapes
+        from oparac.models.reference import parse_shapes
 
         return graph_from_onnx(Path(model), parse_shapes(shapes), dtype), "onnx"
 
@@ -246,7 +247,7 @@ def profile_graph(graph: Graph, device: torch.device, dtype: str, cache, say,
         ops = cost_model.estimate(graph)
         return (Target(device_type="cpu", torch=torch.__version__),
                 Profile(method="cost-model", ops=ops, sequential_ms=sum(o.ms for o in ops)))
-    from oparac.profiler import profile_on_gpu
+    from oparac.profile.profiler import profile_on_gpu
 
     return profile_on_gpu(graph, device, dtype, cache, say, memory_format)
 

@@ -7,7 +7,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from opara_plan import ModelError, Plan
-from oparac.model_ref import random_input
+from oparac.models.reference import random_input
 from opara_runtime.ops import torch_dtype
 
 # Relative error (max |a - b| over max |reference|) accepted per plan precision. float32 on a GPU uses

@@ -65,9 +65,9 @@ def test_a_configuration_runs_end_to_end_with_the_gpus_faked(monkeypatch):
     import torch
 
     import oparac
-    from oparac import bench
-    from oparac.links import nominal_links
-    from oparac.measure import Timing
+    from oparac.bench import methods as bench
+    from oparac.profile.links import nominal_links
+    from oparac.profile.measure import Timing
 
     for name in ("synchronize", "reset_peak_memory_stats", "empty_cache"):
         monkeypatch.setattr(torch.cuda, name, lambda *args, **kwargs: None)

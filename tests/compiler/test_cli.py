@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from oparac.cli import main
 
-MODEL = "oparac.zoo:squeezenet"
+MODEL = "oparac.models.zoo:squeezenet"
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_inspect_shows_fused_segments_and_the_code_they_store(plan_path, tmp_pat
     import dataclasses
 
     from opara_plan import load_plan
-    from oparac.fuse import fuse_plan
+    from oparac.fuse.segments import fuse_plan
 
     fused = fuse_plan(load_plan(plan_path), "inductor")
     path = tmp_path / "fused.plan"
@@ -61,7 +61,7 @@ def test_verify_ok(plan_path):
 
 
 def test_verify_mismatched_model_is_one_line(plan_path):
-    result = CliRunner().invoke(main, ["verify", str(plan_path), "oparac.zoo:mobilenet_v3", "--device", "cpu"])
+    result = CliRunner().invoke(main, ["verify", str(plan_path), "oparac.models.zoo:mobilenet_v3", "--device", "cpu"])
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     assert result.output.strip().startswith("error: ") and len(result.output.strip().splitlines()) == 1
@@ -71,8 +71,8 @@ def test_verify_mismatched_model_is_one_line(plan_path):
     (["inspect", "nope.plan"], "cannot read plan"),
     (["compile", "nope.pt2", "-o", "x.plan"], "no such file"),
     (["compile", "no_such_module:f", "-o", "x.plan"], "cannot import"),
-    (["compile", "oparac.zoo:nothing", "-o", "x.plan"], "no callable"),
-    (["compile", "oparac.zoo:squeezenet", "-o", "x.plan", "--shapes", "x:1xA"], "dimensions must be integers"),
+    (["compile", "oparac.models.zoo:nothing", "-o", "x.plan"], "no callable"),
+    (["compile", "oparac.models.zoo:squeezenet", "-o", "x.plan", "--shapes", "x:1xA"], "dimensions must be integers"),
 ])
 def test_user_errors_print_one_line(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -91,8 +91,7 @@ def test_corrupt_plan_is_refused(tmp_path):
 def test_pt2_model(tmp_path):
     import torch
 
-    from oparac import zoo
-
+    from oparac.models import zoo
     model, inputs = zoo.squeezenet()
     ep = torch.export.export(model, inputs)
     torch.export.save(ep, tmp_path / "sq.pt2")

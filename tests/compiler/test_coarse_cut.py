@@ -9,8 +9,8 @@ from torch import nn
 import opara_runtime
 import oparac
 from opara_plan import ModelError, validate
-from oparac import zoo
-from oparac.fuse import CUTS, fuse_plan
+from oparac.models import zoo
+from oparac.fuse.segments import CUTS, fuse_plan
 
 CPU = torch.device("cpu")
 

@@ -12,10 +12,10 @@ import opara_runtime
 import oparac
 from multi_device_models import two_branches
 from opara_plan import Link, ModelError, is_copy, load_plan, plan_from_bytes, validate
-from oparac import zoo
+from oparac.models import zoo
 from oparac.cli import main
-from oparac.copies import split_across_devices
-from oparac.links import fit_line, nominal_links, parse_devices
+from oparac.schedule.copies import split_across_devices
+from oparac.profile.links import fit_line, nominal_links, parse_devices
 from oparac.schedule.devices import TransferModel
 
 CHEAP = nominal_links(2, latency_ms=0.001, ms_per_byte=1e-10)
@@ -151,8 +151,7 @@ def test_cli_devices_option(tmp_path):
 
 def test_links_are_timed_per_ordered_pair_and_fitted(monkeypatch):
     """measure_links with the copy timing faked: pair (a, b) costs (1 + a) us + bytes / ((1 + b) * 100 GB/s)."""
-    from oparac import links
-
+    from oparac.profile import links
     seen = []
 
     def time_copy(torch_module, size, src, dst):
@@ -172,8 +171,7 @@ def test_a_copy_is_timed_on_the_source_gpu_between_events():
     import contextlib
     from types import SimpleNamespace
 
-    from oparac import links
-
+    from oparac.profile import links
     log, current = [], [None]
 
     class Tensor:

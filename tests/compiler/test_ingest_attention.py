@@ -86,11 +86,11 @@ def test_bert_with_math_attention_matches_eager(tmp_path):
     from oparac.cli import main
 
     path = tmp_path / "bert.plan"
-    result = CliRunner().invoke(main, ["compile", "oparac.zoo:bert", "-o", str(path), "--device", "cpu",
+    result = CliRunner().invoke(main, ["compile", "oparac.models.zoo:bert", "-o", str(path), "--device", "cpu",
                                        "--attention", "math"])
     assert result.exit_code == 0, result.output
     from opara_plan import load_plan
 
     assert SDPA not in _targets(load_plan(path))
-    result = CliRunner().invoke(main, ["verify", str(path), "oparac.zoo:bert", "--device", "cpu"])
+    result = CliRunner().invoke(main, ["verify", str(path), "oparac.models.zoo:bert", "--device", "cpu"])
     assert result.exit_code == 0 and result.output.startswith("OK"), result.output

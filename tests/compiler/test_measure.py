@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from oparac.measure import median_paired_diff_us, time_alternating
+from oparac.profile.measure import median_paired_diff_us, time_alternating
 
 
 def logging_fns(log: list, names):

@@ -6,8 +6,8 @@ import torch
 
 import oparac
 from opara_plan import ModelError, Target
-from oparac import profiler
-from oparac.profile_cache import ProfileCache
+from oparac.profile import profiler
+from oparac.profile.cache import ProfileCache
 from small_cnn import small_cnn
 
 
@@ -39,7 +39,7 @@ def test_profiler_materialises_inputs_and_weights_as_the_runtime_binds_them(monk
 
 @pytest.mark.parametrize("method, backend", [("opara_cl", ""), ("opara_fused_cl", "inductor")])
 def test_bench_cl_methods_compile_channels_last_plans(method, backend):
-    from oparac.bench import METHODS, build
+    from oparac.bench.methods import METHODS, build
 
     model, inputs = small_cnn()
     runner = build(method, model, inputs, torch.device("cpu"))
@@ -72,7 +72,7 @@ def test_auto_memory_format_keeps_models_without_4d_weights_contiguous():
 
 def test_a_tuned_fused_plan_starts_nchw_and_its_tuner_tries_nhwc_only_under_auto(monkeypatch):
     from oparac import pipeline
-    from oparac.fuse import resolve_memory_format
+    from oparac.fuse.segments import resolve_memory_format
 
     model, inputs = small_cnn()
     graph = oparac.compile(model, inputs, device="cpu").graph
@@ -86,8 +86,7 @@ def test_a_tuned_fused_plan_starts_nchw_and_its_tuner_tries_nhwc_only_under_auto
     assert seen == [True, False]
     monkeypatch.undo()
     # ... and the fused tuner is given the NHWC profile only when it was
-    from oparac import fuse
-
+    from oparac.search import fused as fuse
     given = []
     monkeypatch.setattr(fuse, "tune_fused", lambda plan, weights, dev, backend, say, nhwc: given.append(nhwc) or plan)
     plan = oparac.compile(model, inputs, device="cpu")
@@ -99,7 +98,7 @@ def test_a_tuned_fused_plan_starts_nchw_and_its_tuner_tries_nhwc_only_under_auto
 
 @pytest.mark.parametrize("method", ["opara_fused", "opara_fused_coarse"])
 def test_bench_plain_fused_methods_stay_nchw(method):
-    from oparac.bench import build
+    from oparac.bench.methods import build
 
     model, inputs = small_cnn()
     runner = build(method, model, inputs, torch.device("cpu"))

@@ -10,8 +10,8 @@ import torch.utils._pytree as pytree
 
 import opara_runtime
 import oparac
-from oparac import zoo
-from oparac.scheduling import make_schedule
+from oparac.models import zoo
+from oparac.schedule.build import make_schedule
 
 STREAMS = ("opara", "nimble", "critical", "single")
 ORDERS = ("topo", "opara", "critical")

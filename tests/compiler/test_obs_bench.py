@@ -7,9 +7,9 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from opara_plan import OparaError
-from oparac.bench_cli import BASELINES, parse_methods, print_bench
+from oparac.bench.cli import BASELINES, parse_methods, print_bench
 from oparac.cli import main
-from oparac.fuse import fuse_plan
+from oparac.fuse.segments import fuse_plan
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
 
@@ -29,7 +29,7 @@ def invoke(*args):
 @pytest.mark.parametrize("command", ["bench", "trace"])
 def test_needs_a_gpu(command, plan_path, tmp_path):
     extra = ["-o", tmp_path / "t.json"] if command == "trace" else []
-    result = invoke(command, plan_path, "oparac.zoo:squeezenet", *extra)
+    result = invoke(command, plan_path, "oparac.models.zoo:squeezenet", *extra)
     assert result.exit_code == 1, result.output
     assert "needs a CUDA GPU" in result.output and "Traceback" not in result.output
 
@@ -37,18 +37,18 @@ def test_needs_a_gpu(command, plan_path, tmp_path):
 @pytest.mark.parametrize("command", ["bench", "trace"])
 def test_cpu_device_is_refused(command, plan_path, tmp_path):
     extra = ["-o", tmp_path / "t.json"] if command == "trace" else []
-    result = invoke(command, plan_path, "oparac.zoo:squeezenet", "--device", "cpu", *extra)
+    result = invoke(command, plan_path, "oparac.models.zoo:squeezenet", "--device", "cpu", *extra)
     assert result.exit_code == 1 and "not a CUDA device" in result.output
 
 
 @pytest.mark.parametrize("args, code, message", [
-    (["bench", "missing.plan", "oparac.zoo:squeezenet"], 1, "cannot read plan"),
-    (["trace", "missing.plan", "oparac.zoo:squeezenet", "-o", "t.json"], 1, "cannot read plan"),
-    (["bench", "PLAN", "oparac.zoo:squeezenet", "--baselines", "eager,tensorrt"], 1, "unknown 'tensorrt'"),
-    (["bench", "PLAN", "oparac.zoo:squeezenet", "--iters", "0"], 2, "--iters"),
-    (["bench", "PLAN", "oparac.zoo:squeezenet", "--warmup", "-1"], 2, "--warmup"),
-    (["trace", "PLAN", "oparac.zoo:squeezenet"], 2, "--output"),
-    (["trace", "PLAN", "oparac.zoo:squeezenet", "-o", "t.json", "--replays", "0"], 2, "--replays"),
+    (["bench", "missing.plan", "oparac.models.zoo:squeezenet"], 1, "cannot read plan"),
+    (["trace", "missing.plan", "oparac.models.zoo:squeezenet", "-o", "t.json"], 1, "cannot read plan"),
+    (["bench", "PLAN", "oparac.models.zoo:squeezenet", "--baselines", "eager,tensorrt"], 1, "unknown 'tensorrt'"),
+    (["bench", "PLAN", "oparac.models.zoo:squeezenet", "--iters", "0"], 2, "--iters"),
+    (["bench", "PLAN", "oparac.models.zoo:squeezenet", "--warmup", "-1"], 2, "--warmup"),
+    (["trace", "PLAN", "oparac.models.zoo:squeezenet"], 2, "--output"),
+    (["trace", "PLAN", "oparac.models.zoo:squeezenet", "-o", "t.json", "--replays", "0"], 2, "--replays"),
 ])
 def test_argument_errors(args, code, message, plan_path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -83,7 +83,7 @@ def test_table_renders_rows_errors_and_speedups():
 def test_a_record_names_the_plan_an_opara_method_ran(tiny_plan):
     import dataclasses
 
-    from oparac.bench import Record, plan_label
+    from oparac.bench.methods import Record, plan_label
 
     assert plan_label(tiny_plan) == "opara/topo, 2 streams"
     fused = fuse_plan(tiny_plan, "inductor")

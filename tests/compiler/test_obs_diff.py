@@ -10,10 +10,10 @@ from click.testing import CliRunner
 
 import oparac
 from opara_plan import Candidate, load_plan
-from oparac import zoo
+from oparac.models import zoo
 from oparac.cli import main
-from oparac.diff import diff_plans, match_streams
-from oparac.scheduling import make_schedule
+from oparac.observe.diff import diff_plans, match_streams
+from oparac.schedule.build import make_schedule
 
 
 @pytest.fixture(scope="module")

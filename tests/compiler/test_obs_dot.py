@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 import oparac
 from opara_plan import load_plan, node_refs
-from oparac import zoo
+from oparac.models import zoo
 from oparac.cli import main
-from oparac.dot import _quote, plan_to_dot, stream_colour
+from oparac.observe.dot import _quote, plan_to_dot, stream_colour
 
 
 class Branches(torch.nn.Module):

@@ -11,10 +11,10 @@ from PIL import Image
 
 import oparac
 from opara_plan import load_plan
-from oparac import timeline as tl
-from oparac import zoo
+from oparac.observe import timeline as tl
+from oparac.models import zoo
 from oparac.cli import main
-from oparac.trace import measured_from_events
+from oparac.observe.trace import measured_from_events
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

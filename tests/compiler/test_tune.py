@@ -14,8 +14,8 @@ import oparac
 from multi_device_models import two_branches
 from opara_plan import is_copy, validate
 from opara_runtime.runner import Runner
-from oparac import tune
-from oparac.links import nominal_links
+from oparac.search import tune
+from oparac.profile.links import nominal_links
 from oparac.pipeline import model_weights
 
 CHEAP = nominal_links(2, latency_ms=0.001, ms_per_byte=1e-10)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from opara_plan import Candidate, graph_fingerprint, validate
-from oparac import fuse, tune
-
+from oparac.search import fused as fuse
+from oparac.search import tune
 CPU = torch.device("cpu")
 
 

@@ -10,7 +10,7 @@ import torch
 import opara_runtime
 import oparac
 from opara_plan import load_plan
-from oparac import zoo
+from oparac.models import zoo
 from oparac.verify import verify
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]
@@ -32,7 +32,7 @@ def test_fused_googlenet_matches_and_embeds_artifacts(tmp_path):
 
 def test_coarse_fused_googlenet_matches_with_no_more_segments():
     from opara_plan import cut_segments
-    from oparac.scheduling import make_schedule
+    from oparac.schedule.build import make_schedule
 
     model, inputs = zoo.googlenet()
     model, inputs = model.cuda(), tuple(x.cuda() for x in inputs)
@@ -48,7 +48,7 @@ def test_fused_load_uses_embedded_artifacts(tmp_path):
     model, inputs = zoo.googlenet()
     plan = oparac.compile(model.cuda(), tuple(x.cuda() for x in inputs), device="cuda", fuse="inductor")
     plan.save(tmp_path / "g.plan")
-    code = ("import time, torch, opara_runtime; from oparac import zoo; m, _ = zoo.googlenet(); "
+    code = ("import time, torch, opara_runtime; from oparac.models import zoo; m, _ = zoo.googlenet(); "
             "t = time.perf_counter(); r = opara_runtime.load('g.plan', m.cuda()); "
             "torch.cuda.synchronize(); print(time.perf_counter() - t)")
     env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "PATH": "/usr/bin:/bin"}

@@ -6,7 +6,7 @@ import torch
 
 import opara_runtime
 import oparac
-from oparac import zoo
+from oparac.models import zoo
 from oparac.verify import verify
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]

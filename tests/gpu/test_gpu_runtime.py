@@ -10,9 +10,9 @@ import torch
 
 import opara_runtime
 import oparac
-from oparac import zoo
-from oparac.bench import SequentialGraph
-from oparac.measure import median_paired_diff_us, time_alternating, time_gpu
+from oparac.models import zoo
+from oparac.bench.methods import SequentialGraph
+from oparac.profile.measure import median_paired_diff_us, time_alternating, time_gpu
 from oparac.verify import TOLERANCE, compare, verify
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]

@@ -10,9 +10,9 @@ import opara_runtime
 import oparac
 from multi_device_models import two_branches
 from opara_plan import PlanMismatchError, is_copy
-from oparac import zoo
-from oparac.device_scheduling import make_device_schedule, with_placement
-from oparac.tune import candidate_label
+from oparac.models import zoo
+from oparac.schedule.placement import make_device_schedule, with_placement
+from oparac.search.tune import candidate_label
 from oparac.verify import verify
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32"),

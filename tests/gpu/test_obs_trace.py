@@ -8,11 +8,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 import oparac
-from oparac import zoo
+from oparac.models import zoo
 from oparac.cli import main
 
 pytestmark = pytest.mark.gpu
-MODEL = "oparac.zoo:squeezenet"
+MODEL = "oparac.models.zoo:squeezenet"
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import torch
 
 import opara_runtime
 import oparac
-from oparac import zoo
-from oparac.bench import SequentialGraph
-from oparac.measure import time_gpu
+from oparac.models import zoo
+from oparac.bench.methods import SequentialGraph
+from oparac.profile.measure import time_gpu
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]
 

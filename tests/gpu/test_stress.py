@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import opara_runtime
-from oparac import cost_model
-from oparac.graph_builder import GraphBuilder
+from oparac.profile import cost_model
+from oparac.ingest.graph_builder import GraphBuilder
 from oparac.pipeline import assemble
-from oparac.scheduling import make_schedule
+from oparac.schedule.build import make_schedule
 from opara_plan import OutTree, Profile
 
 aten = torch.ops.aten
@@ -65,7 +65,7 @@ def random_dag_plan(seed: int, size: int):
     ops = cost_model.estimate(graph)
     profile = Profile(method="cost-model", ops=ops, sequential_ms=sum(o.ms for o in ops))
     schedule = make_schedule(graph, ops, streams="single", order="topo", max_streams=0)
-    from oparac.profiler import gpu_target
+    from oparac.profile.profiler import gpu_target
     plan = assemble(graph, b, "fx", "float32", gpu_target(torch.device("cuda")), schedule, profile)
     return plan, weights
 

@@ -75,8 +75,7 @@ def test_unknown_backend_is_refused(tiny_plan):
 
 
 def test_fused_plan_round_trips_and_runs_unfused_on_cpu(tmp_path):
-    from oparac import zoo
-
+    from oparac.models import zoo
     model, inputs = zoo.squeezenet()
     plan = oparac.compile(model, inputs, device="cpu", fuse="inductor")
     assert plan.fusion.backend == "inductor" and len(plan.fusion.segments) > 1

@@ -16,7 +16,7 @@ from opara_plan import is_copy, iter_refs
 from opara_runtime import capture, execute
 from opara_runtime.devices import node_device
 from opara_runtime.runner import Runner
-from oparac.links import nominal_links
+from oparac.profile.links import nominal_links
 from oparac.pipeline import model_weights
 
 

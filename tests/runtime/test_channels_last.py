@@ -73,7 +73,7 @@ def test_in_layout_touches_only_4d_floating_point_tensors():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["googlenet", "resnet50"])
 def test_zoo_model_verifies_in_channels_last(name):
-    from oparac import zoo
+    from oparac.models import zoo
     from oparac.verify import verify
 
     model, inputs = getattr(zoo, name)()
@@ -86,7 +86,7 @@ def test_zoo_model_verifies_in_channels_last(name):
 def test_fused_segments_compiled_from_channels_last_values_match_eager(cnn, tmp_path, monkeypatch):
     from opara_runtime import fused
     from opara_runtime.runner import Runner
-    from oparac.fuse import fuse_plan
+    from oparac.fuse.segments import fuse_plan
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     model, (x,), plan = cnn

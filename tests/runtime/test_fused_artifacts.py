@@ -10,7 +10,7 @@ from opara_plan import plan_from_bytes
 from opara_runtime import fused
 from opara_runtime.execute import run_sequential
 from opara_runtime.runner import Runner
-from oparac.fuse import fuse_plan, stored_programs
+from oparac.fuse.segments import fuse_plan, stored_programs
 
 from fused_cases import CPU, run_segments, two_branches
 

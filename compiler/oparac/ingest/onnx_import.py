@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from opara_plan import ModelError, OutTree, Ref, UnsupportedOpError
-from oparac.graph_builder import GraphBuilder
+from oparac.ingest.graph_builder import GraphBuilder
 from oparac.ingest.onnx_ops import HANDLERS, ONNX_DTYPES, Context
 from oparac.ingest.onnx_ops.base import type_name
 

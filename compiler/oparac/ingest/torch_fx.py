@@ -8,7 +8,7 @@ import torch.fx
 import torch.utils._pytree as pytree
 
 from opara_plan import ModelError, OparaError, OutTree, Ref, UnsupportedOpError
-from oparac.graph_builder import GraphBuilder
+from oparac.ingest.graph_builder import GraphBuilder
 
 # Ops that synchronise with the host or produce data-dependent shapes: a CUDA graph cannot hold them.
 HOST_SYNC_OPS = frozenset({

@@ -8,8 +8,8 @@ from onnx import TensorProto, helper
 
 from onnx_testutil import make_model
 from opara_plan import ModelError, UnsupportedOpError
-from oparac import onnx_backend
-from oparac.onnx_backend import OparaBackend
+from oparac.adapters import onnx_backend
+from oparac.adapters.onnx_backend import OparaBackend
 
 F = TensorProto.FLOAT
 

@@ -17,7 +17,7 @@ import onnx.backend.test
 import pytest
 from onnx.backend.test.loader import load_model_tests
 
-from oparac.onnx_backend import OparaBackend
+from oparac.adapters.onnx_backend import OparaBackend
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "tools"))

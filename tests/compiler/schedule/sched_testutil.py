@@ -6,7 +6,7 @@ import itertools
 import networkx as nx
 from hypothesis import strategies as st
 
-from oparac.dag import Dag
+from oparac.schedule.dag import Dag
 from oparac.schedule import Costs, assign_streams, order_launches, reduce_waits, simulate
 
 STREAM_ALGOS = ("opara", "nimble", "critical", "window", "single")

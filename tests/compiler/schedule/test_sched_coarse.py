@@ -12,10 +12,10 @@ from sched_testutil import FORK_JOIN, ORDERS, STREAM_ALGOS, covered, dags
 
 from opara_plan import (Fusion, Graph, ModelInfo, Node, OpProfile, OutTree, Plan, Profile, Ref, Target, TensorMeta,
                         TensorSpec, Tool, cut_segments, graph_fingerprint, validate)
-from oparac.coarsen import coarsen_streams
-from oparac.dag import Dag
+from oparac.schedule.coarsen import coarsen_streams
+from oparac.schedule.dag import Dag
 from oparac.schedule import Costs
-from oparac.scheduling import dag_of, make_schedule
+from oparac.schedule.build import dag_of, make_schedule
 
 F32 = "float32"
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sched_testutil import CHAIN, DIAMOND, TWO_BRANCHES, dags
 
-from oparac.dag import Dag
+from oparac.schedule.dag import Dag
 from oparac.schedule import Costs
 from oparac.schedule.devices import DeviceMapping, TransferModel, map_devices, simulate_devices
 

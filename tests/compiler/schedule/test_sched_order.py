@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from sched_testutil import CHAIN, DIAMOND, FORK_JOIN, ORDERS, WIDTH_THREE
 
-from oparac.dag import Dag
+from oparac.schedule.dag import Dag
 from oparac.schedule import Costs, assign_streams, order_launches
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from sched_testutil import CHAIN, DIAMOND, FORK_JOIN, PARALLEL_ALGOS, TWO_BRANCHES, WIDTH_THREE, schedule
 
-from oparac.dag import Dag
+from oparac.schedule.dag import Dag
 from oparac.schedule import Costs, Simulation, bottom_levels, critical_path, simulate
 
 

@@ -5,7 +5,7 @@ import pytest
 from sched_testutil import (CHAIN, DIAMOND, FORK_JOIN, NO_PARALLELISM, PARALLEL_ALGOS, STREAM_ALGOS, TWO_BRANCHES,
                             WIDTH_THREE, relabel, schedule)
 
-from oparac.dag import Dag
+from oparac.schedule.dag import Dag
 from oparac.schedule import Costs, StreamAssignment, assign_streams
 
 

@@ -5,7 +5,7 @@ import pytest
 from sched_testutil import CHAIN, DIAMOND, FORK_JOIN, NO_PARALLELISM, PARALLEL_ALGOS, WIDTH_THREE, covered, schedule
 
 from opara_plan.clocks import vector_clocks
-from oparac.dag import Dag
+from oparac.schedule.dag import Dag
 from oparac.schedule import reduce_waits
 
 

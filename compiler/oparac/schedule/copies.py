@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from opara_plan import COPY_TARGET, Graph, Node, OpProfile, Ref, Sym
-from oparac.cost_model import tensor_bytes
+from oparac.profile.cost_model import tensor_bytes
 
 _REPLICATED = ("param", "constant")
 

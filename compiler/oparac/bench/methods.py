@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.utils._pytree as pytree
 
-from oparac.measure import time_gpu
+from oparac.profile.measure import time_gpu
 
 METHODS = ("eager", "cudagraph", "torch_compile", "ort_cuda", "opara", "opara_tuned", "opara_fused",
            "opara_fused_tuned")
@@ -103,7 +103,7 @@ def build(method: str, model, inputs, device: torch.device, *, plan_options: dic
             run(*inputs)
         return run
     if method == "ort_cuda":
-        from oparac.ort_baseline import ort_cuda_runner
+        from oparac.bench.ort_baseline import ort_cuda_runner
 
         return ort_cuda_runner(model, inputs)
     if method.startswith("opara"):

@@ -9,10 +9,10 @@ import tempfile
 import torch
 
 from opara_plan import Graph, KernelInfo, OpProfile, Profile, Target
-from oparac import cost_model
-from oparac.measure import time_graph_replays
-from oparac.model_ref import random_input
-from oparac.profile_cache import ProfileCache
+from oparac.profile import cost_model
+from oparac.profile.measure import time_graph_replays
+from oparac.models.reference import random_input
+from oparac.profile.cache import ProfileCache
 from opara_runtime.ops import constant_tensor, in_layout, run_node, torch_dtype
 
 REPEATS_IN_GRAPH = 20

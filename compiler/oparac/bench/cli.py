@@ -35,15 +35,15 @@ def bench_plan(plan_path, model_ref: str, *, shapes: str | None = None, device=N
                warmup: int = 20, baselines: str | None = None, console=None) -> dict:
     """Measure the plan (loaded, not recompiled) and the baselines; a rich progress bar goes to stderr."""
     from opara_plan import load_plan
-    from oparac.trace import require_cuda
+    from oparac.observe.trace import require_cuda
 
     plan = load_plan(plan_path)
     methods = parse_methods(baselines)
     dev = require_cuda("bench", device)
     import torch
 
-    from oparac.bench import bench_method
-    from oparac.model_ref import load_model
+    from oparac.bench.methods import bench_method
+    from oparac.models.reference import load_model
     from oparac.pipeline import cast_model
     from oparac.verify import inputs_for, reference
 
@@ -81,7 +81,7 @@ def _bench_plan_row(plan, module, name, inputs, dtype, dev, want, *, iters: int,
     """The 'opara' row: the plan file loaded by the runtime, timed exactly like bench_method times a baseline."""
     import opara_runtime
     from opara_plan import OparaError
-    from oparac.bench import Record, measure_into
+    from oparac.bench.methods import Record, measure_into
 
     rec = Record(model=name, batch=int(inputs[0].shape[0]) if inputs[0].dim() else 1, dtype=dtype, method="opara")
     measure_into(rec, lambda: opara_runtime.load(plan, module, device=dev), inputs, want, dev, iters=iters,

@@ -1,22 +1,15 @@
-"""--fuse inductor: cut the schedule into segments, measure them fused, embed their compiled artifacts."""
+"""The fused tuner: compile a few fused schedules, time them against the unfused plan, keep the fastest."""
 from __future__ import annotations
 
 import dataclasses
-import gc
-import warnings
 
 import torch
 
-from opara_plan import Candidate, Fusion, Graph, Plan, cut_segments
-from oparac.coarsen import coarsen_streams
-from oparac.measure import time_graph_replays, timed_runner
-from oparac.scheduling import make_schedule
-from oparac.tune import candidate_label
+from opara_plan import Candidate, Plan
+from oparac.fuse.segments import fuse_plan, has_nhwc_weights, measure_fused
+from oparac.schedule.build import make_schedule
+from oparac.search.tune import candidate_label
 
-BACKENDS = ("inductor",)
-# How a schedule becomes segments. maximal: cut the schedule as it is. coarse: first move small side
-# branches onto a neighbouring stream (oparac.coarsen), for fewer, bigger segments and fewer waits.
-CUTS = ("maximal", "coarse")
 # Fused tuning compiles every candidate's segments with inductor (seconds each), so it tries a few
 # schedules that cut differently, always with the single-stream fused plan and the unfused plan:
 # (streams, order, max_streams, cut).
@@ -26,68 +19,6 @@ FUSED_CANDIDATES = (("single", "topo", 0, "maximal"), ("opara", "opara", 0, "max
 # inductor's kernels around them then need no layout conversions. On the H100 the NHWC fused plan beat every NCHW
 # fused plan in each CNN group where both ran (benchmarks/results/suite-*-s12.json).
 NHWC_CANDIDATES = (("opara", "opara", 0, "maximal"),)
-
-
-def fuse_plan(plan: Plan, backend: str, *, cut: str = "maximal", max_ops: int = 0) -> Plan:
-    """The plan with its schedule cut into segments (no GPU work); the coarse cut also changes the schedule
-    (its stream_algorithm then says so, e.g. 'opara+coarse')."""
-    if cut not in CUTS:
-        raise ValueError(f"cut: expected one of {CUTS}, found {cut!r}")
-    if cut == "coarse":
-        plan = dataclasses.replace(plan, schedule=coarsen_streams(plan.schedule, plan.graph, plan.profile.ops))
-    return dataclasses.replace(plan, fusion=Fusion(backend=backend, segments=cut_segments(plan.schedule, max_ops)))
-
-
-def measure_fused(plan: Plan, weights: dict, device: torch.device) -> tuple[Plan, float]:
-    """Compile and capture the fused plan; measured segment times, replay latency and compiled programs."""
-    from opara_runtime.fused import cache_key
-
-    runner = timed_runner(plan, weights, device)
-    replay_ms = time_graph_replays(runner.captured.graph, device, repeats=7, replays=20)
-    seg_ms = segment_times(runner, device)
-    blobs, index = stored_programs(runner.programs)
-    segments = tuple(dataclasses.replace(s, ms=ms, program=k)
-                     for s, ms, k in zip(plan.fusion.segments, seg_ms, index))
-    fusion = dataclasses.replace(plan.fusion, segments=segments, programs=blobs, cache_key=cache_key(device))
-    del runner
-    gc.collect()
-    return dataclasses.replace(plan, fusion=fusion), replay_ms
-
-
-def stored_programs(programs) -> tuple[tuple[bytes, ...], list[int]]:
-    """Each distinct compiled program once (in order of first use) and every segment's index into them; or
-    nothing at all: a plan whose segments are only partly stored would compile at load anyway."""
-    from opara_runtime.fused import artifact_bytes
-
-    blobs: dict[int, bytes] = {}
-    try:
-        for p in programs:
-            if p.program not in blobs:
-                blobs[p.program] = p.blob if p.blob is not None else artifact_bytes(p.fn)
-    except Exception as e:  # inductor could not serialise a segment: the plan still works, loading compiles
-        warnings.warn(f"fuse: compiled segments could not be saved into the plan ({type(e).__name__}: {e}); "
-                      f"loading it will compile them", stacklevel=2)
-        return (), [-1] * len(programs)
-    renumber = {u: k for k, u in enumerate(blobs)}
-    return tuple(blobs.values()), [renumber[p.program] for p in programs]
-
-
-def segment_times(runner, device: torch.device) -> list[float]:
-    """Each compiled segment alone, 10 times inside a small CUDA graph, from the runner's live values."""
-    values = list(runner.captured.base_values)
-    runner.captured.launcher.launch(values)  # eager run on the plan's streams fills every segment's inputs
-    torch.cuda.synchronize(device)
-    times = []
-    stream = torch.cuda.Stream(device=device)
-    for program in runner.programs:
-        g = torch.cuda.CUDAGraph()
-        scratch = list(values)
-        with torch.cuda.graph(g, stream=stream):
-            for _ in range(10):
-                program(scratch)
-        times.append(time_graph_replays(g, device) / 10)
-        del g
-    return times
 
 
 def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, say=None, nhwc_profile=None) -> Plan:
@@ -102,7 +33,7 @@ def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, sa
     chosen from them carries it."""
     from opara_runtime.bind import weights_on_device
     from opara_runtime.segment_workers import compile_pool
-    from oparac.tune import FINAL_ROUNDS, measure_rounds
+    from oparac.search.tune import FINAL_ROUNDS, measure_rounds
 
     placed = weights_on_device(plan, weights, device)
     plans = [plan]
@@ -153,27 +84,6 @@ def _fused_candidates(variants, placed: dict, device: torch.device, backend: str
                 say(f"tune: fused {_label(candidate)}: {len(fused.fusion.segments)} segments, "
                     f"{len(fused.fusion.programs)} programs, {ms:.4f} ms")
             yield fused, candidate
-
-
-def has_nhwc_weights(plan: Plan) -> bool:
-    """An NCHW plan that channels_last would change: it has 4-D floating-point weights (convolutions)."""
-    return plan.model.memory_format == "contiguous" and has_4d_weights(plan.graph)
-
-
-def has_4d_weights(graph: Graph) -> bool:
-    """The graph has 4-D floating-point weights: convolutions, which channels_last changes."""
-    return any(n.kind == "param" and len(n.outputs[0].shape) == 4 and n.outputs[0].dtype.startswith(("float", "bfloat"))
-               for n in graph.nodes)
-
-
-def resolve_memory_format(requested: str, graph: Graph, fuse: str, tune: bool) -> str:
-    """The layout a plan is built in. 'auto' picks NHWC for an untuned fused plan of a convolution model: on the
-    H100 the NHWC fused plan beat every NCHW fused plan in every convolution group where both ran, and the
-    NCHW one lost to torch.compile in five (BENCHMARKS.md). Unfused plans stay NCHW, running eager's own
-    kernels bit for bit; a tuned fused plan starts NCHW and its tuner tries NHWC itself."""
-    if requested != "auto":
-        return requested
-    return "channels_last" if fuse and not tune and has_4d_weights(graph) else "contiguous"
 
 
 def _label(c: Candidate) -> str:

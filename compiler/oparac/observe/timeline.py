@@ -66,7 +66,7 @@ def lane_keys(plan: Plan) -> tuple[tuple[int, int], ...]:
 
 
 def _dag_and_costs(plan: Plan):
-    from oparac.scheduling import costs_of, dag_of
+    from oparac.schedule.build import costs_of, dag_of
 
     dag = dag_of(plan.graph, plan.profile.ops)
     return dag, costs_of(plan.graph, dag, plan.profile.ops)
@@ -359,7 +359,7 @@ def write_pictures(plan: Plan, *, timeline=None, svg=None, dot=None, aggregate_m
     """What `oparac inspect --timeline/--svg/--dot` writes; returns the paths written."""
     written = []
     if dot:
-        from oparac.dot import write_dot
+        from oparac.observe.dot import write_dot
 
         write_dot(plan, dot)
         written.append(str(dot))

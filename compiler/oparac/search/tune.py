@@ -8,9 +8,9 @@ import statistics
 import torch
 
 from opara_plan import Candidate, Plan
-from oparac.device_scheduling import Placed, make_device_schedule, map_ops, with_placement
-from oparac.measure import time_graph_replays, timed_runner
-from oparac.scheduling import make_schedule
+from oparac.schedule.placement import Placed, make_device_schedule, map_ops, with_placement
+from oparac.profile.measure import time_graph_replays, timed_runner
+from oparac.schedule.build import make_schedule
 
 STREAM_ALGORITHMS = ("opara", "nimble", "critical")
 ORDER_ALGORITHMS = ("topo", "opara", "critical")

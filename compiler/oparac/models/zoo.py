@@ -1,4 +1,4 @@
-"""Built-in models with random weights (nothing is downloaded), as `oparac.zoo:NAME` factories."""
+"""Built-in models with random weights (nothing is downloaded), as `oparac.models.zoo:NAME` factories."""
 from __future__ import annotations
 
 import torch

@@ -214,9 +214,9 @@ def trace_plan(plan_path, model_ref: str, out, *, shapes: str | None = None, dev
     import torch
 
     import opara_runtime
-    from oparac.measure import time_graph_replays
-    from oparac.model_ref import load_model
-    from oparac.timeline import launch_order_hash, write_timeline
+    from oparac.profile.measure import time_graph_replays
+    from oparac.models.reference import load_model
+    from oparac.observe.timeline import launch_order_hash, write_timeline
     from oparac.verify import inputs_for
 
     model, _ = load_model(model_ref, shapes)

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from opara_plan import Graph, OpProfile, Schedule
-from oparac.cost_model import numel
-from oparac.dag import Dag
+from oparac.profile.cost_model import numel
+from oparac.schedule.dag import Dag
 from oparac.schedule import (Costs, StreamAssignment, assign_streams, order_launches, reduce_waits, simulate)
 
 # Per-SM limits of Hopper (H100/H200); used only to put kernel demands on a common 0..1 scale.

@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 
 from opara_plan import Graph, OpProfile, Schedule, Segment, cut_segments
-from oparac.dag import Dag
+from oparac.schedule.dag import Dag
 from oparac.schedule import Costs, StreamAssignment, order_launches, reduce_waits
-from oparac.scheduling import costs_of, dag_of, finish_schedule
+from oparac.schedule.build import costs_of, dag_of, finish_schedule
 
 # A segment is small below max(MIN_MS, FRACTION x the largest segment's time), both taken from the
 # schedule as given. The figures are judgement, not measurement: MIN_MS is about what a cross-stream

@@ -1,0 +1,1 @@
+"""Adapters that let other tools run Opara plans (the ONNX backend)."""

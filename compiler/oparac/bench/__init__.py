@@ -1,0 +1,1 @@
+"""Benchmarking: methods, the bench command and the ONNX Runtime baseline."""

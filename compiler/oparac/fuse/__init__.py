@@ -1,0 +1,1 @@
+"""Fusion: cutting a schedule into segments that TorchInductor compiles."""

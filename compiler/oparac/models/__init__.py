@@ -1,0 +1,1 @@
+"""Model references (zoo names, import paths, files) and the model zoo."""

@@ -1,0 +1,1 @@
+"""Observability: summaries, reports, DOT graphs, timelines, traces and plan diffs."""

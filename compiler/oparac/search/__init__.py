@@ -1,0 +1,1 @@
+"""Search: measuring candidate plans on the GPU and keeping the fastest."""
