@@ -4,7 +4,6 @@ from __future__ import annotations
 import statistics
 
 from opara_plan import Link, ModelError
-from oparac.schedule.devices import Links, TransferModel
 
 # Simulated devices (no GPU at hand): an NVLink-class peer copy, 10 us to start and 200 GB/s.
 NOMINAL_LATENCY_MS = 0.01
@@ -19,11 +18,6 @@ def nominal_links(num_devices: int, *, latency_ms: float = NOMINAL_LATENCY_MS,
                   ms_per_byte: float = NOMINAL_MS_PER_BYTE) -> tuple[Link, ...]:
     return tuple(Link(a, b, latency_ms, ms_per_byte) for a in range(num_devices) for b in range(num_devices)
                  if a != b)
-
-
-def transfer_costs(links: tuple[Link, ...]) -> Links:
-    """The plan's links as the scheduler's per-pair transfer models."""
-    return Links({(k.src, k.dst): TransferModel(k.latency_ms, k.ms_per_byte) for k in links})
 
 
 def fit_line(samples: list[tuple[float, float]]) -> tuple[float, float]:

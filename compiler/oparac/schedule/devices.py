@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from opara_plan import Link
+
 # Relative margin a candidate must win by: float noise never moves work off device 0.
 _EPS = 1e-9
 
@@ -46,6 +48,11 @@ class Links:
     def worst(self, nbytes: float) -> float:
         """The dearest pair's cost: what the longest-path search charges an edge before it knows the devices."""
         return max((m.cost(nbytes) for m in self.pairs.values()), default=0.0)
+
+
+def transfer_costs(links: tuple[Link, ...]) -> Links:
+    """The plan's copy links (profile.links) as the scheduler's per-pair transfer models."""
+    return Links({(k.src, k.dst): TransferModel(k.latency_ms, k.ms_per_byte) for k in links})
 
 
 @dataclass(frozen=True)

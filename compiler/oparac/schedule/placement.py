@@ -9,9 +9,8 @@ from opara_plan import Graph, Link, OpProfile, Plan, Schedule, graph_fingerprint
 from oparac.profile.cost_model import tensor_bytes
 from oparac.schedule.copies import split_across_devices
 from oparac.schedule.dag import Dag
-from oparac.profile.links import transfer_costs
 from oparac.schedule import StreamAssignment, assign_streams
-from oparac.schedule.devices import map_devices
+from oparac.schedule.devices import map_devices, transfer_costs
 from oparac.schedule.build import costs_of, dag_of, finish_schedule, make_schedule
 
 DEVICE_ALGORITHM = "hios-lp"
