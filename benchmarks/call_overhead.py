@@ -1,6 +1,6 @@
 """Where a runner call's time goes, on the GPU: bare replay, input copy + replay, the runner's call, and the
 host-side input check alone. Latency is one call followed by a synchronize, the variants timed in turn; overhead
-is latency minus the back-to-back replay time (DESIGN section 8).
+is latency minus the back-to-back replay time (docs/design.md, section 8).
 
     python benchmarks/call_overhead.py --model googlenet        # GPU; writes results/call-overhead-*.json
 """

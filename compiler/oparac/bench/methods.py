@@ -1,4 +1,4 @@
-"""Baselines and Opara plans timed the same way in one process (DESIGN section 8)."""
+"""Baselines and Opara plans timed the same way in one process (docs/design.md, section 8)."""
 from __future__ import annotations
 
 import time

@@ -1,4 +1,4 @@
-"""Timing on the GPU, one method for every variant (DESIGN section 8)."""
+"""Timing on the GPU, one method for every variant (docs/design.md, section 8)."""
 from __future__ import annotations
 
 import contextlib
