@@ -59,7 +59,7 @@ def measure(method: str, name: str, make, inputs, reference, device: torch.devic
             exporter: str | None = None) -> dict:
     """One record: on CUDA through oparac.bench.methods's timing; on the CPU build and check only (no timings)."""
     from oparac.bench.methods import Record, measure_into
-    from oparac.verify import compare
+    from oparac.verify import judge
 
     rec = Record(model=name, batch=int(inputs[0].shape[0]), dtype="float32", method=method)
     built = {}
@@ -81,7 +81,7 @@ def measure(method: str, name: str, make, inputs, reference, device: torch.devic
     out["exporter"] = exporter
     if "fn" in built and rec.error is None:
         try:
-            verdict = compare(built["fn"](*inputs), reference, TOLERANCE)
+            verdict = judge(built["fn"](*inputs), reference, None, TOLERANCE, "float32")  # against eager
         except Exception as e:  # e.g. another number of outputs: a row, not the end of the run
             out["error"] = f"comparing with eager: {type(e).__name__}: {e}"[:300]
             return out

@@ -2,7 +2,7 @@
 
     python benchmarks/worker_startup.py --workers 1,16
 
-Each worker is started the way opara_runtime.segment_workers starts them (a fresh interpreter, one compile
+Each worker is started the way opara_runtime.fused.parallel starts them (a fresh interpreter, one compile
 thread) and times: importing torch and the runtime, creating the CUDA context, compiling a first tiny graph
 with inductor's standalone entry point, and compiling a second one. Fused compiles start a set of workers per
 candidate plan, so this is what keeping workers alive across candidates would save.

@@ -6,8 +6,9 @@ import sys
 
 import click
 
-STREAMS = ("opara", "nimble", "critical", "window", "single")
-ORDERS = ("topo", "opara", "critical")
+from oparac import __version__
+from oparac.options import (ATTENTION_MODES, CUTS, DTYPES, FUSE_BACKENDS, MAX_STREAMS_RANGE, MEMORY_FORMATS,
+                            ORDER_ALGORITHMS, STREAM_ALGORITHMS, CompileOptions, parse_device)
 
 
 def _err(message: str) -> None:
@@ -19,20 +20,61 @@ def _progress(message: str) -> None:
 
 
 class _Group(click.Group):
-    """User errors (OparaError) print one line and exit 1; anything else is a bug and keeps its traceback."""
+    """A user's mistake prints one `error:` line and exits 1: a bad flag or value (click's usage errors) and an
+    OparaError alike. Anything else is a bug and keeps its traceback."""
 
-    def invoke(self, ctx):
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         from opara_plan import OparaError
 
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
-            return super().invoke(ctx)
+            # Not standalone, so that click raises its usage errors here rather than printing them its way.
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) is not None else ""
+            _err(f"{e.format_message().rstrip('.')}{hint}")
         except OparaError as e:
             _err(str(e))
-            sys.exit(1)
+        except click.Abort:
+            _err("aborted")
+        sys.exit(1)
+
+
+def _device(ctx, param, value):
+    from opara_plan import ModelError
+
+    try:
+        return parse_device(value)
+    except ModelError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+
+
+def device_option(help_text: str):
+    return click.option("--device", default=None, callback=_device, help=help_text)
+
+
+def shapes_option(help_text: str = "input shapes when the model factory gives no example inputs"):
+    return click.option("--shapes", help=help_text)
+
+
+def trust_options(fn):
+    """The flags of every command that loads a plan to run it: whether its stored compiled code may run."""
+    fn = click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(dir_okay=False),
+                      help="public key (PEM) whose signature makes a plan's stored programs trusted; repeatable "
+                           "(default: the keys in $OPARA_TRUSTED_KEYS)")(fn)
+    return click.option("--trust-compiled-code", is_flag=True,
+                        help="run a fused plan's stored programs without a trusted signature (only for plans "
+                             "from storage you trust as you trust the model's code)")(fn)
+
+
+def _trust(trust_compiled_code: bool, trusted_keys: tuple[str, ...]) -> dict:
+    """What opara_runtime.load takes; no --trusted-key leaves the keys to $OPARA_TRUSTED_KEYS."""
+    return {"trust_compiled_code": trust_compiled_code, "trusted_keys": trusted_keys or None}
 
 
 @click.group(cls=_Group)
-@click.version_option("0.1.0", prog_name="oparac")
+@click.version_option(__version__, prog_name="oparac")
 def main() -> None:
     """Opara: compile a model into a multi-stream CUDA-graph plan, inspect and verify it."""
 
@@ -46,40 +88,90 @@ def _load_model(ref: str, shapes: str | None):
 @main.command("compile")
 @click.argument("model")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="plan file to write")
-@click.option("--shapes", help="input shapes, e.g. x:1x3x224x224 or ids:1x128:int64 (comma-separated)")
-@click.option("--streams", type=click.Choice(STREAMS), default="opara", show_default=True)
-@click.option("--order", type=click.Choice(ORDERS), default="opara", show_default=True)
-@click.option("--max-streams", type=click.IntRange(min=0), default=0, show_default=True, help="0: no cap")
-@click.option("--dtype", type=click.Choice(("float32", "float16", "bfloat16")), default="float32", show_default=True)
-@click.option("--device", default=None, help="cuda (profile on the GPU) or cpu (cost-model preview plan)")
+@click.option("--shapes", multiple=True,
+              help="input shapes, e.g. x:1x3x224x224 or ids:1x128:int64 (comma-separated, in the model's input "
+                   "order); given several times, one bucket per shape set (other dynamic dimensions, e.g. "
+                   "sequence length) in one plan set")
+@click.option("--batch", "batches", default=None, metavar="1,2,4,8",
+              help="shape buckets: one plan per batch size (every input's leading dimension) in one plan set; the "
+                   "runtime runs the smallest that fits a call and pads its batch")
+@click.option("--streams", type=click.Choice(STREAM_ALGORITHMS), default="opara", show_default=True)
+@click.option("--order", type=click.Choice(ORDER_ALGORITHMS), default="opara", show_default=True)
+@click.option("--max-streams", type=click.IntRange(*MAX_STREAMS_RANGE), default=0, show_default=True,
+              help="0: no cap")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True)
+@device_option("cuda[:N] (profile on the GPU) or cpu (cost-model preview plan); default: the GPU if there is one")
 @click.option("--tune", is_flag=True, help="measure candidate schedules on the GPU and keep the fastest")
-@click.option("--fuse", type=click.Choice(("inductor",)), default=None,
+@click.option("--fuse", type=click.Choice(FUSE_BACKENDS), default=None,
               help="compile each stream segment with TorchInductor (fused and parallel)")
-@click.option("--cut", type=click.Choice(("maximal", "coarse")), default="maximal", show_default=True,
+@click.option("--cut", type=click.Choice(CUTS), default="maximal", show_default=True,
               help="fused segments: cut the schedule as it is, or first move small side branches onto a "
                    "neighbouring stream (fewer, bigger segments); --tune compares both")
 @click.option("--devices", default=None, metavar="cuda:0,cuda:1",
               help="several GPUs (HIOS); with --device cpu they are simulated for a preview plan")
-@click.option("--attention", type=click.Choice(("sdpa", "math")), default="sdpa", show_default=True,
+@click.option("--attention", type=click.Choice(ATTENTION_MODES), default="sdpa", show_default=True,
               help="attention as one fused SDPA kernel, or as matrix products around a softmax")
-@click.option("--memory-format", type=click.Choice(("auto", "contiguous", "channels_last")), default="auto",
+@click.option("--memory-format", type=click.Choice(MEMORY_FORMATS), default="auto",
               show_default=True, help="channels_last: 4-D weights and inputs in NHWC (convolution models); auto: "
                                       "channels_last for a --fuse plan of a convolution model, contiguous otherwise "
                                       "(with --fuse --tune the tuner tries both)")
-def compile_cmd(model, output, shapes, streams, order, max_streams, dtype, device, tune, fuse, cut, devices,
-                attention, memory_format) -> None:
-    """Compile MODEL (.pt2, .onnx or package.module:factory) into a plan file."""
+@click.option("--sign-key", type=click.Path(dir_okay=False), envvar="OPARA_SIGNING_KEY", show_envvar=True,
+              help="Ed25519 private key (PEM, from `oparac keygen`) to sign the plan with")
+@click.option("--no-guard", is_flag=True,
+              help="skip measuring the plan against one stream before writing it (GPU; untuned plans)")
+def compile_cmd(model, output, shapes, batches, streams, order, max_streams, dtype, device, tune, fuse, cut, devices,
+                attention, memory_format, sign_key, no_guard) -> None:
+    """Compile MODEL (.pt2, .onnx or package.module:factory) into a plan file (a plan set with --batch or several
+    --shapes)."""
     from oparac.pipeline import compile_ref
 
-    plan = compile_ref(model, shapes=shapes, streams=streams, order=order, max_streams=max_streams,
-                       dtype=dtype, device=device, tune=tune, fuse=fuse or "", cut=cut, devices=devices,
-                       attention=attention, memory_format=memory_format, progress=_progress)
+    shape_sets, shapes = shapes, (shapes[0] if shapes else None)
+    options = CompileOptions(streams=streams, order=order, max_streams=max_streams, dtype=dtype, device=device,
+                             tune=tune, shapes=shapes, fuse=fuse, cut=cut, devices=devices, attention=attention,
+                             memory_format=memory_format, guard=not no_guard)
+    key = None
+    if sign_key:
+        from opara_plan.signing import load_private_key
+
+        key = load_private_key(sign_key)  # before compiling: a bad key fails now, not after a long tune
+    if batches is not None or len(shape_sets) > 1:
+        from oparac.buckets import compile_buckets_ref, sign_plan_set
+        from oparac.observe.buckets import describe_set
+
+        plan_set = compile_buckets_ref(model, options, batches=batches, shapes=shape_sets, progress=_progress)
+        if key is not None:
+            plan_set = sign_plan_set(plan_set, key)
+        plan_set.save(output)
+        click.echo(f"wrote {output}: {describe_set(plan_set)}{', signed' if key is not None else ''}")
+        return
+    plan = compile_ref(model, options, progress=_progress)
+    signed = ""
+    if key is not None:
+        from opara_plan.signing import sign_plan
+
+        plan = sign_plan(plan, key)
+        signed = f", signed by key {plan.signature[0].key_id}"
     plan.save(output)
     s = plan.schedule
     gpus = f"{s.num_devices} GPUs, " if s.num_devices > 1 else ""
     fused = f"{len(plan.fusion.segments)} fused segments, " if plan.fusion.backend else ""
     click.echo(f"wrote {output}: {gpus}{s.num_streams} streams, {len(s.waits)} waits, {fused}predicted "
-               f"{s.predicted_ms:.3f} ms vs {plan.profile.sequential_ms:.3f} ms sequential ({plan.profile.method})")
+               f"{s.predicted_ms:.3f} ms vs {plan.profile.sequential_ms:.3f} ms sequential ({plan.profile.method})"
+               f"{signed}")
+
+
+@main.command()
+@click.argument("private_key", type=click.Path(dir_okay=False))
+@click.argument("public_key", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="replace existing key files (plans signed with the old key stop "
+                                            "being trusted)")
+def keygen(private_key, public_key, force) -> None:
+    """Write a new Ed25519 key pair: PRIVATE_KEY signs plans (`compile --sign-key`), PUBLIC_KEY goes to the
+    machines that load them (`--trusted-key`, $OPARA_TRUSTED_KEYS)."""
+    from opara_plan.signing import generate_key
+
+    key_id = generate_key(private_key, public_key, overwrite=force)
+    click.echo(f"wrote {private_key} (private, keep it secret) and {public_key} (public): key {key_id}")
 
 
 @main.command()
@@ -92,13 +184,38 @@ def compile_cmd(model, output, shapes, streams, order, max_streams, dtype, devic
               help="merge a stream's consecutive ops shorter than MS (default: automatic for big graphs; 0: off)")
 @click.option("--zoom", metavar="START_MS:END_MS", help="draw only this time window")
 @click.option("--measured", type=click.Path(dir_okay=False), help="draw measured times from an `oparac trace` file")
-def inspect(plan, as_json, timeline, svg, dot, aggregate, zoom, measured) -> None:
-    """Summarise PLAN: nodes, kernels, streams, waits, predicted latency, target, candidates."""
-    from opara_plan import load_plan
+@click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(dir_okay=False),
+              help="public key (PEM) to check the plan's signature against; repeatable (default: $OPARA_TRUSTED_KEYS)")
+@click.option("--bucket", type=click.IntRange(min=0), default=None,
+              help="a plan set: show bucket INDEX's plan (as a plain plan) instead of the set")
+@click.option("--measure", "measure_model", default=None, metavar="MODEL",
+              help="a plan set: load it for MODEL on the GPU and show each bucket's measured graph memory")
+def inspect(plan, as_json, timeline, svg, dot, aggregate, zoom, measured, trusted_keys, bucket, measure_model) -> None:
+    """Summarise PLAN: nodes, kernels, streams, waits, predicted latency, target, candidates, digest, signature;
+    for a plan set, its buckets and their graph memory."""
+    from opara_plan import PlanSet, load_artifact
     from oparac.observe.summary import summarize
+    from oparac.observe.trust import integrity, integrity_lines
 
-    loaded = load_plan(plan)
+    loaded = load_artifact(plan)
+    if bucket is not None or measure_model:
+        from oparac.buckets import bucket_plan, measure_set
+    if isinstance(loaded, PlanSet) and bucket is None:
+        from oparac.observe.buckets import print_set_summary, summarize_set
+
+        set_info = summarize_set(loaded, measure_set(loaded, measure_model) if measure_model else None,
+                                 integrity=lambda p: integrity(p, trusted_keys))
+        if as_json:
+            click.echo(json.dumps(set_info, indent=2))
+        else:
+            print_set_summary(set_info)
+        return
+    if bucket is not None:
+        loaded = bucket_plan(loaded, bucket)
+    elif measure_model:
+        measure_set(loaded, measure_model)  # refuses a single plan
     info = summarize(loaded)
+    info["integrity"] = integrity(loaded, trusted_keys)
     if timeline or svg or dot or measured or zoom or aggregate is not None:
         from pathlib import Path
 
@@ -113,34 +230,38 @@ def inspect(plan, as_json, timeline, svg, dot, aggregate, zoom, measured) -> Non
     from oparac.observe.report import print_summary
 
     print_summary(info)
+    for line in integrity_lines(info["integrity"], bool(loaded.fusion.programs)):
+        click.echo(line)
 
 
 @main.command()
 @click.argument("plan", type=click.Path())
 @click.argument("model")
-@click.option("--shapes", help="input shapes when the model factory gives no example inputs")
-@click.option("--device", default=None)
+@shapes_option()
+@device_option("cpu or cuda[:N] to run the plan on (default: the plan's target kind)")
 @click.option("--tolerance", type=float, default=None, help="relative tolerance (default per dtype)")
 @click.option("--seed", type=int, default=0, show_default=True)
-def verify(plan, model, shapes, device, tolerance, seed) -> None:
-    """Run PLAN and MODEL on the same random inputs; exit 1 beyond tolerance."""
+@trust_options
+def verify(plan, model, shapes, device, tolerance, seed, trust_compiled_code, trusted_keys) -> None:
+    """Run PLAN and MODEL on the same random inputs; judge the plan against a float64 reference relative to
+    eager's own error (the rule is printed); exit 1 beyond it."""
     from opara_plan import load_plan
     from oparac.verify import verify as run_verify
 
     loaded = load_plan(plan)
     model_obj, _ = _load_model(model, shapes)
-    verdict = run_verify(loaded, model_obj, device=device, seed=seed, tolerance=tolerance)
-    status = "OK" if verdict.ok else "MISMATCH"
-    click.echo(f"{status}: {verdict.outputs} outputs, max abs diff {verdict.max_abs:.3e}, max rel diff "
-               f"{verdict.max_rel:.3e} (tolerance {verdict.tolerance:.1e}, {loaded.model.precision})")
+    verdict = run_verify(loaded, model_obj, device=device, seed=seed, tolerance=tolerance,
+                         **_trust(trust_compiled_code, trusted_keys))
+    click.echo(verdict.describe())
     if not verdict.ok:
         sys.exit(1)
 
 
 @main.command()
 @click.option("--model", "name", default="googlenet", show_default=True, help="a model of oparac.models.zoo")
-@click.option("-o", "--output", default="demo.plan", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--device", default=None)
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+              help="plan file to write (default: MODEL.plan in a new temporary folder, named in the output)")
+@device_option("cpu or cuda[:N] (default: the GPU if there is one)")
 def demo(name, output, device) -> None:
     """Compile a built-in model (random weights), load the plan, check it against eager, summarise."""
     from oparac.demo import run_demo
@@ -152,16 +273,17 @@ def demo(name, output, device) -> None:
 @click.argument("plan", type=click.Path())
 @click.argument("model")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Chrome/Perfetto trace to write")
-@click.option("--shapes", help="input shapes when the model factory gives no example inputs")
-@click.option("--device", default=None, help="CUDA device, e.g. cuda:1")
+@shapes_option()
+@device_option("CUDA device, e.g. cuda:1")
 @click.option("--replays", type=click.IntRange(min=1), default=20, show_default=True, help="graph replays timed")
 @click.option("--timeline", type=click.Path(dir_okay=False), help="also draw the measured timeline (.png or .svg)")
-def trace(plan, model, output, shapes, device, replays, timeline) -> None:
+@trust_options
+def trace(plan, model, output, shapes, device, replays, timeline, trust_compiled_code, trusted_keys) -> None:
     """Replay PLAN for MODEL on the GPU under torch.profiler, a range per plan node; write a trace."""
     from oparac.observe.trace import print_trace_report, trace_plan
 
     print_trace_report(trace_plan(plan, model, output, shapes=shapes, device=device, replays=replays,
-                                  timeline=timeline, progress=_progress))
+                                  timeline=timeline, progress=_progress, **_trust(trust_compiled_code, trusted_keys)))
 
 
 @main.command()
@@ -186,17 +308,19 @@ def diff(plan_a, plan_b, as_json) -> None:
 @main.command()
 @click.argument("plan", type=click.Path())
 @click.argument("model")
-@click.option("--shapes", help="input shapes when the model factory gives no example inputs")
-@click.option("--device", default=None, help="CUDA device, e.g. cuda:1")
+@shapes_option()
+@device_option("CUDA device, e.g. cuda:1")
 @click.option("--iters", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
 @click.option("--baselines", help="comma-separated subset of eager,cudagraph,torch_compile,ort_cuda (default: all)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable records")
-def bench(plan, model, shapes, device, iters, warmup, baselines, as_json) -> None:
+@trust_options
+def bench(plan, model, shapes, device, iters, warmup, baselines, as_json, trust_compiled_code, trusted_keys) -> None:
     """Time PLAN (as the runtime loads it) against the baselines for MODEL on the GPU."""
     from oparac.bench.cli import bench_plan, print_bench
 
-    result = bench_plan(plan, model, shapes=shapes, device=device, iters=iters, warmup=warmup, baselines=baselines)
+    result = bench_plan(plan, model, shapes=shapes, device=device, iters=iters, warmup=warmup, baselines=baselines,
+                        **_trust(trust_compiled_code, trusted_keys))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -4,33 +4,32 @@ from __future__ import annotations
 import copy
 import dataclasses
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from opara_plan import (MEMORY_FORMATS, Graph, Link, ModelError, ModelInfo, OparaError, Plan, Profile, Target,
-                        TensorSpec, Tool, graph_fingerprint, validate)
-from oparac.profile import cost_model
-from oparac.schedule.placement import make_device_schedule, with_placement
+from opara_plan import (Graph, ModelError, ModelInfo, Plan, Profile, Target, TensorSpec, Tool, graph_fingerprint,
+                        validate)
+from oparac import __version__
 from oparac.ingest.graph_builder import GraphBuilder
-from oparac.ingest.attention import ATTENTION
-from oparac.profile.links import measure_links, nominal_links, parse_devices
+from oparac.options import CompileOptions
+from oparac.profile import cost_model
+from oparac.profile.gpus import gpu_spec
+from oparac.profile.links import measure_links, nominal_links
+from oparac.progress import Progress, StageError, Stages, as_progress
 from oparac.schedule.build import make_schedule
+from oparac.schedule.placement import make_device_schedule, with_placement
 
-TOOL_VERSION = "0.1.0"
-DTYPES = ("float32", "float16", "bfloat16")
-MEMORY_FORMAT_CHOICES = ("auto",) + MEMORY_FORMATS  # what compile() takes; a plan records a resolved one
-
-
-class StageError(OparaError):
-    """A stage failed; the message says which and what came before."""
+__all__ = ["CompileOptions", "StageError", "compile", "compile_ref"]
 
 
-def compile(model, example_inputs=None, *, streams: str = "opara", order: str = "opara", max_streams: int = 0,
-            dtype: str = "float32", device=None, tune: bool = False, progress: Callable[[str], None] | None = None,
-            profile_cache=None, shapes: str | dict | None = None, fuse: str = "", cut: str = "maximal", devices=None,
-            links: tuple[Link, ...] | None = None, attention: str = "sdpa", memory_format: str = "auto") -> Plan:
+def compile(model, example_inputs=None, options: CompileOptions | None = None, *, progress=None,
+            profile_cache=None, **keywords) -> Plan:
     """Compile a model (nn.Module, fx.GraphModule, ExportedProgram or .onnx path) into a plan.
+
+    options: a CompileOptions; keywords (streams=, tune=, fuse=, ...) build one or replace its fields, and an
+    unknown keyword is a ModelError listing the valid ones. progress: a Progress hook (oparac.progress) told of
+    every stage's start, end and time, or a callable taking one line of text. profile_cache: a ProfileCache,
+    or None for the default one (GPU profiles only).
 
     device: 'cpu' builds a preview plan from the analytic cost model; 'cuda' (default when a GPU is
     present) profiles every op on the GPU. tune=True measures candidate schedules on the GPU and keeps
@@ -55,104 +54,122 @@ def compile(model, example_inputs=None, *, streams: str = "opara", order: str = 
     'contiguous' keeps NCHW. 'auto' (default) is channels_last for an untuned fused plan of a model with 4-D
     weights and contiguous otherwise; with tune=True and fuse the fused tuner tries both layouts.
     """
-    from oparac.fuse.segments import BACKENDS, CUTS, resolve_memory_format
+    from oparac.fuse.segments import resolve_memory_format
 
-    say = progress or (lambda msg: None)
-    if dtype not in DTYPES:
-        raise ModelError(f"dtype: expected one of {DTYPES}, found {dtype!r}")
-    if fuse and fuse not in BACKENDS:
-        raise ModelError(f"fuse: expected one of {BACKENDS}, found {fuse!r}")
-    if cut not in CUTS:
-        raise ModelError(f"cut: expected one of {CUTS}, found {cut!r}")
-    if cut != "maximal" and not fuse:
-        raise ModelError(f"cut {cut!r}: applies to fused plans only; add fuse='inductor' (--fuse inductor)")
-    if attention not in ATTENTION:
-        raise ModelError(f"attention: expected one of {ATTENTION}, found {attention!r}")
-    if memory_format not in MEMORY_FORMAT_CHOICES:
-        raise ModelError(f"memory_format: expected one of {MEMORY_FORMAT_CHOICES}, found {memory_format!r}")
-    gpus = parse_devices(devices) if devices is not None else ()
-    if gpus and fuse and len(gpus) > 1:
-        raise ModelError("fuse: fused plans run on one GPU; compile with one device or without --fuse")
-    dev = _device(device if device is not None or not gpus or not torch.cuda.is_available() else gpus[0])
-    if gpus and dev.type == "cuda":
-        dev = _check_gpus(gpus)
-    if tune and dev.type != "cuda":
-        raise ModelError("--tune measures schedules on the GPU; no CUDA device is in use")
-    say("ingest: exporting the model to ATen")
-    builder, source = _stage("ingest", "", lambda: ingest(model, example_inputs, dtype, shapes, attention))
+    opts = CompileOptions.from_keywords(options, **keywords)
+    hook = as_progress(progress)
+    stages = Stages(hook)
+    gpus = opts.devices or ()
+    dev = resolve_device(opts, hook)
+    builder, source = stages.run("ingest", "exporting the model to ATen", lambda: ingest(
+        model, example_inputs, opts.dtype, opts.shapes, opts.attention))
     graph = builder.build()
-    requested, memory_format = memory_format, resolve_memory_format(memory_format, graph, fuse, tune)
-    if requested == "auto" and memory_format == "channels_last":
-        say(f"layout: {memory_format} (memory_format='auto'; a fused plan of a model with 4-D weights)")
-    say(f"profile: {sum(n.kind == 'op' for n in graph.nodes)} ops on {dev}")
-    target, profile = _stage("profile", "ingest", lambda: profile_graph(graph, dev, dtype, profile_cache, say,
-                                                                        memory_format))
+    memory_format = resolve_memory_format(opts.memory_format, graph, opts.fuse, opts.tune)
+    if opts.memory_format == "auto" and memory_format == "channels_last":
+        hook.note(f"layout: {memory_format} (memory_format='auto'; a fused plan of a model with 4-D weights)")
+    target, profile = stages.run("profile", f"{sum(n.kind == 'op' for n in graph.nodes)} ops on {dev}", lambda: (
+        profile_graph(graph, dev, opts.dtype, profile_cache, hook, memory_format)))
     if len(gpus) > 1:
-        target, profile = _stage("links", "ingest, profile", lambda: link_stage(gpus, dev, target, profile, links, say))
-    say(f"schedule: streams={streams} order={order} max_streams={max_streams}")
-    single = _stage("schedule", "ingest, profile", lambda: make_schedule(
-        graph, profile.ops, streams=streams, order=order, max_streams=max_streams))
-    plan = assemble(graph, builder, source, dtype, target, single, profile, memory_format)
-    if len(gpus) > 1 and not tune:
-        say(f"devices: mapping ops onto {len(gpus)} GPUs (HIOS-LP)")
-        plan = _stage("devices", "ingest, profile", lambda: with_placement(plan, make_device_schedule(
-            graph, profile.ops, links=profile.links, num_devices=len(gpus), streams=streams, order=order,
-            max_streams=max_streams)))
-    if tune and len(gpus) > 1:
+        target, profile = stages.run("links", f"copy costs between {len(gpus)} GPUs", lambda: link_stage(
+            gpus, dev, target, profile, opts.links, hook))
+    single = stages.run("schedule", f"streams={opts.streams} order={opts.order} max_streams={opts.max_streams}",
+                        lambda: make_schedule(graph, profile.ops, streams=opts.streams, order=opts.order,
+                                              max_streams=opts.max_streams, gpu=gpu_spec(target)))
+    plan = assemble(graph, builder, source, opts.dtype, target, single, profile, memory_format)
+    if len(gpus) > 1 and not opts.tune:
+        plan = stages.run("devices", f"mapping ops onto {len(gpus)} GPUs (HIOS-LP)", lambda: with_placement(
+            plan, make_device_schedule(graph, profile.ops, links=profile.links, num_devices=len(gpus),
+                                       streams=opts.streams, order=opts.order, max_streams=opts.max_streams)))
+    weights = None
+    if dev.type == "cuda" and (opts.tune or opts.fuse or opts.guard):
+        # Bound once: the tuner's and the fuser's runners all share this one copy on the GPU.
+        weights = stages.run("bind", f"the model's weights onto {dev}", lambda: bind_weights(model, plan, dev))
+    if opts.tune and len(gpus) > 1:
         from oparac.search.tune import tune_devices
 
-        say(f"tune: measuring single- and {len(gpus)}-GPU candidate schedules")
-        plan = _stage("tune", "ingest, profile, schedule", lambda: tune_devices(
-            plan, model_weights(model), [torch.device(g) for g in gpus], say))
-    elif tune:
+        plan = stages.run("tune", f"measuring single- and {len(gpus)}-GPU candidate schedules", lambda: tune_devices(
+            plan, weights, [torch.device(g) for g in gpus], hook))
+    elif opts.tune:
         from oparac.search.tune import tune_plan
 
-        say("tune: measuring candidate schedules")
-        plan = _stage("tune", "ingest, profile, schedule", lambda: tune_plan(plan, model_weights(model),
-                                                                             dev, say))
-    if fuse:
-        plan = _stage("fuse", "ingest, profile, schedule", lambda: fuse_stage(plan, model, dev, fuse, cut, tune, say,
-                                                                              profile_cache, requested == "auto"))
+        plan = stages.run("tune", "measuring candidate schedules", lambda: tune_plan(plan, weights, dev, hook))
+    if opts.fuse:
+        plan = stages.run("fuse", fuse_detail(opts, dev), lambda: fuse_stage(plan, weights, dev, opts, hook,
+                                                                              profile_cache))
+    if guarded(opts, dev) and not opts.fuse:  # a fused plan is guarded inside the fuse stage, where it was timed
+        from oparac.search.guard import guard_unfused
+
+        plan = stages.run("guard", "measuring the plan against one stream", lambda: guard_unfused(
+            plan, weights, dev, hook.note))
     validate(plan)
     return plan
 
 
-def fuse_stage(plan: Plan, model, dev: torch.device, backend: str, cut: str, tune: bool, say,
-               profile_cache=None, try_nhwc: bool = True) -> Plan:
+def resolve_device(opts: CompileOptions, progress: Progress) -> torch.device:
+    """The device compile() profiles on: the one named, else the first of `devices` or the GPU when there is
+    one, else the CPU (a cost-model preview plan, which `progress` is told about)."""
+    gpus = opts.devices or ()
+    cuda = torch.cuda.is_available()
+    if opts.device is None and not cuda:
+        progress.note("device: no CUDA GPU here, so the plan is a preview from the analytic cost model (its "
+                      "schedule is predicted, not measured); compile on a GPU to profile it, or pass --device cpu "
+                      "to ask for a preview")
+    name = opts.device or (gpus[0] if gpus and cuda else "cuda" if cuda else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not cuda:
+        raise ModelError(f"device {name!r}: CUDA is not available here; use --device cpu for a preview plan")
+    if gpus and dev.type == "cuda":
+        dev = _check_gpus(gpus)
+    if opts.tune and dev.type != "cuda":
+        raise ModelError("--tune measures schedules on the GPU; no CUDA device is in use")
+    return dev
+
+
+def guarded(opts: CompileOptions, dev: torch.device) -> bool:
+    """The guard runs on an untuned single-GPU plan compiled on a GPU (a tuned plan already measured one
+    stream among its candidates; a multi-GPU plan is chosen against one GPU only by --tune)."""
+    return opts.guard and dev.type == "cuda" and not opts.tune and len(opts.devices or ()) <= 1
+
+
+def fuse_detail(opts: CompileOptions, dev: torch.device) -> str:
+    if dev.type != "cuda":
+        return f"cutting segments for {opts.fuse} ({opts.cut} cut; compiled when the plan is loaded on a GPU)"
+    if opts.tune:
+        return f"measuring fused candidates ({opts.fuse} compiles each segment)"
+    return f"compiling segments with {opts.fuse} ({opts.cut} cut)"
+
+
+def fuse_stage(plan: Plan, weights: dict | None, dev: torch.device, opts: CompileOptions, progress: Progress,
+               profile_cache=None) -> Plan:
+    """Fusion of `plan`: on the CPU its segments only (they run unfused there); on the GPU compiled and measured,
+    or with opts.tune chosen among fused candidates and the plan itself. weights: bound on `dev` (bind_weights)."""
     from oparac.fuse.segments import fuse_plan, measure_fused
     from oparac.search.fused import tune_fused
 
     if dev.type != "cuda":
-        return fuse_plan(plan, backend, cut=cut)  # segments recorded; the CPU path runs them unfused
-    weights = model_weights(model)
-    if tune:
-        say("fuse: measuring fused candidates (inductor compiles each segment)")
-
+        return fuse_plan(plan, opts.fuse, cut=opts.cut)
+    if opts.tune:
         def nhwc_profile():
-            say("fuse: profiling the ops in channels_last for the NHWC candidates")
-            return profile_graph(plan.graph, dev, plan.model.precision, profile_cache, say, "channels_last")[1]
+            progress.note("fuse: profiling the ops in channels_last for the NHWC candidates")
+            return profile_graph(plan.graph, dev, plan.model.precision, profile_cache, progress, "channels_last")[1]
         # A layout the caller named is kept; 'auto' lets the tuner try NHWC too.
-        return tune_fused(plan, weights, dev, backend, say, nhwc_profile if try_nhwc else None)
-    say(f"fuse: compiling segments with inductor ({cut} cut)")
-    return measure_fused(fuse_plan(plan, backend, cut=cut), weights, dev)[0]
+        return tune_fused(plan, weights, dev, opts.fuse, progress,
+                          nhwc_profile if opts.memory_format == "auto" else None)
+    fused, replay_ms = measure_fused(fuse_plan(plan, opts.fuse, cut=opts.cut), weights, dev)
+    if guarded(opts, dev):
+        from oparac.search.guard import guard_fused
+
+        return guard_fused(fused, replay_ms, weights, dev, opts.fuse, progress.note)
+    return fused
 
 
-def _stage(name: str, before: str, fn):
-    try:
-        return fn()
-    except OparaError:
-        raise
-    except Exception as e:
-        done = f" (after {before})" if before else ""
-        raise StageError(f"stage {name!r} failed{done}: {type(e).__name__}: {e}") from e
-
-
-def link_stage(gpus, dev: torch.device, target: Target, profile: Profile, links, say) -> tuple[Target, Profile]:
+def link_stage(gpus, dev: torch.device, target: Target, profile: Profile, links,
+               progress: Progress) -> tuple[Target, Profile]:
     """The copy cost of every GPU pair: measured on the GPUs, or given/nominal for simulated devices."""
     if dev.type == "cuda":
         if links is not None:
             raise ModelError("links: measured on the GPUs; pass links only for a preview (device='cpu')")
-        say(f"links: timing copies between {len(gpus)} GPUs")
+        progress.note(f"links: timing copies between {len(gpus)} GPUs")
         return target, dataclasses.replace(profile, links=measure_links(gpus), links_method="cuda-events")
     target = dataclasses.replace(target, device_count=len(gpus))
     links = nominal_links(len(gpus)) if links is None else tuple(links)
@@ -167,17 +184,6 @@ def _check_gpus(gpus) -> torch.device:
     return torch.device(gpus[0])
 
 
-def _device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r}: CUDA is not available here; use --device cpu for a preview plan")
-    if dev.type not in ("cpu", "cuda"):
-        raise ModelError(f"device {device!r}: expected 'cpu' or 'cuda[:N]'")
-    return dev
-
-
 def cast_model(model, example_inputs, dtype: str):
     """A copy of the model and inputs in `dtype` (floating tensors only); float32 leaves them as given."""
     if dtype == "float32":
@@ -189,14 +195,19 @@ def cast_model(model, example_inputs, dtype: str):
     return model, inputs
 
 
-def compile_ref(ref: str, *, shapes: str | None = None, **options) -> Plan:
-    """compile() for a model named on the command line (.pt2, .onnx or package.module:factory)."""
-    from oparac.models.reference import load_model
+def compile_ref(ref: str, options: CompileOptions | None = None, *, progress=None, profile_cache=None,
+                **keywords) -> Plan:
+    """compile() for a model named on the command line (.pt2, .onnx or package.module:factory). options.shapes
+    gives a PyTorch model's example inputs (checked against the inputs it takes) or an .onnx model's shapes."""
+    from oparac.ingest.input_names import check_shapes_fit
+    from oparac.models.reference import load_model, parse_shapes
 
-    model, inputs = load_model(ref, shapes)
-    if isinstance(model, Path):
-        options["shapes"] = shapes
-    return compile(model, inputs, **options)
+    opts = CompileOptions.from_keywords(options, **keywords)
+    model, inputs = load_model(ref, opts.shapes)
+    if not isinstance(model, Path):  # a PyTorch model: the shapes made its example inputs
+        check_shapes_fit(model, parse_shapes(opts.shapes), ref)
+        opts = dataclasses.replace(opts, shapes=None)
+    return compile(model, inputs, opts, progress=progress, profile_cache=profile_cache)
 
 
 def ingest(model, example_inputs, dtype: str, shapes: str | dict | None = None,
@@ -225,12 +236,8 @@ def ingest(model, example_inputs, dtype: str, shapes: str | dict | None = None,
     model, example_inputs = cast_model(model, example_inputs, dtype)
     if isinstance(model, torch.fx.GraphModule):
         return graph_from_fx(model, example_inputs, decompositions=decompositions(attention))
-    was_training = model.training
-    model.eval()
-    try:
-        return graph_from_module(model, example_inputs, decompositions=decompositions(attention))
-    finally:
-        model.train(was_training)
+    # graph_from_module exports in eval mode, warns if the model was in train mode, and restores the mode.
+    return graph_from_module(model, example_inputs, decompositions=decompositions(attention))
 
 
 def model_weights(model) -> dict:
@@ -241,15 +248,23 @@ def model_weights(model) -> dict:
     return weights_of(model)  # nn.Module or .onnx path
 
 
-def profile_graph(graph: Graph, device: torch.device, dtype: str, cache, say,
+def bind_weights(model, plan: Plan, device: torch.device) -> dict:
+    """The model's weights on `device` in the plan's dtype and layout, each copied once: what every runner the
+    tuners and the fuser build shares."""
+    from opara_runtime.bind import weights_on_device
+
+    return weights_on_device(plan, model_weights(model), device)
+
+
+def profile_graph(graph: Graph, device: torch.device, dtype: str, cache, progress: Progress,
                   memory_format: str = "contiguous") -> tuple[Target, Profile]:
     if device.type == "cpu":
-        ops = cost_model.estimate(graph)
-        return (Target(device_type="cpu", torch=torch.__version__),
-                Profile(method="cost-model", ops=ops, sequential_ms=sum(o.ms for o in ops)))
+        target = Target(device_type="cpu", torch=torch.__version__)
+        ops = cost_model.estimate(graph, gpu_spec(target), dtype)
+        return target, Profile(method="cost-model", ops=ops, sequential_ms=sum(o.ms for o in ops))
     from oparac.profile.profiler import profile_on_gpu
 
-    return profile_on_gpu(graph, device, dtype, cache, say, memory_format)
+    return profile_on_gpu(graph, device, dtype, cache, progress, memory_format)
 
 
 def assemble(graph: Graph, builder: GraphBuilder, source: str, dtype: str, target: Target, schedule,
@@ -262,5 +277,5 @@ def assemble(graph: Graph, builder: GraphBuilder, source: str, dtype: str, targe
         outputs.append(TensorSpec(f"output_{k}", meta.shape, meta.dtype))
     model = ModelInfo(source=source, fingerprint=graph_fingerprint(graph), inputs=inputs, outputs=tuple(outputs),
                       output_tree=builder.tree, precision=dtype, memory_format=memory_format)
-    return Plan(tool=Tool("oparac", TOOL_VERSION), model=model, target=target, graph=graph, schedule=schedule,
+    return Plan(tool=Tool("oparac", __version__), model=model, target=target, graph=graph, schedule=schedule,
                 profile=profile)

@@ -23,3 +23,11 @@ class ModelError(OparaError):
 
 class UnsupportedOpError(ModelError):
     """The model uses an operator (or an attribute of one) that Opara cannot run."""
+
+
+class ExecutionError(OparaError):
+    """An op of a plan failed while it ran; the message names the node, the op and its inputs."""
+
+
+class SigningError(OparaError):
+    """A signing or trusted key cannot be used: unreadable, not PEM, or not an Ed25519 key; names the file."""

@@ -3,16 +3,12 @@ from __future__ import annotations
 
 import hashlib
 
-import msgpack
-
+from opara_plan.canonical import write_each
 from opara_plan.schema import Graph
 
 
 def graph_fingerprint(graph: Graph) -> str:
-    # Encoded through the plan codec so the fingerprint is exactly what the file stores.
-    from opara_plan.codec import _encode
-
+    # Each node's canonical bytes in turn, which are exactly what the plan file stores for it.
     h = hashlib.sha256()
-    for node in graph.nodes:
-        h.update(msgpack.packb(_encode(node, type(node)), use_bin_type=True))
+    write_each(graph.nodes, h.update)
     return "sha256:" + h.hexdigest()

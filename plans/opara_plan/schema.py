@@ -9,16 +9,19 @@ from typing import Union
 # Segment.program) instead of Segment.artifact: repeated cells compile to the same code. A 1.1 plan still
 # loads; its segments are compiled at load. 1.2 also adds ModelInfo.memory_format (written only when it is not
 # the default 'contiguous', so default plans keep their bytes; a reader without it ignores the key).
-SCHEMA_VERSION: tuple[int, int] = (1, 2)
+# 1.3 adds Plan.signature (Ed25519 signatures over plan_digest, written only when the plan is signed): a 1.2
+# reader ignores the key and sees an unsigned plan, and an unsigned 1.3 plan differs from 1.2 only in its version.
+SCHEMA_VERSION: tuple[int, int] = (1, 3)
 FORMAT = "opara-plan"
 NODE_KINDS = ("input", "param", "constant", "op", "output")
 # How the runtime lays out 4-D floating-point weights and inputs: NCHW as given, or NHWC (channels_last).
 MEMORY_FORMATS = ("contiguous", "channels_last")
 # Field metadata: the codec writes the field only when its value differs from the default.
 OMIT_DEFAULT = {"omit_default": True}
+# Records are slotted: a plan of a million nodes holds millions of them, and a __dict__ each would be most of it.
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Ref:
     """A reference to output `index` of graph node `node` (an argument of another node)."""
 
@@ -26,7 +29,7 @@ class Ref:
     index: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sym:
     """A literal that is not plain data: kind is 'dtype', 'device', 'layout' or 'memory_format'."""
 
@@ -38,13 +41,13 @@ class Sym:
 Arg = Union[None, bool, int, float, str, Ref, Sym, tuple]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorMeta:
     shape: tuple[int, ...]
     dtype: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Node:
     """One graph node. Its id is its index in Graph.nodes, which is a topological order.
 
@@ -63,7 +66,7 @@ class Node:
     data: bytes = b""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OutTree:
     """How the flat outputs are put back into the model's own structure.
 
@@ -76,25 +79,25 @@ class OutTree:
     children: tuple[OutTree, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Graph:
     nodes: tuple[Node, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorSpec:
     name: str
     shape: tuple[int, ...]
     dtype: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tool:
     name: str
     version: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ModelInfo:
     source: str  # 'torch.export', 'fx' or 'onnx'
     fingerprint: str
@@ -107,7 +110,7 @@ class ModelInfo:
     memory_format: str = field(default="contiguous", metadata=OMIT_DEFAULT)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Target:
     """The machine the profile was taken on. device_type 'cpu' means a cost-model preview plan."""
 
@@ -121,7 +124,7 @@ class Target:
     torch: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Schedule:
     """Where and when every op runs. Per-node tables are indexed by node id (-1 for non-ops)."""
 
@@ -141,7 +144,7 @@ class Schedule:
     device_algorithm: str = ""  # 'hios-lp' when ops were mapped onto several GPUs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KernelInfo:
     name: str
     grid: tuple[int, ...]
@@ -151,7 +154,7 @@ class KernelInfo:
     occupancy: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OpProfile:
     ms: float
     flops: float
@@ -160,7 +163,7 @@ class OpProfile:
     kernels: tuple[KernelInfo, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
     streams: str
     order: str
@@ -171,7 +174,7 @@ class Candidate:
     num_devices: int = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Link:
     """Copying `bytes` from the plan's GPU `src` to GPU `dst` takes latency_ms + ms_per_byte * bytes."""
 
@@ -181,7 +184,7 @@ class Link:
     ms_per_byte: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Profile:
     method: str  # 'cost-model' or 'cuda-graph'
     ops: tuple[OpProfile, ...]  # indexed by node id
@@ -189,9 +192,11 @@ class Profile:
     candidates: tuple[Candidate, ...] = ()
     links: tuple[Link, ...] = ()  # one per ordered GPU pair of a multi-GPU compile
     links_method: str = ""  # 'cuda-events' (fitted to timed copies) or 'nominal' (simulated devices)
+    # 1.3: what the never-lose guard measured and kept (oparac.search.guard); '' where it did not run.
+    guard: str = field(default="", metadata=OMIT_DEFAULT)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Segment:
     """A maximal run of one stream's ops with no cross-stream edge inside, compiled as one fused unit.
 
@@ -206,7 +211,7 @@ class Segment:
     program: int = -1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fusion:
     """How ops are fused: backend '' (none) or 'inductor', the segments, and their compiled code.
 
@@ -223,7 +228,16 @@ class Fusion:
 NO_FUSION = Fusion()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """A signature over the plan's digest (opara_plan.digest) by the key whose id is key_id (opara_plan.signing)."""
+
+    key_id: str
+    algorithm: str  # 'ed25519'
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     tool: Tool
     model: ModelInfo
@@ -234,6 +248,8 @@ class Plan:
     fusion: Fusion = NO_FUSION
     schema_version: tuple[int, ...] = SCHEMA_VERSION
     format: str = FORMAT
+    # Not covered by the digest it signs; empty (and not written) for an unsigned plan.
+    signature: tuple[Signature, ...] = field(default=(), metadata=OMIT_DEFAULT)
 
     def to_bytes(self) -> bytes:
         from opara_plan.codec import plan_to_bytes

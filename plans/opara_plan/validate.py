@@ -1,10 +1,11 @@
 """Semantic checks of a decoded plan: graph well-formed, schedule complete, topological and race-free."""
 from __future__ import annotations
 
+from opara_plan.allowlist import ALLOWED_OPS
 from opara_plan.clocks import vector_clocks
-from opara_plan.errors import PlanFormatError
+from opara_plan.errors import PlanFormatError, UnsupportedOpError
 from opara_plan.fingerprint import graph_fingerprint
-from opara_plan.schema import MEMORY_FORMATS, NODE_KINDS, Plan, Ref, Sym
+from opara_plan.schema import MEMORY_FORMATS, NODE_KINDS, Graph, Plan, Ref, Sym
 
 DTYPE_SIZES = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
@@ -43,6 +44,17 @@ def is_copy(node) -> bool:
             and any(k == "device" and isinstance(v, Sym) and v.kind == "device" for k, v in node.kwargs))
 
 
+def require_allowed_ops(graph: Graph) -> None:
+    """Compile time: UnsupportedOpError at the first op that Opara's allowlist lacks, saying what to do."""
+    for i, node in enumerate(graph.nodes):
+        if node.kind == "op" and node.target not in ALLOWED_OPS:
+            raise UnsupportedOpError(
+                f"node {i} ({node.name!r}): {node.target} is not on Opara's allowlist of the ATen ops a plan may run "
+                f"(opara_plan/allowlist.py); plans are untrusted input, so the runtime refuses any other op. Rewrite "
+                f"that part of the model with ops the zoo uses, or, if the op is functional and safe, add a model "
+                f"that emits it to tools/gen_allowlist.py and regenerate the list")
+
+
 def validate(plan: Plan) -> None:
     """Raise PlanFormatError naming the field or node at the first inconsistency."""
     _check_graph(plan)
@@ -72,6 +84,9 @@ def _check_graph(plan: Plan) -> None:
             raise PlanFormatError(f"{where}: kind must be one of {NODE_KINDS}, found {node.kind!r}")
         if node.kind == "op" and node.target.count(".") != 2:
             raise PlanFormatError(f"{where}: target must be 'namespace.op.overload', found {node.target!r}")
+        if node.kind == "op" and node.target not in ALLOWED_OPS:
+            raise PlanFormatError(f"{where}: op {node.target} is not on Opara's allowlist (opara_plan/allowlist.py); "
+                                  f"a plan may run only the ATen ops Opara's front ends emit")
         if node.kind not in ("op", "output") and (node.args or node.kwargs):
             raise PlanFormatError(f"{where}: a {node.kind} node takes no arguments")
         if node.kind != "output" and not node.outputs:

@@ -5,7 +5,7 @@ import contextlib
 
 import torch
 
-from opara_plan import Plan
+from opara_plan import ExecutionError, OparaError, Plan
 from opara_runtime.devices import node_device
 from opara_runtime.execute import StreamLauncher
 from opara_runtime.graph_inputs import CopyAheadFeed, InputFeed, in_graph_copies
@@ -16,22 +16,23 @@ class CapturedPlan:
     """Static input buffers, the captured graph and its static outputs."""
 
     def __init__(self, plan: Plan, base_values: list, devices: list[torch.device], *, warmup: int = 2,
-                 programs=None) -> None:
-        """devices: one per plan device id; the capture starts on the first and forks to the others."""
+                 programs=None, pool=None) -> None:
+        """devices: one per plan device id; the capture starts on the first and forks to the others. pool: a
+        graph_pool.GraphPool shared with other captures (its memory and streams), else the graph's own pool."""
         self.plan = plan
         self.device = device = devices[0]
-        self.launcher = StreamLauncher(plan, devices, programs)
+        self.launcher = StreamLauncher(plan, devices, programs, pool=pool)
         self.static_inputs = [base_values[i] for i, n in enumerate(plan.graph.nodes) if n.kind == "input"]
         self.base_values = base_values
         with torch.cuda.device(device):
             # Warm-up creates cuBLAS/cuDNN handles and workspaces for every stream before capture.
             side = torch.cuda.Stream(device=device)
             side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
+            with named_failures("warm-up", device), torch.cuda.stream(side):
                 for _ in range(warmup):
                     self.launcher.launch(list(base_values))
-            torch.cuda.current_stream(device).wait_stream(side)
-            _synchronize(devices)
+                torch.cuda.current_stream(device).wait_stream(side)
+                _synchronize(devices)  # a kernel's asynchronous error surfaces here, inside the warm-up
             api = in_graph_copies(device)
             # Inputs the caller passes are copied inside the graph (graph_inputs): one captured memcpy per
             # input whose buffer has the caller's layout, switched and re-pointed per call.
@@ -51,11 +52,12 @@ class CapturedPlan:
             values = list(base_values)
             # An explicit capture stream on the first device: torch.cuda.graph's default one is made once per
             # process, on whichever device was current at the first capture.
-            capture_stream = torch.cuda.Stream(device=device)
-            with contextlib.ExitStack() as routed:
+            capture_stream = pool.stream(device, 0) if pool is not None else torch.cuda.Stream(device=device)
+            with named_failures("capture", device), contextlib.ExitStack() as routed:
                 for d, pool in pools.items():
                     routed.enter_context(torch.cuda.use_mem_pool(pool, device=d))
-                with torch.cuda.graph(self.graph, stream=capture_stream):
+                with torch.cuda.graph(self.graph, stream=capture_stream,
+                                      pool=pool.handle if pool is not None else None):
                     for buf, st in zip(self.static_inputs, staging):
                         if st is not None:
                             buf.copy_(st)
@@ -75,6 +77,34 @@ class CapturedPlan:
         self.inputs.feed(inputs)
         self.graph.replay()
         return self.static_outputs
+
+
+@contextlib.contextmanager
+def named_failures(stage: str, device: torch.device):
+    """Any failure of the warm-up or the capture as an ExecutionError: the failing node's own message where
+    the launcher gave one (ending a broken capture raises again and would hide it), else the stage's."""
+    try:
+        yield
+    except ExecutionError as e:
+        raise ExecutionError(f"plan {stage} on {device}: {e}") from e
+    except OparaError:
+        raise
+    except Exception as e:
+        named = _execution_error_in(e)
+        if named is not None:
+            raise ExecutionError(f"plan {stage} on {device}: {named}") from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ExecutionError(f"plan {stage} on {device} failed: {type(e).__name__}: {first[:300]}") from e
+
+
+def _execution_error_in(e: BaseException) -> ExecutionError | None:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, ExecutionError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _patchable(buf: torch.Tensor) -> bool:

@@ -5,22 +5,41 @@ import contextlib
 
 import torch
 
-from opara_plan import Plan, is_copy, iter_refs
+from opara_plan import ExecutionError, OparaError, Plan, is_copy, iter_refs
 from opara_runtime.devices import node_device, stream_devices
 from opara_runtime.lifetimes import release_points
-from opara_runtime.ops import run_node
+from opara_runtime.ops import op_failure, run_node
 
 
 def run_sequential(plan: Plan, values: list, devices: list[torch.device]) -> None:
     """Execute every op in launch order on the current stream, dropping intermediates after last use.
-    devices[d] is where the plan's device d runs (copy nodes move values between them)."""
+    devices[d] is where the plan's device d runs (copy nodes move values between them). An op that raises
+    becomes an ExecutionError naming it (the try costs nothing until something fails)."""
     nodes = plan.graph.nodes
     release = release_points(plan, sequential=True)
     memory_format = plan.model.memory_format
-    for i in plan.schedule.launch_order:
-        values[i] = run_node(nodes[i], values, devices[node_device(plan, i)], memory_format)
-        for j in release.get(i, ()):
-            values[j] = None
+    i = -1
+    try:
+        for i in plan.schedule.launch_order:
+            values[i] = run_node(nodes[i], values, devices[node_device(plan, i)], memory_format)
+            for j in release.get(i, ()):
+                values[j] = None
+    except OparaError:
+        raise
+    except Exception as e:
+        raise op_failure(i, nodes[i], values, e, f"on {devices[node_device(plan, i)]}") from e
+
+
+def storage_ids(tensors) -> frozenset[int]:
+    """The storages of these tensors (views share their base's)."""
+    return frozenset(t.untyped_storage().data_ptr() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def unaliased(flat: list, leaves: frozenset[int]) -> list:
+    """Outputs that share storage with a param, constant or input (a model returning a weight or a view of
+    its input) are cloned: a caller is never handed the runner's weights to write into."""
+    return [t.clone() if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in leaves else t
+            for t in flat]
 
 
 def _no_context(node_id: int):
@@ -39,7 +58,8 @@ class StreamLauncher:
     the copy's plan waits) and the destination stream waits for the copy.
     """
 
-    def __init__(self, plan: Plan, devices: list[torch.device], programs=None) -> None:
+    def __init__(self, plan: Plan, devices: list[torch.device], programs=None, pool=None) -> None:
+        """pool: a graph_pool.GraphPool whose streams this launcher uses (captures sharing a pool share streams)."""
         self.plan = plan
         self.devices = devices
         self.device = devices[0]
@@ -51,7 +71,8 @@ class StreamLauncher:
         self.signalled = sorted({p for _, p in s.waits})
         self.release = release_points(plan, sequential=False)
         on = stream_devices(plan)
-        self.side_streams = [torch.cuda.Stream(device=devices[on[k]]) for k in range(1, s.num_streams)]
+        self.side_streams = [pool.stream(devices[on[k]], k) if pool is not None
+                             else torch.cuda.Stream(device=devices[on[k]]) for k in range(1, s.num_streams)]
         self.node_devices = [devices[node_device(plan, i)] for i in range(len(plan.graph.nodes))]
         self.copy_streams: dict[int, torch.cuda.Stream] = {}  # copy node -> its source device's copy stream
         by_pair: dict[tuple[int, int], torch.cuda.Stream] = {}
@@ -88,19 +109,25 @@ class StreamLauncher:
     def _launch_ops(self, values: list, streams: list, around) -> None:
         plan, nodes, stream = self.plan, self.plan.graph.nodes, self.plan.schedule.stream
         events = {p: torch.cuda.Event() for p in self.signalled}
-        for i in plan.schedule.launch_order:
-            st = streams[stream[i]]
-            for p in self.waits_of.get(i, ()):
-                st.wait_event(events[p])
-            source = self.copy_streams.get(i)
-            # The source stream is entered first so that the destination device is current for the op.
-            with around(i), (torch.cuda.stream(source) if source is not None else _no_context(i)), \
-                    torch.cuda.stream(st):
-                values[i] = run_node(nodes[i], values, self.node_devices[i], plan.model.memory_format)
-            if i in events:
-                events[i].record(st)
-            for j in self.release.get(i, ()):
-                values[j] = None
+        i = -1
+        try:
+            for i in plan.schedule.launch_order:
+                st = streams[stream[i]]
+                for p in self.waits_of.get(i, ()):
+                    st.wait_event(events[p])
+                source = self.copy_streams.get(i)
+                # The source stream is entered first so that the destination device is current for the op.
+                with around(i), (torch.cuda.stream(source) if source is not None else _no_context(i)), \
+                        torch.cuda.stream(st):
+                    values[i] = run_node(nodes[i], values, self.node_devices[i], plan.model.memory_format)
+                if i in events:
+                    events[i].record(st)
+                for j in self.release.get(i, ()):
+                    values[j] = None
+        except OparaError:
+            raise
+        except Exception as e:
+            raise op_failure(i, nodes[i], values, e, f"on {self.node_devices[i]} (stream {stream[i]})") from e
 
     def _launch_segments(self, values: list, streams: list) -> None:
         """Fused segments keep their outputs for the whole graph; their insides belong to inductor."""
@@ -110,7 +137,16 @@ class StreamLauncher:
             st = streams[program.segment.stream]
             for w in program.segment.waits:
                 st.wait_event(events[w])
-            with torch.cuda.stream(st):
-                program(values)
+            try:
+                with torch.cuda.stream(st):
+                    program(values)
+            except OparaError:
+                raise
+            except Exception as e:
+                ops = program.segment.ops
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise ExecutionError(f"plan fusion segment {k} (nodes {ops[0]}..{ops[-1]}, stream "
+                                     f"{program.segment.stream}) failed on {self.device}: {type(e).__name__}: "
+                                     f"{first[:300]}") from e
             if k in events:
                 events[k].record(st)

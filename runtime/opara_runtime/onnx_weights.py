@@ -17,13 +17,22 @@ ONNX_DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 4: torch.uint16,
 def read_onnx(path: Path, *, external_data: bool):
     """onnx.load with the missing-file and unreadable-file cases as ModelError; the compiler reads with it too."""
     import onnx
+    from google.protobuf.message import DecodeError
 
     if not path.is_file():
         raise ModelError(f"ONNX model {str(path)!r}: no such file")
+    if path.stat().st_size == 0:
+        raise ModelError(f"ONNX model {str(path)!r} is empty (0 bytes), not an ONNX model")
     try:
-        return onnx.load(str(path), load_external_data=external_data)
+        model = onnx.load(str(path), load_external_data=external_data)
+    except DecodeError as e:
+        raise ModelError(f"{str(path)!r} is not an ONNX model: it does not parse as an onnx ModelProto ({e})") from None
     except Exception as e:
         raise ModelError(f"ONNX model {str(path)!r} cannot be read: {e}") from None
+    if not model.ir_version or not model.HasField("graph"):  # protobuf reads some foreign bytes as an empty model
+        raise ModelError(f"{str(path)!r} is not an ONNX model: expected an ir_version and a graph, found "
+                         f"{'no ir_version' if not model.ir_version else 'no graph'}")
+    return model
 
 
 def onnx_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -5,11 +5,11 @@ import functools
 
 import torch
 
-from opara_plan import Node, PlanMismatchError, Ref, Sym
+from opara_plan import ExecutionError, Node, PlanMismatchError, Ref, Sym, node_refs
 
 ALLOWED_NAMESPACES = ("aten", "prims")
 
-_LAYOUTS = {"strided": torch.strided, "sparse_coo": torch.sparse_coo}
+_LAYOUTS = {"strided": torch.strided}  # plans run strided tensors only (admit refuses any other layout)
 _MEMORY_FORMATS = {
     "contiguous_format": torch.contiguous_format, "channels_last": torch.channels_last,
     "preserve_format": torch.preserve_format, "channels_last_3d": torch.channels_last_3d,
@@ -112,6 +112,23 @@ def run_node(node: Node, values, device: torch.device, memory_format: str = "con
     args = [materialize(a, values, device) for a in node.args]
     kwargs = {k: materialize(v, values, device) for k, v in node.kwargs}
     return op(*args, **kwargs)
+
+
+def input_specs(node: Node, values) -> str:
+    """'float32[2, 3], int64[4]': the tensors a node reads, for messages about it."""
+    shown = []
+    for ref in node_refs(node):
+        v = values[ref.node]
+        v = v[ref.index] if isinstance(v, (tuple, list)) and ref.index < len(v) else v
+        shown.append(spec_text(dtype_name(v.dtype), tuple(v.shape)) if isinstance(v, torch.Tensor) else "released")
+    return ", ".join(shown) or "none"
+
+
+def op_failure(node_id: int, node: Node, values, error: Exception, where: str) -> ExecutionError:
+    """The Opara error for an op that raised while running: node, op, input shapes and torch's first line."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return ExecutionError(f"plan node {node_id} ({node.target} {node.name!r}) failed {where} on inputs "
+                          f"({input_specs(node, values)}): {type(error).__name__}: {first[:300]}")
 
 
 def constant_tensor(node: Node, device: torch.device) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from opara_plan import InputError, OutTree, Plan, PlanMismatchError
 from opara_runtime.bind import check_weights, place_weights
 from opara_runtime.devices import indexed, node_device, plan_devices
-from opara_runtime.execute import run_sequential
+from opara_runtime.execute import run_sequential, storage_ids, unaliased
 from opara_runtime.ops import constant_tensor, in_layout, materialize, spec_text, torch_dtype
 
 
@@ -34,10 +34,12 @@ class Runner:
     """
 
     def __init__(self, plan: Plan, weights: dict, device: torch.device, *, capture: bool | None = None,
-                 devices=None, compiled_segments: bool = True) -> None:
+                 devices=None, compiled_segments: bool = True, trust_compiled_code: bool = False,
+                 trusted_keys=None, pool=None) -> None:
         """device: the first device (inputs and outputs live there); devices: one per plan device id, by
         default consecutive GPUs from `device` (a plan for several GPUs; on the CPU every id is the CPU).
-        compiled_segments=False compiles a fused plan's segments instead of loading the stored ones."""
+        compiled_segments=False compiles a fused plan's segments instead of loading the stored ones; they are
+        loaded only when trusted (trust_compiled_code, or signed by one of trusted_keys: fused.prepare_fused)."""
         check_weights(plan, weights)
         if plan.fusion.backend and plan.schedule.num_devices > 1:
             raise PlanMismatchError("plan fusion: fused segments run on one GPU, this plan uses "
@@ -62,6 +64,8 @@ class Runner:
                 zeros = torch.zeros(meta.shape, dtype=torch_dtype(meta.dtype), device=device)
                 base[i] = in_layout(zeros, plan.model.memory_format)
         self._base = base
+        # Outputs sharing these storages are cloned on the CPU path (execute.unaliased).
+        self._leaf_storages = storage_ids(base[i] for i, n in enumerate(nodes) if n.kind in ("param", "constant"))
         self._input_nodes = [node for node in nodes if node.kind == "input"]
         self._input_ids = [i for i, node in enumerate(nodes) if node.kind == "input"]
         # What every call's inputs are compared against, prepared once: the check is on the hot path.
@@ -75,11 +79,12 @@ class Runner:
         if use_graph and plan.fusion.backend:
             from opara_runtime.fused import prepare_fused
 
-            self.programs = prepare_fused(plan, device, base, use_artifacts=compiled_segments)
+            self.programs = prepare_fused(plan, device, base, use_artifacts=compiled_segments,
+                                          trust_compiled_code=trust_compiled_code, trusted_keys=trusted_keys)
         if use_graph:
             from opara_runtime.capture import CapturedPlan
 
-            self.captured = CapturedPlan(plan, base, self.devices, programs=self.programs)
+            self.captured = CapturedPlan(plan, base, self.devices, programs=self.programs, pool=pool)
 
     def check_inputs(self, inputs) -> None:
         if len(inputs) == len(self._expected):
@@ -134,6 +139,7 @@ class Runner:
                 flat = [materialize(r, values, self.device) for r in self.plan.graph.nodes[-1].args]
                 if self._contiguous_outputs:
                     flat = [t.contiguous() for t in flat]
+                flat = unaliased(flat, self._leaf_storages | storage_ids(inputs))
         return rebuild(self.plan.model.output_tree, flat)
 
 

@@ -15,7 +15,8 @@ from opara_plan import Link, ModelError, is_copy, load_plan, plan_from_bytes, va
 from oparac.models import zoo
 from oparac.cli import main
 from oparac.schedule.copies import split_across_devices
-from oparac.profile.links import fit_line, nominal_links, parse_devices
+from oparac.options import parse_devices
+from oparac.profile.links import fit_line, nominal_links
 from oparac.schedule.devices import TransferModel
 
 CHEAP = nominal_links(2, latency_ms=0.001, ms_per_byte=1e-10)

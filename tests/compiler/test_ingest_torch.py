@@ -123,3 +123,188 @@ def test_float16_plan_casts_weights_at_load():
     got = opara_runtime.load(plan, m)(x.bfloat16())
     want = m(x)
     assert ((got.float() - want).abs().max() / want.abs().max()).item() < 5e-2
+
+
+# ---------------------------------------------------------------- front-end errors that say what to do
+
+
+class DynamicCache:
+    """An output container torch's pytree does not know, as transformers' key/value cache is."""
+
+    def __init__(self, key, value):
+        self.key, self.value = key, value
+
+
+class CachingModel(torch.nn.Module):
+    def __init__(self, use_cache: bool = True):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)
+        self.use_cache = use_cache
+
+    def forward(self, x):
+        h = self.proj(x)
+        return (h, DynamicCache(h * 2, h * 3)) if self.use_cache else h
+
+
+def caching_model():
+    return CachingModel(), (torch.randn(2, 4),)
+
+
+def test_cache_output_says_to_pass_use_cache_false():
+    with pytest.raises(ModelError, match=r"returns a DynamicCache .*pass use_cache=False .*or compile a wrapper "
+                                         r"whose forward returns tensors"):
+        oparac.compile(CachingModel(), (torch.randn(2, 4),), device="cpu")
+    _check(CachingModel(use_cache=False).eval(), (torch.randn(2, 4),))
+
+
+def test_cache_output_through_the_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from oparac.cli import main
+
+    result = CliRunner().invoke(main, ["compile", "test_ingest_torch:caching_model", "-o", str(tmp_path / "c.plan"),
+                                       "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    assert "use_cache=False" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "c.plan").exists()
+
+
+@pytest.mark.slow
+def test_tiny_gpt2_with_its_default_cache_and_without():
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=32, n_positions=16,
+                                     bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, 32, (1, 4))
+    with pytest.raises(ModelError, match=r"returns a DynamicCache .*use_cache=False"):
+        oparac.compile(model, (ids,), device="cpu")
+    model.config.use_cache = False
+    plan = oparac.compile(model, (ids,), device="cpu")
+    got = opara_runtime.load(plan, model)(ids)
+    with torch.no_grad():
+        torch.testing.assert_close(got["logits"], model(ids).logits)
+
+
+class Detector(torch.nn.Module):
+    """Keeps the boxes whose score passes a threshold: how many is known only from the data."""
+
+    def forward(self, boxes, scores):
+        keep = boxes[scores > 0.5]
+        flat = keep.reshape(-1)
+        if flat.numel() == 0:
+            return boxes.sum()
+        return flat.sum()
+
+
+def test_data_dependent_guard_names_the_op_and_the_source_line(capsys):
+    with pytest.raises(UnsupportedOpError) as info:
+        oparac.compile(Detector(), (torch.randn(8, 4), torch.randn(8)), device="cpu")
+    message = str(info.value)
+    assert "Could not guard on data-dependent expression Eq(4*u0, 0)" in message
+    assert "test_ingest_torch.py:" in message.split("Caused by: ")[1].split(" in forward (if flat.numel() == 0:)")[0]
+    assert "the size u0 comes from aten.index.Tensor" in message
+    assert "keep = boxes[scores > 0.5]" in message  # where that op is in the model's code
+    assert "\n" not in message  # one line: no graph dump in the error either
+    assert "def forward" not in capsys.readouterr().err  # torch's partial graph is not printed
+
+
+def test_export_keeps_the_models_own_warnings(capsys):
+    class Chatty(torch.nn.Module):
+        def forward(self, x):
+            import sys
+
+            print("model says hello", file=sys.stderr)
+            return x + 1
+    _check(Chatty(), (torch.randn(3),))
+    assert "model says hello" in capsys.readouterr().err
+
+
+class TakesAList(torch.nn.Module):
+    def forward(self, xs):
+        return xs[0] + xs[1]
+
+
+def test_list_of_tensors_input_is_refused_with_a_hint():
+    a, b = torch.randn(3), torch.randn(3)
+    with pytest.raises(ModelError, match=r"example input 0: expected a tensor, found a list of 2 items .*compile a "
+                                         r"wrapper"):
+        oparac.compile(TakesAList(), ([a, b],), device="cpu")
+    with pytest.raises(ModelError, match=r"forward\(xs\) takes 1 inputs, 2 tensors were given; if it takes a list "
+                                         r"of tensors, plans take tensors only: compile a wrapper"):
+        oparac.compile(TakesAList(), (a, b), device="cpu")
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = TakesAList()
+
+        def forward(self, a, b):
+            return self.model([a, b])
+    _check(Wrapped(), (a, b))
+
+
+def test_meta_weights_are_refused_naming_the_first():
+    with torch.device("meta"):
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    with pytest.raises(ModelError, match=r"weight '0.weight': expected a tensor with data, found one on the meta "
+                                         r"device \(float32\[4, 4\]\); load the real weights"):
+        oparac.compile(model, (torch.randn(1, 4),), device="cpu")
+    model.to_empty(device="cpu")  # the remedy the message names: real storage, then weights
+    _check(model.eval(), (torch.randn(1, 4),))
+
+
+def test_meta_weights_of_an_exported_program_are_refused():
+    ep = torch.export.export(torch.nn.Linear(4, 4).to("meta"), (torch.randn(1, 4, device="meta"),))
+    with pytest.raises(ModelError, match=r"weight 'weight': expected a tensor with data, found one on the meta"):
+        oparac.compile(ep, None, device="cpu")
+
+
+class Dropper(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+        self.drop = torch.nn.Dropout(0.5)
+        self.bn = torch.nn.BatchNorm1d(8)
+
+    def forward(self, x):
+        return self.bn(self.drop(self.fc(x)))
+
+
+def dropper_in_train_mode():
+    torch.manual_seed(0)
+    return Dropper(), (torch.randn(4, 8),)
+
+
+def test_train_mode_warns_and_the_plan_runs_eval_semantics():
+    from oparac.models.reference import TrainModeWarning
+
+    model, (x,) = dropper_in_train_mode()
+    with pytest.warns(TrainModeWarning, match=r"the model is in train\(\) mode; a plan always runs eval semantics"):
+        plan = oparac.compile(model, (x,), device="cpu")
+    assert all(m.training for m in model.modules())  # the caller's mode is kept
+    got = opara_runtime.load(plan, model)(x)
+    torch.testing.assert_close(got, model.eval()(x))  # dropout off, batch norm on running statistics
+    model.bn.train()  # a submodule left in train mode counts too
+    with pytest.warns(TrainModeWarning, match=r"train\(\) mode \(first: submodule 'bn'\)"):
+        oparac.compile(model, (x,), device="cpu")
+    assert not model.training and model.bn.training
+    model.bn.eval()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainModeWarning)
+        oparac.compile(model, (x,), device="cpu")  # in eval mode: nothing to warn about
+
+
+def test_train_mode_warns_through_the_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from oparac.cli import main
+    from oparac.models.reference import TrainModeWarning
+
+    with pytest.warns(TrainModeWarning, match=r"the model 'test_ingest_torch:dropper_in_train_mode' is in train\(\)"):
+        result = CliRunner().invoke(main, ["compile", "test_ingest_torch:dropper_in_train_mode", "-o",
+                                           str(tmp_path / "d.plan"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output

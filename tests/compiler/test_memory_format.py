@@ -80,19 +80,22 @@ def test_a_tuned_fused_plan_starts_nchw_and_its_tuner_tries_nhwc_only_under_auto
     assert resolve_memory_format("auto", graph, "inductor", False) == "channels_last"
     # compile() tells the fuse stage whether the layout was left to it ...
     seen = []
-    monkeypatch.setattr(pipeline, "fuse_stage", lambda plan, *args: seen.append(args[-1]) or plan)
+    monkeypatch.setattr(pipeline, "fuse_stage",
+                        lambda plan, weights, dev, opts, *rest: seen.append(opts.memory_format == "auto") or plan)
     oparac.compile(model, inputs, device="cpu", fuse="inductor")
     oparac.compile(model, inputs, device="cpu", fuse="inductor", memory_format="contiguous")
     assert seen == [True, False]
     monkeypatch.undo()
     # ... and the fused tuner is given the NHWC profile only when it was
+    from oparac.options import CompileOptions
+    from oparac.progress import Progress
     from oparac.search import fused as fuse
     given = []
     monkeypatch.setattr(fuse, "tune_fused", lambda plan, weights, dev, backend, say, nhwc: given.append(nhwc) or plan)
     plan = oparac.compile(model, inputs, device="cpu")
-    for try_nhwc in (True, False):
-        pipeline.fuse_stage(plan, model, torch.device("cuda"), "inductor", "maximal", True, lambda msg: None, None,
-                            try_nhwc)
+    for memory_format in ("auto", "contiguous"):
+        opts = CompileOptions(fuse="inductor", tune=True, memory_format=memory_format)
+        pipeline.fuse_stage(plan, {}, torch.device("cuda"), opts, Progress())
     assert callable(given[0]) and given[1] is None
 
 

@@ -45,16 +45,18 @@ def test_cpu_device_is_refused(command, plan_path, tmp_path):
     (["bench", "missing.plan", "oparac.models.zoo:squeezenet"], 1, "cannot read plan"),
     (["trace", "missing.plan", "oparac.models.zoo:squeezenet", "-o", "t.json"], 1, "cannot read plan"),
     (["bench", "PLAN", "oparac.models.zoo:squeezenet", "--baselines", "eager,tensorrt"], 1, "unknown 'tensorrt'"),
-    (["bench", "PLAN", "oparac.models.zoo:squeezenet", "--iters", "0"], 2, "--iters"),
-    (["bench", "PLAN", "oparac.models.zoo:squeezenet", "--warmup", "-1"], 2, "--warmup"),
-    (["trace", "PLAN", "oparac.models.zoo:squeezenet"], 2, "--output"),
-    (["trace", "PLAN", "oparac.models.zoo:squeezenet", "-o", "t.json", "--replays", "0"], 2, "--replays"),
+    (["bench", "PLAN", "oparac.models.zoo:squeezenet", "--iters", "0"], 1, "--iters"),
+    (["bench", "PLAN", "oparac.models.zoo:squeezenet", "--warmup", "-1"], 1, "--warmup"),
+    (["trace", "PLAN", "oparac.models.zoo:squeezenet"], 1, "--output"),
+    (["trace", "PLAN", "oparac.models.zoo:squeezenet", "-o", "t.json", "--replays", "0"], 1, "--replays"),
 ])
 def test_argument_errors(args, code, message, plan_path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = invoke(*[plan_path if a == "PLAN" else a for a in args])
+    # Usage errors too are one `error:` line and exit 1, like every user error (README, Command line).
     assert result.exit_code == code, result.output
     assert message in result.output and "Traceback" not in result.output
+    assert result.output.strip().startswith("error:") and len(result.output.strip().splitlines()) == 1
 
 
 def test_parse_methods():

@@ -194,3 +194,60 @@ def test_bad_options_are_one_line_errors(plans, args, message, tmp_path, monkeyp
     result = invoke("inspect", plans["squeezenet"], *args)
     assert result.exit_code == 1, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------- matplotlib is an extra
+
+
+@pytest.fixture
+def tiny_plan(tmp_path):
+    from conftest import make_tiny_plan
+
+    path = tmp_path / "tiny.plan"
+    make_tiny_plan().save(path)
+    return path
+
+
+def test_timeline_without_matplotlib_names_the_install_command(tiny_plan, tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # as after a plain `pip install opara`
+    result = CliRunner().invoke(main, ["inspect", str(tiny_plan), "--timeline", str(tmp_path / "t.png"),
+                                       "--dot", str(tmp_path / "g.dot")])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: drawing a timeline needs matplotlib") and result.output.count("\n") == 1
+    assert "pip install 'opara[timeline]'" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "t.png").exists() and not (tmp_path / "g.dot").exists()  # nothing half done
+    dot_only = CliRunner().invoke(main, ["inspect", str(tiny_plan), "--dot", str(tmp_path / "g.dot")])
+    assert dot_only.exit_code == 0, dot_only.output  # what needs no matplotlib still works
+
+
+def test_timeline_without_matplotlib_in_a_fresh_process(tiny_plan, tmp_path):
+    """The install-level case: a Python whose import system has no matplotlib at all, running the CLI."""
+    import subprocess
+    import sys
+
+    blocker = ("import sys, importlib.abc\n"
+               "class NoMatplotlib(importlib.abc.MetaPathFinder):\n"
+               "    def find_spec(self, name, path=None, target=None):\n"
+               "        if name == 'matplotlib' or name.startswith('matplotlib.'):\n"
+               "            raise ModuleNotFoundError(\"No module named 'matplotlib'\", name=name)\n"
+               "sys.meta_path.insert(0, NoMatplotlib())\n"
+               "from oparac.cli import main\n"
+               "main()\n")
+    out = tmp_path / "t.svg"
+    run = subprocess.run([sys.executable, "-c", blocker, "inspect", str(tiny_plan), "--svg", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr
+    assert "error: drawing a timeline needs matplotlib" in run.stderr and "opara[timeline]" in run.stderr
+    assert "Traceback" not in run.stderr and not out.exists()
+
+
+def test_the_extra_the_message_names_is_declared():
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert tl.TIMELINE_EXTRA == "pip install 'opara[timeline]'" and project["name"] == "opara"
+    assert any(d.startswith("matplotlib") for d in extras["timeline"])
+    assert any(d.startswith("matplotlib") for d in extras["dev"])  # the test suite draws timelines
+    assert not any(d.startswith("matplotlib") for d in project["dependencies"])

@@ -13,7 +13,7 @@ import oparac
 from oparac.models import zoo
 from oparac.bench.methods import SequentialGraph
 from oparac.profile.measure import median_paired_diff_us, time_alternating, time_gpu
-from oparac.verify import TOLERANCE, compare, verify
+from oparac.verify import TOLERANCE, judge, verify
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]
 STREAMS = ("opara", "nimble", "critical", "single")
@@ -85,7 +85,7 @@ def test_calls_are_serialised_across_threads():
         for _ in range(20):
             got = runner(xs[k])
             torch.cuda.current_stream().synchronize()
-            if compare(got, wants[k], 1e-4).max_rel > 1e-4:
+            if judge(got, wants[k], None, 1e-4, "float32").max_rel > 1e-4:
                 errors.append(k)
     threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
     for t in threads:
@@ -124,7 +124,7 @@ def test_inputs_are_copied_inside_the_graph():
         want = [model(v) for v in xs]
     first = [runner(v) for v in xs]
     for got, ref in zip(first, want):
-        assert compare(got, ref, TOLERANCE["float32"]).ok
+        assert judge(got, ref, None, TOLERANCE["float32"], "float32").ok
     for _ in range(2):  # every input again, in a new order: each call reads its own tensor, bit for bit
         for k in (2, 0, 3, 1):
             torch.testing.assert_close(runner(xs[k]), first[k], rtol=0, atol=0)

@@ -172,3 +172,95 @@ def test_memory_format_round_trips_and_the_default_is_not_written(tiny_plan):
     assert b"memory_format" in data
     assert plan_from_bytes(data) == nhwc
     assert plan_from_bytes(plan_to_bytes(tiny_plan)).model.memory_format == "contiguous"
+
+
+# ------------------------------------------------------------------ golden bytes and the canonical encoding
+
+def _golden_plans():
+    """The suite's plans with a fixed torch version, as 1.2 wrote them (recorded before the 1.3 codec)."""
+    from conftest import make_two_device_plan
+    from opara_plan import Fusion, Segment
+
+    def fixed(p):
+        return dataclasses.replace(p, target=dataclasses.replace(p.target, torch="2.5.0"), schema_version=(1, 2))
+    tiny, two = fixed(make_tiny_plan()), fixed(make_two_device_plan())
+    fused = dataclasses.replace(tiny, model=dataclasses.replace(tiny.model, memory_format="channels_last"),
+                                fusion=Fusion(backend="inductor", segments=(
+                                    Segment(0, (2,), (), 0.5, 0), Segment(1, (3,), (0,), -1.0, 1),
+                                    Segment(0, (4, 5), (1,), -1.0, 0)), cache_key="k",
+                                    programs=(b"\x00prog-a", b"prog-b")))
+    return {"tiny": tiny, "two-device": two, "fused": fused}
+
+
+GOLDEN = {  # sha256 of the plan's bytes, its graph fingerprint
+    "tiny": ("dacb1ccf9457de4ea2257a8a7393dd3d719d4882c1dbfccd9fe97915fbadd807",
+             "sha256:35cff7b96eaf3a6cea6ef06f3a624cd7a69d2a7b7b60acd9ffe859c06a637578"),
+    "two-device": ("ac649b46408b8cbf37f93d2d2ca2e0dcc24ebe4dc6f68f1c18650abe4d796a08",
+                   "sha256:97c59d3b609612389ae52f80ee9ae4d9eeaef02300d724b3751c6af6f8ff6774"),
+    "fused": ("ea61600115002679defddf4880144f7d8199eb113ed06d4fb85c4a737f62f4d6",
+              "sha256:35cff7b96eaf3a6cea6ef06f3a624cd7a69d2a7b7b60acd9ffe859c06a637578"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_unsigned_plans_keep_their_golden_bytes_and_fingerprints(name):
+    import hashlib
+
+    from opara_plan import graph_fingerprint
+
+    plan = _golden_plans()[name]
+    data = plan_to_bytes(plan)
+    assert (hashlib.sha256(data).hexdigest(), graph_fingerprint(plan.graph)) == GOLDEN[name]
+    assert plan_from_bytes(data) == plan
+    # A 1.3 plan differs from the 1.2 one in its version only.
+    current = dataclasses.replace(plan, schema_version=SCHEMA_VERSION)
+    assert SCHEMA_VERSION == (1, 3)
+    assert plan_to_bytes(current) == data.replace(b"\xaeschema_version\x92\x01\x02", b"\xaeschema_version\x92\x01\x03")
+
+
+def test_canonical_value_and_bytes_agree(two_device_plan):
+    from opara_plan.canonical import canonical_bytes, canonical_value, write_canonical
+
+    for plan in [*_golden_plans().values(), two_device_plan]:
+        data = canonical_bytes(plan)
+        assert msgpack.packb(canonical_value(plan), use_bin_type=True) == data == plan_to_bytes(plan)
+        pieces = []
+        write_canonical(plan, pieces.append)
+        assert b"".join(pieces) == data
+
+
+def test_streamed_bytes_of_a_large_plan_are_the_same_in_pieces(tiny_plan):
+    from opara_plan import Fusion
+    from opara_plan.canonical import canonical_bytes, write_canonical
+
+    big = dataclasses.replace(tiny_plan, fusion=Fusion(backend="inductor", cache_key="k",
+                                                       programs=tuple(bytes([i]) * 1_200_000 for i in range(3))))
+    pieces = []
+    write_canonical(big, pieces.append)
+    assert len(pieces) > 2 and b"".join(pieces) == canonical_bytes(big)
+
+
+def test_an_int_in_a_float_field_is_written_as_the_float_it_decodes_to(tiny_plan):
+    plan = dataclasses.replace(tiny_plan, schedule=dataclasses.replace(tiny_plan.schedule, predicted_ms=3))
+    data = plan_to_bytes(plan)
+    back = plan_from_bytes(data)
+    assert isinstance(back.schedule.predicted_ms, float) and plan_to_bytes(back) == data
+
+
+def test_records_are_slotted_frozen_and_picklable(tiny_plan):
+    import pickle
+
+    node = tiny_plan.graph.nodes[2]
+    assert not hasattr(node, "__dict__")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        node.name = "x"
+    assert pickle.loads(pickle.dumps(tiny_plan)) == tiny_plan
+    assert hash(node) == hash(dataclasses.replace(node))
+
+
+def test_a_1_2_plan_loads(tiny_plan, tmp_path):
+    obj = msgpack.unpackb(plan_to_bytes(tiny_plan), raw=False)
+    obj["schema_version"] = [1, 2]
+    path = tmp_path / "old.plan"
+    path.write_bytes(msgpack.packb(obj, use_bin_type=True))
+    assert load_plan(path) == dataclasses.replace(tiny_plan, schema_version=(1, 2))

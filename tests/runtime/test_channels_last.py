@@ -6,6 +6,7 @@ import torch
 
 import opara_runtime
 import oparac
+from opara_plan import ExecutionError
 from opara_runtime import ops
 from small_cnn import small_cnn
 
@@ -52,7 +53,7 @@ def test_contiguous_plan_binds_as_given(cnn):
 def test_the_flatten_of_a_2x2_map_needs_the_reshape_fallback(cnn, monkeypatch):
     model, (x,), plan = cnn
     monkeypatch.setattr(ops, "_CHANNELS_LAST_TARGETS", {})
-    with pytest.raises(RuntimeError, match="view"):
+    with pytest.raises(ExecutionError, match="view"):
         opara_runtime.load(plan, model, device="cpu")(x)
 
 

@@ -13,10 +13,11 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPILER = ROOT / "compiler" / "oparac"
 
 # The compiler's stages in dependency order: a module may import its own stage and the stages before it, never
-# one after it. The top-level modules sit where they are used: pipeline runs the stages, verify and the
+# one after it. options (the allowed values) and progress (the hook) come first, since every stage reads them.
+# The other top-level modules sit where they are used: pipeline runs the stages, verify and the
 # observers run plans the pipeline made, bench times them, demo and cli wire everything.
-STAGES = ("models", "ingest", "profile", "schedule", "fuse", "search", "pipeline", "adapters", "verify",
-          "observe", "bench", "demo", "cli")
+STAGES = ("options", "progress", "models", "ingest", "profile", "schedule", "fuse", "search", "pipeline", "buckets",
+          "adapters", "verify", "observe", "bench", "demo", "cli")
 # The package itself (`oparac.compile`) is the pipeline.
 RANK = {name: k for k, name in enumerate(STAGES)} | {"__init__": STAGES.index("pipeline")}
 

@@ -32,8 +32,10 @@ def _torch_module(model, ref: str):
 
 
 def bench_plan(plan_path, model_ref: str, *, shapes: str | None = None, device=None, iters: int = 200,
-               warmup: int = 20, baselines: str | None = None, console=None) -> dict:
-    """Measure the plan (loaded, not recompiled) and the baselines; a rich progress bar goes to stderr."""
+               warmup: int = 20, baselines: str | None = None, console=None, trust_compiled_code: bool = False,
+               trusted_keys=None) -> dict:
+    """Measure the plan (loaded, not recompiled) and the baselines; a rich progress bar goes to stderr.
+    trust_compiled_code, trusted_keys: whether its stored programs may run, as opara_runtime.load takes them."""
     from opara_plan import load_plan
     from oparac.observe.trace import require_cuda
 
@@ -57,7 +59,9 @@ def bench_plan(plan_path, model_ref: str, *, shapes: str | None = None, device=N
     records = []
     with _progress(console) as bar:
         task = bar.add_task("opara plan", total=len(methods) + 1)
-        records.append(_bench_plan_row(plan, module, name, inputs, dtype, dev, want, iters=iters, warmup=warmup))
+        records.append(_bench_plan_row(plan, module, name, inputs, dtype, dev, want, iters=iters, warmup=warmup,
+                                       trust={"trust_compiled_code": trust_compiled_code,
+                                              "trusted_keys": trusted_keys}))
         bar.advance(task)
         for method in methods:
             bar.update(task, description=method)
@@ -77,14 +81,14 @@ def _progress(console):
                     console=console or Console(stderr=True), transient=True)
 
 
-def _bench_plan_row(plan, module, name, inputs, dtype, dev, want, *, iters: int, warmup: int):
+def _bench_plan_row(plan, module, name, inputs, dtype, dev, want, *, iters: int, warmup: int, trust: dict):
     """The 'opara' row: the plan file loaded by the runtime, timed exactly like bench_method times a baseline."""
     import opara_runtime
     from opara_plan import OparaError
     from oparac.bench.methods import Record, measure_into
 
     rec = Record(model=name, batch=int(inputs[0].shape[0]) if inputs[0].dim() else 1, dtype=dtype, method="opara")
-    measure_into(rec, lambda: opara_runtime.load(plan, module, device=dev), inputs, want, dev, iters=iters,
+    measure_into(rec, lambda: opara_runtime.load(plan, module, device=dev, **trust), inputs, want, dev, iters=iters,
                  warmup=warmup)
     if rec.error is not None:
         raise OparaError(f"the plan could not run: {rec.error}")

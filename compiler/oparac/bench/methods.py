@@ -126,7 +126,8 @@ def build(method: str, model, inputs, device: torch.device, *, plan_options: dic
         elif not method.endswith("tuned"):
             options["memory_format"] = "contiguous"
         plan = compile(model, inputs, device=device, tune=method.endswith("tuned"), **options)
-        return opara_runtime.load(plan, model, device=device)
+        # The plan was compiled in this process a moment ago, so its stored programs are its own.
+        return opara_runtime.load(plan, model, device=device, trust_compiled_code=True)
     raise ValueError(f"unknown method {method!r}")
 
 

@@ -8,19 +8,18 @@ import warnings
 import torch
 
 from opara_plan import Fusion, Graph, Plan, cut_segments
+from oparac.options import CUTS, FUSE_BACKENDS
 from oparac.schedule.coarsen import coarsen_streams
 from oparac.profile.measure import time_graph_replays, timed_runner
 
-BACKENDS = ("inductor",)
-# How a schedule becomes segments. maximal: cut the schedule as it is. coarse: first move small side
-# branches onto a neighbouring stream (oparac.schedule.coarsen), for fewer, bigger segments and fewer waits.
-CUTS = ("maximal", "coarse")
-
-
 
 def fuse_plan(plan: Plan, backend: str, *, cut: str = "maximal", max_ops: int = 0) -> Plan:
-    """The plan with its schedule cut into segments (no GPU work); the coarse cut also changes the schedule
-    (its stream_algorithm then says so, e.g. 'opara+coarse')."""
+    """The plan with its schedule cut into segments (no GPU work). cut 'maximal' cuts the schedule as it is;
+    'coarse' first moves small side branches onto a neighbouring stream (oparac.schedule.coarsen), for fewer,
+    bigger segments and fewer waits, and so changes the schedule (its stream_algorithm then says so,
+    e.g. 'opara+coarse')."""
+    if backend not in FUSE_BACKENDS:
+        raise ValueError(f"fuse backend: expected one of {FUSE_BACKENDS}, found {backend!r}")
     if cut not in CUTS:
         raise ValueError(f"cut: expected one of {CUTS}, found {cut!r}")
     if cut == "coarse":

@@ -7,8 +7,7 @@ import math
 import torch
 
 from opara_plan import UnsupportedOpError
-
-ATTENTION = ("sdpa", "math")
+from oparac.options import ATTENTION_MODES as ATTENTION
 
 
 def sdpa_as_math(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,

@@ -8,12 +8,17 @@ import torch
 from opara_plan import ModelError, OutTree, Ref, UnsupportedOpError
 from oparac.ingest.graph_builder import GraphBuilder
 from oparac.ingest.onnx_ops import HANDLERS, ONNX_DTYPES, Context
+from oparac.ingest.onnx_ops.advice import control_flow_advice, domain_advice, op_advice
 from oparac.ingest.onnx_ops.base import type_name
 
 MIN_OPSET = 9
 # Initializers above this many elements are weights: ops on them run at deploy time on param nodes (so new
 # weights in the .onnx file take effect) instead of being folded into plan constants.
 FOLD_LIMIT = 4096
+# A value computed at compile time (ConstantOfShape, Expand of a scalar, Range, Tile...) larger than this is not
+# embedded in the plan: the nodes that compute it are emitted as graph ops (aten.full, aten.expand of a small
+# constant...), so a model whose weights are made inside the graph stays a small plan.
+EMBED_LIMIT_BYTES = 1 << 20
 CONTROL_FLOW = ("If", "Loop", "Scan", "SequenceMap")
 
 
@@ -81,6 +86,9 @@ class OnnxImporter:
         self.origin: dict[str, str] = {}  # value name -> initializer it is (through Identity)
         self.params: dict[str, Ref] = {}
         self.constants: dict[int, tuple[torch.Tensor, Ref]] = {}
+        # value name -> (node, its index in the graph, op version) of a large folded value; the Ref it became
+        self.recipes: dict[str, tuple[object, int, int]] = {}
+        self.rebuilt: dict[str, Ref] = {}
         self.node_index = 0
 
     def run(self) -> GraphBuilder:
@@ -88,7 +96,9 @@ class OnnxImporter:
 
         latest = onnx.defs.onnx_opset_version()
         if not MIN_OPSET <= self.opset <= latest:
-            raise ModelError(f"ONNX model: opset {self.opset} is not supported (expected {MIN_OPSET} to {latest})")
+            raise ModelError(f"ONNX model: opset {self.opset} is not supported (expected {MIN_OPSET} to {latest}, "
+                             f"the newest the installed onnx {onnx.__version__} knows); re-export with "
+                             f"opset_version={latest} or lower, or upgrade onnx")
         if self.graph.sparse_initializer:
             raise UnsupportedOpError("ONNX model: sparse initializers are not supported")
         for init in self.graph.initializer:
@@ -163,7 +173,8 @@ class OnnxImporter:
         return tensor_from_proto(proto)
 
     def runtime(self, name: str) -> Ref:
-        """The value as a graph Ref: initializers become param nodes, other constants constant nodes."""
+        """The value as a graph Ref: initializers become param nodes, large computed values the ops that compute
+        them, other constants constant nodes."""
         v = self.values[name]
         if isinstance(v, Ref):
             return v
@@ -173,7 +184,35 @@ class OnnxImporter:
                 dtype = self.float_dtype if v.dtype == torch.float32 else v.dtype
                 self.params[init] = self.builder.param(init, tuple(v.shape), dtype)
             return self.params[init]
+        if name in self.recipes:
+            return self.rebuild(name)
         return self.constant_node(v, name)
+
+    def rebuild(self, name: str) -> Ref:
+        """A large folded value as graph ops: its node lowered again, not folded, its inputs as Refs in turn."""
+        if name in self.rebuilt:
+            return self.rebuilt[name]
+        node, index, version = self.recipes[name]
+        ctx = Context(self, node, version, fold=False, index=index)
+        result = HANDLERS[node.op_type].fn(ctx)
+        outputs = list(result) if isinstance(result, (list, tuple)) else [result]
+        for k, out_name in enumerate(node.output):
+            if out_name in self.recipes and out_name not in self.rebuilt:
+                self.rebuilt[out_name] = self._rebuilt_ref(node, out_name, outputs[k])
+        return self.rebuilt[name]
+
+    def _rebuilt_ref(self, node, name: str, out) -> Ref:
+        if isinstance(out, torch.Tensor):
+            # a handler that passes an input through (Identity, Dropout...) gives that input's value back
+            source = next((i for i in node.input if i and self.values[i] is out), None)
+            out = self.runtime(source) if source is not None else self.constant_node(out, name)
+        folded, meta = self.values[name], self.builder.meta_of(out)
+        want = self.float_dtype if folded.dtype == torch.float32 else folded.dtype
+        if tuple(meta.shape) != tuple(folded.shape) or meta.dtype != want:
+            raise ModelError(f"{node.op_type} node {node.name or '(unnamed)'!r}: rebuilding its output {name!r} "
+                             f"as graph ops gave {meta.dtype}{list(meta.shape)}, folding it gave "
+                             f"{want}{list(folded.shape)} (an importer bug)")
+        return out
 
     def constant_node(self, t: torch.Tensor, name: str = "") -> Ref:
         hit = self.constants.get(id(t))
@@ -189,17 +228,19 @@ class OnnxImporter:
         where = f"{node.op_type} node {node.name or '(unnamed)'!r} (opset {self.opset})"
         if node.domain not in ("", "ai.onnx"):
             raise UnsupportedOpError(f"{where}: operators of domain {node.domain!r} are not supported "
-                                     f"(only the default ONNX domain)")
+                                     f"(only the default ONNX domain); {domain_advice(node.domain)}")
         if node.op_type in CONTROL_FLOW:
-            raise UnsupportedOpError(f"{where}: control flow ({node.op_type}) is not supported; CUDA graphs "
-                                     f"replay one static sequence of kernels")
+            raise UnsupportedOpError(f"{where}: control flow ({node.op_type}) is not supported, since a CUDA graph "
+                                     f"replays one static sequence of kernels; {control_flow_advice()}")
         handler = HANDLERS.get(node.op_type)
         if handler is None:
-            raise UnsupportedOpError(f"{where}: operator {node.op_type} is not supported by the ONNX importer")
+            raise UnsupportedOpError(f"{where}: operator {node.op_type} is not supported by the ONNX importer; "
+                                     f"{op_advice(node.op_type)}")
         version = self._since_version(node.op_type)
         if version < handler.min_version:
             raise UnsupportedOpError(f"{where}: {node.op_type}-{version} is not supported (from "
-                                     f"{node.op_type}-{handler.min_version} on)")
+                                     f"{node.op_type}-{handler.min_version} on); re-export with "
+                                     f"opset_version={handler.min_version} or later")
         for name in node.input:
             if name and name not in self.values:
                 raise ModelError(f"{where}: input {name!r} is not produced before this node (the graph must "
@@ -216,6 +257,8 @@ class OnnxImporter:
             if k >= len(outputs) or outputs[k] is None:
                 raise ctx.unsupported(f"output {k} ({name!r})")
             self.values[name] = outputs[k]
+            if self._large_computed(node, outputs[k]):
+                self.recipes[name] = (node, self.node_index, version)
         if node.op_type == "Identity" and node.input[0] in self.origin:
             self.origin[node.output[0]] = self.origin[node.input[0]]
 
@@ -226,6 +269,13 @@ class OnnxImporter:
             return onnx.defs.get_schema(op_type, self.opset, "").since_version
         except Exception:
             raise UnsupportedOpError(f"operator {op_type} does not exist in ONNX opset {self.opset}") from None
+
+    @staticmethod
+    def _large_computed(node, value) -> bool:
+        """A folded value too large to embed that its node can compute at run time (a Constant's is data)."""
+        if not isinstance(value, torch.Tensor) or node.op_type == "Constant":
+            return False
+        return value.numel() * value.element_size() > EMBED_LIMIT_BYTES
 
     def _foldable(self, node) -> bool:
         """All inputs known at compile time, and none of them a weight (see FOLD_LIMIT)."""

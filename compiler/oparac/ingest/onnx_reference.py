@@ -10,6 +10,7 @@ from opara_plan import ModelError
 
 def run_onnxruntime(path: Path, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """Outputs of the model at `path` on `inputs` (CPU tensors, in graph-input order), in graph-output order."""
+    import numpy as np
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -28,4 +29,5 @@ def run_onnxruntime(path: Path, inputs: list[torch.Tensor]) -> tuple[torch.Tenso
             raise ModelError(f"input {name!r}: onnxruntime's reference is not run on bfloat16 inputs")
         feed[name] = x.numpy()
     outputs = session.run(None, feed)
-    return tuple(torch.from_numpy(o.copy()) for o in outputs)
+    # np.dtype(str) names the canonical type: onnxruntime may return numpy's ulonglong, which torch does not take
+    return tuple(torch.from_numpy(np.array(o, copy=True).view(np.dtype(o.dtype.str))) for o in outputs)

@@ -1,6 +1,7 @@
 """PyTorch front end: nn.Module via torch.export (non-strict), or an ATen-level fx.GraphModule as given."""
 from __future__ import annotations
 
+import inspect
 import operator
 
 import torch
@@ -8,7 +9,9 @@ import torch.fx
 import torch.utils._pytree as pytree
 
 from opara_plan import ModelError, OparaError, OutTree, Ref, UnsupportedOpError
+from oparac.ingest.export_errors import export_error, quiet_export
 from oparac.ingest.graph_builder import GraphBuilder
+from oparac.models.reference import warn_if_training
 
 # Ops that synchronise with the host or produce data-dependent shapes: a CUDA graph cannot hold them.
 HOST_SYNC_OPS = frozenset({
@@ -27,34 +30,79 @@ METADATA_ASSERTIONS = frozenset({"aten._assert_tensor_metadata", "aten.sym_const
 def graph_from_module(model: torch.nn.Module, example_inputs: tuple, *,
                       decompositions: dict | None = None) -> tuple[GraphBuilder, str]:
     """Export `model` on `example_inputs` to the functional ATen graph (`decompositions`: ops lowered further,
-    see ingest/attention.py)."""
+    see ingest/attention.py). The model is exported in eval mode (warned about if it is in train mode) and left
+    in the mode it came in."""
     _check_inputs(example_inputs)
+    _check_arity(model, example_inputs)
+    check_weights(model.named_parameters(), model.named_buffers())
+    warn_if_training(model, "the model")
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
     try:
-        ep = torch.export.export(model, tuple(example_inputs), strict=False)
-        ep = ep.run_decompositions(decompositions or {})
+        with quiet_export():
+            ep = torch.export.export(model, tuple(example_inputs), strict=False)
+            ep = ep.run_decompositions(decompositions or {})
     except OparaError:
         raise
-    except torch._dynamo.exc.UserError as e:
-        raise ModelError(f"torch.export could not trace the model: {str(e).splitlines()[0]}") from None
     except Exception as e:  # export raises many kinds of errors for untraceable models
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "data-dependent" in str(e) or "Could not guard on data-dependent" in str(e):
-            raise UnsupportedOpError(f"the model has data-dependent control flow or shapes: {first}") from None
-        raise ModelError(f"torch.export could not trace the model ({type(e).__name__}): {first}") from None
+        raise export_error(e) from None
+    finally:
+        for m, training in modes:
+            m.training = training
     return graph_from_exported(ep), "torch.export"
+
+
+def check_weights(*named) -> None:
+    """Weights on the meta device have a shape but no data: a plan bound to them cannot run."""
+    for items in named:
+        for name, t in items:
+            if isinstance(t, torch.Tensor) and t.is_meta:
+                raise ModelError(f"weight {name!r}: expected a tensor with data, found one on the meta device "
+                                 f"({_dtype(t)}{list(t.shape)}); load the real weights before compiling (e.g. "
+                                 f"model.load_state_dict(state, assign=True), or model.to_empty(device='cpu') "
+                                 f"then load_state_dict)")
+
+
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+_WRAP_HINT = ("plans take tensors only: compile a wrapper, e.g. `class Wrapped(nn.Module): def forward(self, a, "
+              "b): return model([a, b])`, on the tensors as separate inputs")
 
 
 def _check_inputs(example_inputs) -> None:
     if not isinstance(example_inputs, (tuple, list)):
         raise ModelError(f"example_inputs: expected a tuple of tensors, found {type(example_inputs).__name__}")
     for i, x in enumerate(example_inputs):
+        if isinstance(x, (list, tuple, dict)):
+            raise ModelError(f"example input {i}: expected a tensor, found a {type(x).__name__} of {len(x)} "
+                             f"items (the model takes a container of tensors); {_WRAP_HINT}")
         if not isinstance(x, torch.Tensor):
             raise ModelError(f"example input {i}: expected a tensor, found {type(x).__name__}")
+        if x.is_meta:
+            raise ModelError(f"example input {i}: expected a tensor with data, found one on the meta device")
+
+
+def _check_arity(model: torch.nn.Module, example_inputs) -> None:
+    """More example inputs than forward takes is usually a list of tensors spread into arguments."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(example_inputs) > len(positional):
+        names = ", ".join(p.name for p in positional)
+        raise ModelError(f"example_inputs: forward({names}) takes {len(positional)} inputs, "
+                         f"{len(example_inputs)} tensors were given; if it takes a list of tensors, {_WRAP_HINT}")
 
 
 def graph_from_exported(ep: torch.export.ExportedProgram) -> GraphBuilder:
     from torch.export.graph_signature import InputKind, OutputKind
 
+    check_weights(ep.state_dict.items(), ep.constants.items())
     specs = {s.arg.name: s for s in ep.graph_signature.input_specs if hasattr(s.arg, "name")}
     for spec in ep.graph_signature.output_specs:
         if spec.kind != OutputKind.USER_OUTPUT:
@@ -186,6 +234,7 @@ def graph_from_fx(gm: torch.fx.GraphModule, example_inputs: tuple, *,
     if len(placeholders) != len(example_inputs):
         raise ModelError(f"the GraphModule takes {len(placeholders)} inputs, {len(example_inputs)} were given")
     named = dict(gm.named_parameters()) | dict(gm.named_buffers())
+    check_weights(named.items())
     inputs = dict(zip(placeholders, example_inputs))
     for node in gm.graph.nodes:
         if node.op == "placeholder":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -105,6 +106,8 @@ def load_model(ref: str, shapes: str | None = None):
         raise ModelError(f"model {ref!r}: the factory returned no example inputs; give --shapes NAME:1x3x224x224")
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
+    # Every command (compile, verify, bench) then runs the model as its plan does: in eval mode.
+    warn_if_training(model, f"the model {ref!r}")
     return model.eval(), tuple(inputs)
 
 
@@ -122,3 +125,19 @@ def _load_pt2(path: Path, given):
     if given:
         inputs = tuple(random_input(shape, _DTYPES[dt]) for shape, dt in given.values())
     return ep, inputs
+
+
+class TrainModeWarning(UserWarning):
+    """A model was handed over in train() mode; its plan runs eval semantics."""
+
+
+def warn_if_training(model: torch.nn.Module, what: str) -> None:
+    """Plans always run eval semantics (no dropout, batch norm on running statistics); say so when the model
+    (or any submodule) was in train mode, since eager calls of it would then give other numbers."""
+    training = next((name or "the model" for name, m in model.named_modules() if m.training), None)
+    if training is None:
+        return
+    which = "" if training == "the model" else f" (first: submodule {training!r})"
+    warnings.warn(f"{what} is in train() mode{which}; a plan always runs eval semantics (dropout off, batch norm "
+                  f"on running statistics), so it is compiled as model.eval(); call model.eval() to silence this",
+                  TrainModeWarning, stacklevel=3)

@@ -34,6 +34,8 @@ def print_summary(info: dict, console: Console | None = None) -> None:
         rows.insert(5, ("fusion", f"{fusion['backend']}: {fusion['segments']} segments, {stored}"))
     if s["devices"] > 1:
         rows.insert(3, ("devices", f"{s['devices']} GPUs ({s['device_algorithm']}), {s['copies']} copies between them"))
+    if p["guard"]:
+        rows.append(("guard", p["guard"].removeprefix("guard: ")))
     for link in p["links"]:
         rows.append((f"link {link['src']}->{link['dst']}", f"{link['latency_ms'] * 1e3:.1f} us + "
                      f"{1e-6 / link['ms_per_byte'] if link['ms_per_byte'] else float('inf'):.0f} GB/s "
@@ -42,7 +44,7 @@ def print_summary(info: dict, console: Console | None = None) -> None:
         table.add_row(k, v)
     console.print(table)
     if p["candidates"]:
-        cand = Table(title="Tuning candidates")
+        cand = Table(title="Tuning candidates" if not p["guard"] else "Measured by the guard")
         for col in ("streams", "order", "max streams", "GPUs", "predicted ms", "measured ms", ""):
             cand.add_column(col)
         for c in sorted(p["candidates"], key=lambda c: (c["measured_ms"] is None, c["measured_ms"] or 0.0)):

@@ -33,6 +33,7 @@ def summarize(plan: Plan) -> dict:
                                     "predicted_ms": c.predicted_ms,
                                     "measured_ms": c.measured_ms if c.measured_ms >= 0 else None,
                                     "chosen": c.chosen, "devices": c.num_devices} for c in p.candidates],
+                    "guard": p.guard,
                     "links_method": p.links_method,
                     "links": [{"src": k.src, "dst": k.dst, "latency_ms": k.latency_ms, "ms_per_byte": k.ms_per_byte}
                               for k in p.links]},

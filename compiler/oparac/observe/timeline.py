@@ -13,6 +13,22 @@ MAX_WAITS = 400       # beyond this many waits only a sample (critical ones firs
 AUTO_BARS = 600       # above this many bars the default aggregates short ops
 AUTO_FRACTION = 400   # default aggregation threshold: 1/AUTO_FRACTION of the visible time span
 MAX_LABELS = 150
+# Drawing needs matplotlib, an extra: a plain install (plans, runtime, CLI) stays free of it and its deps.
+TIMELINE_EXTRA = "pip install 'opara[timeline]'"
+
+
+class MissingExtraError(OparaError):
+    """An optional dependency of the feature asked for is not installed; the message names the install command."""
+
+
+def require_matplotlib() -> None:
+    """Fail before any work is done, with the command that fixes it, rather than in the middle with a bare
+    ModuleNotFoundError."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise MissingExtraError(f"drawing a timeline needs matplotlib, which is not installed ({e}); install it "
+                                f"with {TIMELINE_EXTRA} (or pip install matplotlib)") from None
 
 
 @dataclass(frozen=True)
@@ -195,6 +211,7 @@ def parse_zoom(text: str | None) -> tuple[float, float] | None:
 
 def render(timeline: Timeline, paths, *, window: tuple[float, float] | None = None) -> None:
     """Draw the chart once and save it to each path (format from the suffix: .png or .svg)."""
+    require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")
@@ -339,6 +356,7 @@ def write_timeline(plan: Plan, paths, *, measured: dict | None = None, aggregate
     bad = [str(p) for p in paths if Path(p).suffix.lower() not in (".png", ".svg")]
     if bad:
         raise OparaError(f"timeline {bad[0]!r}: expected a .png or .svg file name")
+    require_matplotlib()
     timeline = measured_timeline(plan, measured, title=title) if measured else simulated_timeline(plan, title=title)
     if zoom:
         end = timeline.makespan_ms
@@ -357,6 +375,8 @@ def write_timeline(plan: Plan, paths, *, measured: dict | None = None, aggregate
 def write_pictures(plan: Plan, *, timeline=None, svg=None, dot=None, aggregate_ms: float | None = None,
                    zoom: str | None = None, measured=None, title: str = "") -> list[str]:
     """What `oparac inspect --timeline/--svg/--dot` writes; returns the paths written."""
+    if timeline or svg:
+        require_matplotlib()  # before the .dot file is written: a failed command leaves nothing half done
     written = []
     if dot:
         from oparac.observe.dot import write_dot

@@ -204,8 +204,9 @@ def _union_ms(intervals) -> float:
 
 
 def trace_plan(plan_path, model_ref: str, out, *, shapes: str | None = None, device=None, replays: int = 20,
-               timeline=None, progress=None) -> TraceReport:
-    """Load the plan for the model on a GPU, trace it, write the Chrome trace (plus an `opara` section)."""
+               timeline=None, progress=None, trust_compiled_code: bool = False, trusted_keys=None) -> TraceReport:
+    """Load the plan for the model on a GPU, trace it, write the Chrome trace (plus an `opara` section).
+    trust_compiled_code, trusted_keys: as opara_runtime.load takes them."""
     say = progress or (lambda msg: None)
     from opara_plan import load_plan
 
@@ -221,7 +222,8 @@ def trace_plan(plan_path, model_ref: str, out, *, shapes: str | None = None, dev
 
     model, _ = load_model(model_ref, shapes)
     say(f"load: capturing the plan on {torch.cuda.get_device_name(dev)}")
-    runner = opara_runtime.load(plan, model, device=dev)
+    runner = opara_runtime.load(plan, model, device=dev, trust_compiled_code=trust_compiled_code,
+                                trusted_keys=trusted_keys)
     if runner.captured is None:
         raise OparaError("the plan was not captured as a CUDA graph; oparac trace needs the CUDA path")
     if getattr(runner.captured.launcher, "programs", None) is not None:

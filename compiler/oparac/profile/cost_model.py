@@ -4,12 +4,10 @@ from __future__ import annotations
 import math
 
 from opara_plan import DTYPE_SIZES, Graph, Node, OpProfile, Ref, node_refs
+from oparac.profile.gpus import PREVIEW, GpuSpec
 
-# Nominal H100-class figures. Plans made from them are previews; only their relative costs matter.
-PEAK_FLOPS = 60e12
-PEAK_BYTES_PER_S = 3.0e12
+# The peaks come from a GpuSpec (PREVIEW for a CPU preview plan); only the relative costs matter.
 KERNEL_OVERHEAD_MS = 0.002
-RIDGE_FLOPS_PER_BYTE = PEAK_FLOPS / PEAK_BYTES_PER_S
 
 # Ops that launch no kernel although their schema does not declare an alias.
 FREE_WITHOUT_ALIAS = frozenset({"aten._unsafe_view.default"})
@@ -61,8 +59,9 @@ def is_free(node: Node) -> bool:
     return node.target in FREE_WITHOUT_ALIAS or aliased_input(node.target) is not None
 
 
-def estimate(graph: Graph) -> tuple[OpProfile, ...]:
-    """One OpProfile per node; non-ops and free ops cost nothing."""
+def estimate(graph: Graph, gpu: GpuSpec = PREVIEW, dtype: str = "float32") -> tuple[OpProfile, ...]:
+    """One OpProfile per node from `gpu`'s peaks for `dtype`; non-ops and free ops cost nothing."""
+    peak, bandwidth, ridge = gpu.flops(dtype), gpu.bytes_per_s, gpu.ridge(dtype)
     out = []
     for node in graph.nodes:
         if node.kind != "op":
@@ -72,11 +71,11 @@ def estimate(graph: Graph) -> tuple[OpProfile, ...]:
             out.append(OpProfile(ms=0.0, flops=0.0, bytes=0.0, intensity="free"))
             continue
         flops, nbytes = op_flops(graph, node), op_bytes(graph, node)
-        ms = max(flops / PEAK_FLOPS, nbytes / PEAK_BYTES_PER_S) * 1e3 + KERNEL_OVERHEAD_MS
-        out.append(OpProfile(ms=ms, flops=flops, bytes=nbytes, intensity=classify(flops, nbytes)))
+        ms = max(flops / peak, nbytes / bandwidth) * 1e3 + KERNEL_OVERHEAD_MS
+        out.append(OpProfile(ms=ms, flops=flops, bytes=nbytes, intensity=classify(flops, nbytes, ridge)))
     return tuple(out)
 
 
-def classify(flops: float, nbytes: float, ridge: float = RIDGE_FLOPS_PER_BYTE) -> str:
+def classify(flops: float, nbytes: float, ridge: float = PREVIEW.ridge()) -> str:
     """Compute- or memory-intensive by arithmetic intensity (FLOPs per byte) against the ridge point."""
     return "compute" if nbytes > 0 and flops / nbytes >= ridge else "memory"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 
-from opara_plan import Link, ModelError
+from opara_plan import Link
 
 # Simulated devices (no GPU at hand): an NVLink-class peer copy, 10 us to start and 200 GB/s.
 NOMINAL_LATENCY_MS = 0.01
@@ -31,22 +31,6 @@ def fit_line(samples: list[tuple[float, float]]) -> tuple[float, float]:
     slope = sum((b - mx) * (t - my) for b, t in samples) / sxx if sxx else 0.0
     slope = max(slope, 0.0)
     return max(my - slope * mx, 0.0), slope
-
-
-def parse_devices(devices) -> tuple[str, ...]:
-    """['cuda:0', 'cuda:1'] (or 'cuda:0,cuda:1') -> distinct CUDA device names, in the plan's device order."""
-    if isinstance(devices, str):
-        devices = [d.strip() for d in devices.split(",") if d.strip()]
-    names = tuple(str(d) for d in devices)
-    for d in names:
-        kind, _, index = d.partition(":")
-        if kind != "cuda" or not index.isdigit():
-            raise ModelError(f"devices: expected GPUs written cuda:N, found {d!r}")
-    if len(set(names)) != len(names):
-        raise ModelError(f"devices: each GPU may appear once, found {', '.join(names)}")
-    if not names:
-        raise ModelError("devices: expected at least one GPU, found none")
-    return names
 
 
 def measure_links(devices) -> tuple[Link, ...]:

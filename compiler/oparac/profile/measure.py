@@ -109,9 +109,11 @@ def fill_random(tensors) -> None:
 
 def timed_runner(plan, weights: dict, device: torch.device, devices=None):
     """A captured runner of `plan` for timing, its static inputs filled with random data (never time on
-    zeros: they can run faster than real inputs). devices: one per plan device, for multi-GPU plans."""
+    zeros: they can run faster than real inputs). devices: one per plan device, for multi-GPU plans. A fused
+    plan's stored programs are trusted: this process compiled them a moment ago (the tuner and the guard time
+    the plans they are about to write)."""
     from opara_runtime.runner import Runner
 
-    runner = Runner(plan, weights, device, devices=devices)
+    runner = Runner(plan, weights, device, devices=devices, trust_compiled_code=True)
     fill_random(runner.captured.static_inputs)
     return runner

@@ -10,15 +10,14 @@ import torch
 
 from opara_plan import Graph, KernelInfo, OpProfile, Profile, Target
 from oparac.profile import cost_model
+from oparac.profile.gpus import gpu_spec
 from oparac.profile.measure import time_graph_replays
 from oparac.models.reference import random_input
 from oparac.profile.cache import ProfileCache
+from oparac.progress import Progress
 from opara_runtime.ops import constant_tensor, in_layout, run_node, torch_dtype
 
 REPEATS_IN_GRAPH = 20
-# Nominal dense peaks of Hopper (FLOP/s by dtype) and HBM bandwidth: only the ridge point comes from them.
-PEAK_FLOPS = {"float32": 67e12, "float16": 990e12, "bfloat16": 990e12}
-PEAK_BANDWIDTH = 3.35e12
 
 
 def gpu_target(device: torch.device) -> Target:
@@ -32,8 +31,10 @@ def gpu_target(device: torch.device) -> Target:
                   cuda=torch.version.cuda or "", torch=torch.__version__)
 
 
-def profile_on_gpu(graph: Graph, device: torch.device, dtype: str, cache, say,
+def profile_on_gpu(graph: Graph, device: torch.device, dtype: str, cache, progress: Progress,
                    memory_format: str = "contiguous") -> tuple[Target, Profile]:
+    """Every op timed on `device` (or the profile cache's entry); intensity against the ridge point of the GPU
+    the Target names (oparac.profile.gpus)."""
     target = gpu_target(device)
     store = ProfileCache.default() if cache is None else cache
     fingerprint_key = None
@@ -43,12 +44,12 @@ def profile_on_gpu(graph: Graph, device: torch.device, dtype: str, cache, say,
         fingerprint_key = store.key(graph_fingerprint(graph), target, dtype, memory_format)
         cached = store.get(fingerprint_key, len(graph.nodes))
         if cached is not None:
-            say("profile: cache hit")
+            progress.note("profile: cache hit")
             return target, Profile(method="cuda-graph", ops=cached, sequential_ms=sum(o.ms for o in cached))
     values = materialize(graph, device, memory_format)
-    times = time_ops(graph, values, device, say, memory_format)
+    times = time_ops(graph, values, device, progress, memory_format)
     kernels = kernel_records(graph, values, device, memory_format)
-    ridge = PEAK_FLOPS.get(dtype, PEAK_FLOPS["float32"]) / PEAK_BANDWIDTH
+    ridge = gpu_spec(target).ridge(dtype)
     ops = []
     for i, node in enumerate(graph.nodes):
         if node.kind != "op" or cost_model.is_free(node):
@@ -83,7 +84,7 @@ def materialize(graph: Graph, device: torch.device, memory_format: str = "contig
     return values
 
 
-def time_ops(graph: Graph, values: list, device: torch.device, say,
+def time_ops(graph: Graph, values: list, device: torch.device, progress: Progress | None = None,
              memory_format: str = "contiguous") -> dict[int, float]:
     """Each op alone, REPEATS_IN_GRAPH times inside a small CUDA graph: no launch overhead in the figure."""
     times: dict[int, float] = {}
@@ -91,8 +92,8 @@ def time_ops(graph: Graph, values: list, device: torch.device, say,
     stream = torch.cuda.Stream(device=device)
     for k, i in enumerate(ops):
         times[i] = _time_one(graph.nodes[i], values, device, stream, memory_format)
-        if say and (k + 1) % 200 == 0:
-            say(f"profile: timed {k + 1}/{len(ops)} ops")
+        if progress is not None and (k + 1) % 200 == 0:
+            progress.note(f"profile: timed {k + 1}/{len(ops)} ops")
     return times
 
 

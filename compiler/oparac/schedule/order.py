@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import heapq
 
+from oparac.options import ORDER_ALGORITHMS
 from oparac.schedule.simulate import bottom_levels
-
-ORDER_ALGORITHMS = ("topo", "opara", "critical")
 
 
 def order_launches(dag, assignment, costs, *, algorithm: str) -> tuple[int, ...]:

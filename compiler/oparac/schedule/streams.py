@@ -5,9 +5,9 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
+from oparac.options import STREAM_ALGORITHMS
 from oparac.schedule.simulate import bottom_levels
 
-STREAM_ALGORITHMS = ("opara", "nimble", "critical", "window", "single")
 WINDOW = 8  # ops the window algorithm looks ahead
 
 

@@ -7,6 +7,8 @@ import torch
 
 from opara_plan import Candidate, Plan
 from oparac.fuse.segments import fuse_plan, has_nhwc_weights, measure_fused
+from oparac.profile.gpus import gpu_spec
+from oparac.progress import Progress, as_progress
 from oparac.schedule.build import make_schedule
 from oparac.search.tune import candidate_label
 
@@ -21,8 +23,12 @@ FUSED_CANDIDATES = (("single", "topo", 0, "maximal"), ("opara", "opara", 0, "max
 NHWC_CANDIDATES = (("opara", "opara", 0, "maximal"),)
 
 
-def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, say=None, nhwc_profile=None) -> Plan:
+def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, progress: Progress | None = None,
+               nhwc_profile=None) -> Plan:
     """Measure a few fused schedules against the given (unfused) plan; keep the fastest.
+
+    weights: the model's, already on `device` in the plan's dtype (opara_runtime.bind.weights_on_device).
+    progress: a Progress hook or a callable taking a line.
 
     Each fused candidate is compiled and timed once as it is built; then every candidate, the unfused plan
     included, is timed again side by side in interleaved rounds (their compiled programs are reloaded, not
@@ -31,11 +37,10 @@ def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, sa
     nhwc_profile(): the ops profiled in channels_last. When given and the plan is an NCHW one with 4-D
     floating-point weights, NHWC_CANDIDATES are tried in that layout too, scheduled from that profile; a plan
     chosen from them carries it."""
-    from opara_runtime.bind import weights_on_device
-    from opara_runtime.segment_workers import compile_pool
+    from opara_runtime.fused import compile_pool
     from oparac.search.tune import FINAL_ROUNDS, measure_rounds
 
-    placed = weights_on_device(plan, weights, device)
+    progress = as_progress(progress)
     plans = [plan]
     candidates = [Candidate(streams=plan.schedule.stream_algorithm, order=plan.schedule.order_algorithm,
                             max_streams=plan.schedule.max_streams, predicted_ms=plan.schedule.predicted_ms)]
@@ -50,13 +55,12 @@ def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, sa
     # inductor's warm-up) on the H100 (benchmarks/worker_startup.py). It closes before the final rounds, which
     # reload the compiled programs, so its idle workers hold no GPU memory while the candidates are timed.
     with compile_pool(device):
-        for fused, candidate in _fused_candidates(variants, placed, device, backend, say):
+        for fused, candidate in _fused_candidates(variants, weights, device, backend, progress):
             plans.append(fused)
             candidates.append(candidate)
-    final = measure_rounds(dict(enumerate(plans)), placed, [device], rounds=FINAL_ROUNDS, repeats=5, replays=20)
+    final = measure_rounds(dict(enumerate(plans)), weights, [device], rounds=FINAL_ROUNDS, repeats=5, replays=20)
     candidates = [dataclasses.replace(c, measured_ms=final[k]) for k, c in enumerate(candidates)]
-    if say:
-        say("tune: fused finalists " + ", ".join(f"{_label(c)} {c.measured_ms:.4f} ms" for c in candidates))
+    progress.note("tune: fused finalists " + ", ".join(f"{_label(c)} {c.measured_ms:.4f} ms" for c in candidates))
     winner = min(range(len(plans)), key=lambda k: (final[k], k))  # a tie keeps the unfused plan
     # Earlier (unfused) tuning candidates stay on record; exactly one candidate ends up chosen. When the
     # unfused plan wins and was itself tuned, its own candidate entry is already the chosen one.
@@ -69,20 +73,21 @@ def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, sa
     return dataclasses.replace(best, profile=dataclasses.replace(best.profile, candidates=earlier + tuple(candidates)))
 
 
-def _fused_candidates(variants, placed: dict, device: torch.device, backend: str, say):
+def _fused_candidates(variants, placed: dict, device: torch.device, backend: str, progress: Progress):
     """Each fused candidate compiled and timed once: (its plan, its Candidate record)."""
     for base, table, layout in variants:
+        gpu = gpu_spec(base.target)
         for streams, order, cap, cut in table:
-            sched = make_schedule(base.graph, base.profile.ops, streams=streams, order=order, max_streams=cap)
+            sched = make_schedule(base.graph, base.profile.ops, streams=streams, order=order, max_streams=cap,
+                                  gpu=gpu)
             fused, ms = measure_fused(fuse_plan(dataclasses.replace(base, schedule=sched), backend, cut=cut),
                                       placed, device)
             # The recorded name carries the cut and the layout ('opara+coarse+inductor', 'opara+inductor+
             # channels_last'), so the plan tells the candidates apart without a schema change.
             candidate = Candidate(streams=f"{fused.schedule.stream_algorithm}+{backend}{layout}", order=order,
                                   max_streams=cap, predicted_ms=fused.schedule.predicted_ms)
-            if say:
-                say(f"tune: fused {_label(candidate)}: {len(fused.fusion.segments)} segments, "
-                    f"{len(fused.fusion.programs)} programs, {ms:.4f} ms")
+            progress.note(f"tune: fused {_label(candidate)}: {len(fused.fusion.segments)} segments, "
+                          f"{len(fused.fusion.programs)} programs, {ms:.4f} ms")
             yield fused, candidate
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from onnx import helper
 
@@ -32,3 +33,18 @@ def test_compile_unsupported_op_is_one_line(tmp_path):
     result = CliRunner().invoke(main, ["compile", str(path), "-o", str(tmp_path / "p.plan"), "--device", "cpu"])
     assert result.exit_code == 1
     assert "NonZero node 'nz'" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"", "is empty (0 bytes), not an ONNX model"),
+    (b"hello, this is not an ONNX model\n", "is not an ONNX model: it does not parse as an onnx ModelProto"),
+    (b"\x08\x07", "is not an ONNX model: expected an ir_version and a graph, found no graph"),
+])
+def test_compile_a_file_that_is_not_onnx_names_it(tmp_path, content, says):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(content)
+    result = CliRunner().invoke(main, ["compile", str(path), "-o", str(tmp_path / "p.plan"), "--device", "cpu"])
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if not line.startswith("[oparac]")]  # progress lines
+    assert len(errors) == 1, result.output
+    assert errors[0].startswith("error: ") and str(path) in errors[0] and says in errors[0], result.output

@@ -107,3 +107,47 @@ def test_opset_8_model_is_upgraded(tmp_path):
     model = make_model([helper.make_node("Relu", ["x"], ["y"])], {"x": X - 1}, ["y"], opset=8, ir_version=3)
     _, (y,) = run_opara(save(model, tmp_path), [X - 1])
     assert float(y.abs().max()) == 0.0
+
+
+def test_unsupported_op_says_what_to_do(tmp_path):
+    model = make_model([helper.make_node("Hardmax", ["x"], ["y"], name="hm")], {"x": X}, ["y"], opset=13)
+    with pytest.raises(UnsupportedOpError) as e:
+        compile_model(model, tmp_path)
+    message = str(e.value)
+    assert "Hardmax node 'hm' (opset 13): operator Hardmax is not supported by the ONNX importer" in message
+    assert "compile the PyTorch module instead (oparac.compile(module, example_inputs)" in message
+    assert "dynamo=True or dynamo=False) or another opset_version" in message
+
+
+@pytest.mark.parametrize("op, advice", [
+    ("NonZero", "output shape depends on the input's values"),
+    ("SequenceEmpty", "export with torch.onnx.export(..., dynamo=True)"),
+    ("DequantizeLinear", "compile the float model (before quantization)"),
+    ("LSTM", "its front end keeps recurrent layers as ATen ops"),
+])
+def test_unsupported_op_advice_by_family(tmp_path, op, advice):
+    model = make_model([helper.make_node(op, ["x"], ["y"], name="n")], {"x": X}, ["y"], opset=17)
+    with pytest.raises(UnsupportedOpError, match=rf"{op} node 'n' \(opset 17\): operator {op} is not supported") as e:
+        compile_model(model, tmp_path)
+    assert advice in str(e.value)
+
+
+def test_foreign_domain_and_control_flow_say_what_to_do(tmp_path):
+    node = helper.make_node("FusedGemm", ["x"], ["y"], name="fg", domain="com.microsoft")
+    model = make_model([node], {"x": X}, ["y"])
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    with pytest.raises(UnsupportedOpError, match="onnxruntime's contrib ops.*before onnxruntime's optimizations"):
+        compile_model(model, tmp_path)
+    body = helper.make_graph([], "b", [], [])
+    node = helper.make_node("Loop", ["", ""], [], name="lp", body=body)
+    model = make_model([node, helper.make_node("Relu", ["x"], ["y"])], {"x": X}, ["y"], opset=13)
+    with pytest.raises(UnsupportedOpError, match=r"Loop node 'lp'.*control flow.*unroll Python loops.*"
+                                                 r"compile the PyTorch module instead"):
+        compile_model(model, tmp_path)
+
+
+def test_op_version_too_old_says_which_opset(tmp_path):
+    model = make_model([helper.make_node("Gelu", ["x"], ["y"], name="g")], {"x": X}, ["y"], opset=20)
+    model.opset_import[0].version = 19  # Gelu-20 is the first; onnx resolves nothing older
+    with pytest.raises(UnsupportedOpError, match="does not exist in ONNX opset 19"):
+        compile_model(model, tmp_path)

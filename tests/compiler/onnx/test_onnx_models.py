@@ -33,6 +33,25 @@ class BertEncoder(torch.nn.Module):
         return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
+class RobertaEncoder(torch.nn.Module):
+    def __init__(self, layers: int) -> None:
+        super().__init__()
+        from transformers import RobertaConfig, RobertaModel
+
+        self.roberta = RobertaModel(RobertaConfig(num_hidden_layers=layers)).eval()
+
+    def forward(self, input_ids, attention_mask):
+        return self.roberta(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def roberta(layers: int):
+    """Its position ids are a CumSum over the non-padding mask, in both exporters' output."""
+    ids = torch.randint(3, 1000, (1, 16))
+    ids[0, -3:] = 1  # padding: position ids restart past it
+    mask = torch.ones(1, 16, dtype=torch.long)
+    return RobertaEncoder(layers).eval(), (ids, mask), ["input_ids", "attention_mask"]
+
+
 def bert(layers: int):
     ids = torch.randint(0, 1000, (1, 16))
     mask = torch.ones(1, 16, dtype=torch.long)
@@ -49,6 +68,13 @@ def export_and_check(made, dynamo: bool, tmp_path):
     _, got = run_opara(path, [a.numpy() for a in args])
     want = run_onnxruntime(path, list(args))
     assert rel_error(got, want) <= 1e-4
+    return path
+
+
+def op_types(path) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
 
 
 EXPORTERS = [pytest.param(False, id="legacy"), pytest.param(True, id="dynamo")]
@@ -78,3 +104,17 @@ def test_vision_model(name, dynamo, tmp_path):
 def test_bert_base_encoder(dynamo, tmp_path):
     pytest.importorskip("transformers")
     export_and_check(bert(12), dynamo, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_swin_t(dynamo, tmp_path):
+    """Swin-T's shifted-window attention mask is built with ScatterND (folded at compile time)."""
+    assert "ScatterND" in op_types(export_and_check(vision("swin_t"), dynamo, tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dynamo", EXPORTERS)
+def test_roberta_two_layers(dynamo, tmp_path):
+    pytest.importorskip("transformers")
+    assert "CumSum" in op_types(export_and_check(roberta(2), dynamo, tmp_path))

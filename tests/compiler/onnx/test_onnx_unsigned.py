@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from onnx_testutil import make_model, run_opara, save
+from onnx_testutil import check_against_ort, make_model, run_opara, save
 from opara_plan import UnsupportedOpError
 
 U64_BIG = np.array([2 ** 64 - 1, 2 ** 63 + 1, 5, 0], dtype=np.uint64)
@@ -51,9 +51,29 @@ def test_uint32_div_and_mod(tmp_path):
     np.testing.assert_array_equal(one("Mod", a, b, tmp_path), a % b)
 
 
-def test_uint64_division_is_refused_with_the_reason(tmp_path):
-    with pytest.raises(UnsupportedOpError, match=r"Div node.*floor_divide on uint64 \(torch has no unsigned 64-bit"):
-        one("Div", U64_BIG, U64_SMALL, tmp_path)
+@pytest.mark.parametrize("op, fn, attrs", [("Div", np.floor_divide, {}), ("Mod", np.remainder, {}),
+                                           ("Mod", np.fmod, {"fmod": 1})])
+def test_uint64_division_above_2_63(tmp_path, op, fn, attrs):
+    # dividends and divisors on both sides of 2**63, where int64 division would give other results
+    top = 2 ** 64 - 1
+    a = np.array([top, top, 2 ** 63 + 1, 2 ** 63, 2 ** 63 - 1, 10, 0, top, 2 ** 63 + 5], dtype=np.uint64)
+    b = np.array([1, 2 ** 63, 2 ** 63 + 1, 3, 2 ** 63, 3, 7, top, 2 ** 62 + 1], dtype=np.uint64)
+    got = one(op, a, b, tmp_path, **attrs)
+    assert got.dtype == np.uint64
+    np.testing.assert_array_equal(got, fn(a, b))
+
+
+def test_uint64_division_broadcasts(tmp_path):
+    a = np.array([[2 ** 64 - 1], [2 ** 63 + 9]], dtype=np.uint64)
+    b = np.array([2, 2 ** 63 + 9, 10], dtype=np.uint64)
+    np.testing.assert_array_equal(one("Div", a, b, tmp_path), a // b)
+
+
+def test_uint64_op_without_a_kernel_is_refused_with_the_reason(tmp_path):
+    x = np.array([1, 2], dtype=np.uint64)
+    model = make_model([helper.make_node("Neg", ["x"], ["y"])], {"x": x}, ["y"], opset=14)
+    with pytest.raises(UnsupportedOpError, match=r"Neg node.*neg on uint64 data \(torch has no kernel for it\)"):
+        run_opara(save(model, tmp_path), [x])
 
 
 def test_an_op_torch_lacks_for_uint32_is_refused_at_compile_time(tmp_path):
@@ -70,3 +90,11 @@ def test_uint32_initializer_is_a_weight_bound_from_the_file(tmp_path):
     plan, (y,) = run_opara(save(model, tmp_path), [x])
     assert any(n.kind == "param" and n.name == "w" for n in plan.graph.nodes)
     np.testing.assert_array_equal(y.numpy(), np.array([0, 12, 23], dtype=np.uint32))
+
+
+def test_uint64_div_and_mod_match_onnxruntime(tmp_path):
+    # onnxruntime returns numpy's ulonglong for uint64 outputs, which the reference converts for torch
+    a = np.array([2 ** 64 - 1, 2 ** 63 + 1, 10, 2 ** 63 + 5], dtype=np.uint64)
+    b = np.array([2 ** 63, 3, 3, 2 ** 62 + 1], dtype=np.uint64)
+    nodes = [helper.make_node("Div", ["a", "b"], ["q"]), helper.make_node("Mod", ["a", "b"], ["r"])]
+    check_against_ort(make_model(nodes, {"a": a, "b": b}, ["q", "r"], opset=14), tmp_path, {"a": a, "b": b})

@@ -48,11 +48,12 @@ class Context:
     `op` appends a node to the graph. Handlers are written once and work in both modes.
     """
 
-    def __init__(self, importer, node, version: int, fold: bool) -> None:
+    def __init__(self, importer, node, version: int, fold: bool, index: int | None = None) -> None:
         self.importer = importer
         self.node = node
         self.version = version  # since_version of the op's definition in the model's opset
         self.fold = fold
+        self.index = importer.node_index if index is None else index  # the node's place in the graph: op names
         self.attrs = {a.name: a for a in node.attribute}
         self.read: set[str] = set()
         self._ops = 0
@@ -149,7 +150,7 @@ class Context:
         check_kernel(self, overload, args + tuple(kwargs.values()))
         if self.fold:
             return overload(*args, **kwargs)
-        base = self.node.name or f"{self.node.op_type}_{self.importer.node_index}"
+        base = self.node.name or f"{self.node.op_type}_{self.index}"
         name = base if self._ops == 0 else f"{base}:{self._ops}"
         self._ops += 1
         return self.importer.builder.op(overload, args, kwargs, name=name)

@@ -1,6 +1,9 @@
-"""Reductions: Reduce* (axes as attribute or input, by opset), ArgMax and ArgMin."""
+"""Reductions and scans: Reduce* (axes as attribute or input, by opset), ArgMax, ArgMin and CumSum."""
 from __future__ import annotations
 
+import torch
+
+from oparac.ingest.onnx_ops import unsigned
 from oparac.ingest.onnx_ops.base import Context, aten, handles, norm_axis
 
 # The opset from which each reduction takes its axes as input 1 instead of an attribute.
@@ -64,3 +67,35 @@ def arg_reduce(ctx: Context):
     # torch returns the first extreme index: search the flipped tensor and map the index back
     idx = ctx.op(op, ctx.op(aten.flip.default, x, [axis]), axis, keep)
     return ctx.op(aten.rsub.Scalar, idx, ctx.shape(0)[axis] - 1)
+
+
+@handles("CumSum", since=11)
+def cumsum(ctx: Context):
+    """reverse: flip, sum, flip back; exclusive: shift the input one place along the axis (exact, unlike
+    subtracting x from the inclusive sum)."""
+    rank = ctx.rank(0)
+    axes = ctx.ints(1, "axis")
+    if len(axes) != 1:
+        raise ctx.unsupported(f"axis with {len(axes)} elements (expected one)")
+    dim = norm_axis(axes[0], rank, ctx)
+    exclusive, reverse = bool(ctx.attr("exclusive", 0)), bool(ctx.attr("reverse", 0))
+    x, dtype = ctx.input(0), ctx.dtype(0)
+    # torch has no unsigned cumsum: uint16/32 widen to int64 exactly, and uint64 adds the same bits as int64
+    if dtype == torch.uint64:
+        x = ctx.op(aten.view.dtype, x, torch.int64)
+    elif dtype in unsigned.WIDE_UNSIGNED:
+        x = ctx.op(aten._to_copy.default, x, dtype=torch.int64)
+    work = ctx.value_meta(x).dtype
+    if reverse:
+        x = ctx.op(aten.flip.default, x, [dim])
+    if exclusive and ctx.shape(0)[dim] > 0:
+        pad = [0, 0] * (rank - 1 - dim) + [1, -1]  # one zero in front, the last element dropped
+        x = ctx.op(aten.constant_pad_nd.default, x, pad, 0)
+    y = ctx.op(aten.cumsum.default, x, dim, dtype=work)  # dtype: torch would widen int32 to int64
+    if reverse:
+        y = ctx.op(aten.flip.default, y, [dim])
+    if dtype == torch.uint64:
+        return ctx.op(aten.view.dtype, y, torch.uint64)
+    if dtype != work:
+        return ctx.op(aten._to_copy.default, y, dtype=dtype)
+    return y

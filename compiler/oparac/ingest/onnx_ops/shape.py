@@ -54,7 +54,11 @@ def constant_of_shape(ctx: Context):
     shape = ctx.ints(0, "shape")
     value = ctx.attr("value")
     fill = value.reshape(-1) if value is not None else torch.zeros(1, dtype=torch.float32)
-    return fill.expand(shape).clone() if shape else fill.reshape(()).clone()
+    if not ctx.fold:  # a large filled tensor (see onnx_import.EMBED_LIMIT_BYTES) is made when the plan runs
+        dtype = ctx.importer.float_dtype if fill.dtype == torch.float32 else fill.dtype
+        return ctx.op(aten.full.default, shape, fill[0].item(), dtype=dtype, device=torch.device("cpu"))
+    # a broadcast view: a large fill costs no memory at compile time (values are never written in place)
+    return fill.expand(shape) if shape else fill.reshape(())
 
 
 @handles("Shape")
@@ -73,6 +77,11 @@ def size(ctx: Context):
 def range_(ctx: Context):
     start, limit, delta = (ctx.const(i, "Range bound").reshape(()) for i in range(3))
     n = max(math.ceil((limit.item() - start.item()) / delta.item()), 0)
+    if not ctx.fold:  # a large range (see onnx_import.EMBED_LIMIT_BYTES) is made when the plan runs
+        dtype = ctx.importer.float_dtype if start.dtype == torch.float32 else start.dtype
+        # arange counts ceil((limit - start) / delta) elements in double precision, as n is computed here
+        return ctx.op(aten.arange.start_step, start.item(), limit.item(), delta.item(), dtype=dtype,
+                      device=torch.device("cpu"))
     return (start + torch.arange(n, dtype=torch.float64).to(start.dtype) * delta).to(start.dtype) \
         if start.dtype.is_floating_point else torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype)
 

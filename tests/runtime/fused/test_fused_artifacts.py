@@ -1,4 +1,5 @@
-"""Compiled segments as plan artifacts: compiled once, saved into the plan, loaded without compiling (CPU inductor)."""
+"""Compiled segments as plan artifacts: compiled once, saved into the plan, loaded without compiling when trusted
+(CPU inductor; trust itself: test_fused_trust.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +26,7 @@ def _reference(plan, base) -> torch.Tensor:
     return values[plan.graph.nodes[-1].args[0].node]
 
 @pytest.fixture
-def compiled(tiny_plan, tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+def compiled(tiny_plan):
     plan = fuse_plan(tiny_plan, "inductor")
     base = list(Runner(plan, _weights(), CPU, capture=False)._base)
     base[0] = torch.randn(2, 3)
@@ -49,10 +49,10 @@ def test_plan_with_artifacts_loads_without_compiling(compiled, monkeypatch):
         raise AssertionError("a plan with matching artifacts must not compile")
 
     monkeypatch.setattr(torch._inductor, "standalone_compile", no_compile)
-    loaded = fused.prepare_fused(stored, CPU, base)
+    loaded = fused.prepare_fused(stored, CPU, base, trust_compiled_code=True)
     torch.testing.assert_close(run_segments(stored, loaded, base), _reference(stored, base))
     with pytest.raises(AssertionError, match="must not compile"):  # the caller may refuse the stored code
-        fused.prepare_fused(stored, CPU, base, use_artifacts=False)
+        fused.prepare_fused(stored, CPU, base, use_artifacts=False, trust_compiled_code=True)
 
 def _with_programs(plan, programs):
     blobs, index = stored_programs(programs)
@@ -66,16 +66,15 @@ def test_foreign_or_corrupt_artifacts_are_compiled_afresh_with_a_warning(compile
         plan.fusion, cache_key="torch 0.0 | another GPU", programs=(b"x",) * len(plan.fusion.segments),
         segments=tuple(dataclasses.replace(s, program=k) for k, s in enumerate(plan.fusion.segments))))
     with pytest.warns(UserWarning, match="were made with torch 0.0"):
-        again = fused.prepare_fused(foreign, CPU, base)
+        again = fused.prepare_fused(foreign, CPU, base)  # checked before any signature: nothing to trust
     torch.testing.assert_close(run_segments(plan, again, base), _reference(plan, base))
     corrupt = dataclasses.replace(foreign, fusion=dataclasses.replace(foreign.fusion, cache_key=fused.cache_key(CPU)))
-    with pytest.warns(UserWarning, match="could not be loaded"):
-        again = fused.prepare_fused(corrupt, CPU, base)
+    with pytest.warns(UserWarning, match=r"could not be loaded \(program 0: "):
+        again = fused.prepare_fused(corrupt, CPU, base, trust_compiled_code=True)
     torch.testing.assert_close(run_segments(plan, again, base), _reference(plan, base))
 
 @pytest.fixture
-def branches(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+def branches():
     return two_branches()
 
 def _ops(plan, seg):
@@ -91,7 +90,7 @@ def test_equal_segments_share_one_compiled_program(branches):
     assert programs[0].fn is programs[1].fn
     stored = plan_from_bytes(_with_programs(plan, programs).to_bytes())
     assert len(stored.fusion.programs) == 2 and [s.program for s in stored.fusion.segments] == [0, 0, 1]
-    loaded = fused.prepare_fused(stored, CPU, base)
+    loaded = fused.prepare_fused(stored, CPU, base, trust_compiled_code=True)
     torch.testing.assert_close(run_segments(stored, loaded, base), expected)
 
 def test_a_partly_corrupt_plan_is_compiled_afresh_and_keeps_nothing_it_loaded(compiled):
@@ -100,6 +99,6 @@ def test_a_partly_corrupt_plan_is_compiled_afresh_and_keeps_nothing_it_loaded(co
     corrupt = dataclasses.replace(stored, fusion=dataclasses.replace(
         stored.fusion, programs=stored.fusion.programs[:-1] + (b"x",)))  # the first programs load, the last not
     with pytest.warns(UserWarning, match="could not be loaded"):
-        again = fused.prepare_fused(corrupt, CPU, base)
+        again = fused.prepare_fused(corrupt, CPU, base, trust_compiled_code=True)
     assert all(p.blob is None for p in again)  # re-saving serialises the fresh compile, not the loaded bytes
     torch.testing.assert_close(run_segments(plan, again, base), _reference(plan, base))

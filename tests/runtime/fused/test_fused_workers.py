@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from opara_runtime import fused, segment_workers
+from opara_runtime import fused
 from opara_runtime.devices import indexed
-from opara_runtime.segment_workers import compile_pool, default_workers, worker_count
+from opara_runtime.fused import parallel
+from opara_runtime.fused.parallel import compile_pool, default_workers, worker_count
 
 from fused_cases import CPU, run_segments, two_branches
 
 
 @pytest.fixture
-def branches(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+def branches():
     return two_branches()
 
 
@@ -79,11 +79,23 @@ def test_a_nested_pool_is_the_open_one_and_workers_start_only_for_a_compile(monk
     assert worker_count(CPU, None) == 1
 
 
+def test_an_open_pool_belongs_to_its_own_context(monkeypatch):
+    """The open pool is context-local (no module-level global): another thread's compiles do not use it."""
+    monkeypatch.delenv("OPARA_COMPILE_WORKERS", raising=False)
+    seen = []
+    with compile_pool(CPU, 2):
+        thread = threading.Thread(target=lambda: seen.append(worker_count(CPU, None)))
+        thread.start()
+        thread.join()
+        assert worker_count(CPU, None) == 2
+    assert seen == [1]
+
+
 def test_a_pool_starts_its_workers_on_an_indexed_device(monkeypatch):
     # On the H100 a pool opened with the compiler's plain 'cuda' started workers that could not select it.
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
     for given, expected in (("cuda", "cuda:3"), ("cuda:1", "cuda:1")):
-        pool = segment_workers.WorkerPool(2, torch.device(given))
+        pool = parallel.SegmentCompilePool(2, torch.device(given))
         pool.close()  # no worker started: they start with a compile
         assert pool.device == torch.device(expected) and pool.pids == []
     assert indexed(CPU) == CPU
@@ -117,13 +129,13 @@ def test_a_worker_that_errs_hangs_or_dies_fails_its_job_and_is_replaced(branches
         first, second = pool.pids
 
         with pytest.raises(RuntimeError, match=rf"1 of 1 segment compile workers failed; first: worker {first} "
-                                               r"failed: [^$]*PlanFormatError: not a readable plan"):
+                                               r"failed: [^$]*PlanFormatError: "):
             pool.run(b"not a plan", CPU, [[(0, [])]])
         assert pool.pids == [first, second]  # a compile error leaves the worker serving
 
         os.kill(second, signal.SIGSTOP)
         with monkeypatch.context() as m:
-            m.setattr(segment_workers, "WORKER_TIMEOUT_S", 3)
+            m.setattr(parallel, "WORKER_TIMEOUT_S", 3)
             with pytest.warns(UserWarning, match=rf"1 of 2 segment compile workers failed; first: worker {second} "
                                                  r"gave no reply within 3 s and was killed; its stderr ends:"):
                 programs = _compile(plan, base)

@@ -1,0 +1,107 @@
+"""The never-lose guard: an untuned plan is written only where it is measured at least as fast as one stream.
+
+The simulator that picks an untuned schedule models no contention between concurrent kernels, so on models
+with many small branches it can choose dozens of streams that run slower than one (Swin-T on the H200: 68
+streams, 0.86x the sequential CUDA graph). The guard measures the chosen plan against the single-stream plan
+on the GPU before the plan is written, keeps the faster, and records both measurements and the decision in the
+plan's profile (`Profile.candidates`, `Profile.guard`), which `oparac inspect` shows.
+
+Unfused plans: a few interleaved replays of two captured graphs (about a second). Fused plans: the single-stream
+alternative is the whole graph as one inductor segment, which is what torch.compile fuses; compiling it costs
+about as much as torch.compile's own compile, so it is done only when the fused plan's streams do not clearly
+pay: when its replay is not at least CLEAR_WIN faster than its segments run one after another (their measured
+times, which `measure_fused` records). Where streams buy that much, merging the segments could only win back
+the fusion lost at segment boundaries, which on the models measured cost less than that.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from opara_plan import NO_FUSION, Candidate, Plan
+from oparac.fuse.segments import fuse_plan, measure_fused
+from oparac.schedule.build import make_schedule
+from oparac.search.tune import FINAL_ROUNDS, SINGLE, measure_rounds
+
+# A fused plan whose replay takes at most this fraction of its segments' summed times is kept unmeasured.
+CLEAR_WIN = 0.85
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """What the guard measured and kept: ms are median replay times; None where it did not measure."""
+
+    kept: str            # 'chosen' or 'single'
+    chosen_ms: float | None
+    single_ms: float | None
+    reason: str
+
+
+def single_stream(plan: Plan) -> Plan:
+    """The same plan on one stream in graph order (no fusion)."""
+    sched = make_schedule(plan.graph, plan.profile.ops, streams=SINGLE[0], order=SINGLE[1], max_streams=SINGLE[2])
+    return dataclasses.replace(plan, schedule=sched, fusion=NO_FUSION)
+
+
+def guard_unfused(plan: Plan, weights: dict, device: torch.device, say=None) -> Plan:
+    """`plan` or its single-stream plan, whichever replays faster on `device` (a tie keeps `plan`)."""
+    single = single_stream(plan)
+    if _same_schedule(plan, single):
+        return _record(plan, plan, single, Verdict("chosen", None, None, "the schedule already is one stream"))
+    times = measure_rounds({"chosen": plan, "single": single}, weights, [device], rounds=FINAL_ROUNDS, repeats=5,
+                           replays=20)
+    return _decide(plan, single, times["chosen"], times["single"], say)
+
+
+def guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.device, backend: str, say=None) -> Plan:
+    """`fused` (already compiled and measured: `fused_ms`) or the whole graph as one fused segment."""
+    serial_ms = sum(s.ms for s in fused.fusion.segments if s.ms > 0)
+    if len(fused.fusion.segments) == 1:
+        return _record(fused, fused, fused, Verdict("chosen", fused_ms, None, "the plan already is one segment"))
+    if serial_ms > 0 and fused_ms <= CLEAR_WIN * serial_ms:
+        reason = (f"streams clearly pay: {fused_ms:.4f} ms against {serial_ms:.4f} ms for its segments one after "
+                  f"another (at most {CLEAR_WIN:.2f}x); the one-segment plan was not compiled")
+        return _record(fused, fused, fused, Verdict("chosen", fused_ms, None, reason))
+    if say:
+        say("guard: compiling the whole graph as one segment (the plan's streams do not clearly pay)")
+    one, _ = measure_fused(fuse_plan(single_stream(fused), backend), weights, device)
+    times = measure_rounds({"chosen": fused, "single": one}, weights, [device], rounds=FINAL_ROUNDS, repeats=5,
+                           replays=20)
+    return _decide(fused, one, times["chosen"], times["single"], say)
+
+
+def _decide(chosen: Plan, single: Plan, chosen_ms: float, single_ms: float, say) -> Plan:
+    if chosen_ms <= single_ms:
+        verdict = Verdict("chosen", chosen_ms, single_ms,
+                          f"kept: {chosen_ms:.4f} ms against {single_ms:.4f} ms on one stream")
+        winner = chosen
+    else:
+        verdict = Verdict("single", chosen_ms, single_ms,
+                          f"one stream is faster: {single_ms:.4f} ms against {chosen_ms:.4f} ms for the "
+                          f"{chosen.schedule.num_streams}-stream plan")
+        winner = single
+    if say:
+        say(f"guard: {verdict.reason}")
+    return _record(winner, chosen, single, verdict)
+
+
+def _record(winner: Plan, chosen: Plan, single: Plan, verdict: Verdict) -> Plan:
+    """The winner, its profile carrying both alternatives as candidates and the guard's one-line decision."""
+    def candidate(p: Plan, ms: float | None, is_winner: bool) -> Candidate:
+        s = p.schedule
+        streams = s.stream_algorithm + (f"+{p.fusion.backend}" if p.fusion.backend else "")
+        return Candidate(streams=streams, order=s.order_algorithm, max_streams=s.max_streams,
+                         predicted_ms=s.predicted_ms, measured_ms=-1.0 if ms is None else ms, chosen=is_winner)
+
+    records = (candidate(chosen, verdict.chosen_ms, verdict.kept == "chosen"),)
+    if single is not chosen:
+        records += (candidate(single, verdict.single_ms, verdict.kept == "single"),)
+    earlier = tuple(dataclasses.replace(c, chosen=False) for c in winner.profile.candidates)
+    profile = dataclasses.replace(winner.profile, candidates=earlier + records, guard=f"guard: {verdict.reason}")
+    return dataclasses.replace(winner, profile=profile)
+
+
+def _same_schedule(a: Plan, b: Plan) -> bool:
+    return (a.schedule.stream, a.schedule.launch_order, a.schedule.waits) == \
+        (b.schedule.stream, b.schedule.launch_order, b.schedule.waits)

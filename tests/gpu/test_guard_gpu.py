@@ -1,0 +1,41 @@
+"""The never-lose guard on the GPU: an untuned plan records what it was measured against, and the plan kept is
+the faster of the two by the guard's own measurements."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import oparac
+from oparac.models import zoo
+
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]
+
+
+def _guard_candidates(plan):
+    chosen = [c for c in plan.profile.candidates if c.chosen]
+    assert len(chosen) == 1
+    return chosen[0], [c for c in plan.profile.candidates if not c.chosen]
+
+
+def test_unfused_default_plan_is_guarded_against_one_stream():
+    model, inputs = zoo.googlenet()
+    model, inputs = model.cuda().eval(), tuple(x.cuda() for x in inputs)
+    plan = oparac.compile(model, inputs, device="cuda")
+    assert plan.profile.guard.startswith("guard: ")
+    chosen, others = _guard_candidates(plan)
+    assert others and all(chosen.measured_ms <= c.measured_ms for c in others)
+    assert plan.schedule.num_streams > 1, "GoogLeNet's branches are worth streams"
+    unguarded = oparac.compile(model, inputs, device="cuda", guard=False)
+    assert not unguarded.profile.guard and not unguarded.profile.candidates
+
+
+def test_fused_default_plan_is_guarded():
+    model, inputs = zoo.resnet50()
+    model, inputs = model.cuda().eval(), tuple(x.cuda() for x in inputs)
+    plan = oparac.compile(model, inputs, device="cuda", fuse="inductor")
+    assert plan.profile.guard.startswith("guard: ")
+    assert plan.fusion.backend == "inductor" and plan.fusion.programs
+    if "one segment" not in plan.profile.guard and "clearly pay" not in plan.profile.guard:
+        chosen, others = _guard_candidates(plan)
+        assert all(chosen.measured_ms <= c.measured_ms for c in others)
+    torch.cuda.synchronize()
