@@ -190,7 +190,8 @@ def _type_refusal(t) -> str | None:
 def internal_refusal(target: str, emitted: set[str]) -> str | None:
     """An internal kernel (`aten._name`) comes in only where Opara emits it: internal kernels skip the checks
     their public op makes (`_pdist_forward` crashes on a 3-D input; `pdist` refuses one first)."""
-    if target.split(".")[1].startswith("_") and target not in emitted:
+    name = target.split(".")[1]
+    if name.startswith("_") and not name.startswith("__") and target not in emitted:  # __and__ is an operator
         return "an internal kernel no front end emits (it trusts its caller's checks)"
     return None
 
@@ -298,17 +299,34 @@ def layer_probes():
     ]
 
 
+def decoder_cases():
+    """Tiny GPT-2 and Llama (grouped-query attention) decoders with random weights, as users compile them
+    (use_cache=False): their masks and positions emit ops the encoders do not. Empty without transformers."""
+    try:
+        import transformers
+    except ImportError:
+        return []
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    ids = torch.randint(0, 32, (1, 8))
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=1, n_head=2, n_embd=8, vocab_size=32, n_positions=16, use_cache=False)).eval()
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        num_hidden_layers=1, hidden_size=16, intermediate_size=32, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=32, max_position_embeddings=16, use_cache=False)).eval()
+    return [("tiny_gpt2", gpt2, (ids,)), ("tiny_llama", llama, (ids,))]
+
+
 def model_cases(quick: bool):
     """(name, model, example inputs) for the zoo, the test models and the layer probes."""
     from oparac.models import zoo
 
-    import fused_cases
-    import multi_device_models
-    import small_cnn
+    from helpers import fused, models
 
-    cases = [("small_cnn", *small_cnn.small_cnn()), ("multi_device_two_branches", *multi_device_models.two_branches()),
-             ("fused_two_branches", fused_cases.TwoBranches().eval(), (torch.randn(4, 16),))]
+    cases = [("small_cnn", *models.small_cnn()), ("multi_device_two_branches", *models.two_branches()),
+             ("fused_two_branches", fused.TwoBranches().eval(), (torch.randn(4, 16),))]
     cases += [(f"probe:{name}", model, inputs) for name, model, inputs in layer_probes()]
+    cases += decoder_cases()
     names = ("squeezenet", "mobilenet_v3") if quick else tuple(zoo.MODELS) + ("mobilenet_v3_large", "bert_model")
     for name in names:
         if name in ("bert", "bert_model"):
@@ -377,9 +395,10 @@ def render(allowed, rules) -> str:
 # emits through oparac for the zoo, the test models and the layer probes. Refused: ops that mutate an argument,
 # out= overloads, _unsafe ops (but _unsafe_view: a checked view), sparse, nested, quantized and mkldnn ops, RNG,
 # global state, files, printing, uninitialised memory, host syncs, backward ops and embedding_bag (they trust index
-# arguments), arguments of types a plan cannot hold (Generator, Storage, Stream, ...), non-tensor returns, ops
-# without a meta kernel, and string arguments without a fixed set of values. A string argument takes one of a fixed
-# set of values (or matches a pattern); SDPA's dropout_p must be zero.
+# arguments), internal kernels (`aten._x`) that Opara does not emit (they trust their callers' checks), arguments of
+# types a plan cannot hold (Generator, Storage, Stream, ...), non-tensor returns, ops without a meta kernel, and
+# string arguments without a fixed set of values. A string argument takes one of a fixed set of values (or matches
+# a pattern); SDPA's dropout_p must be zero.
 
 ALLOWED_OPS = frozenset({{
 {ops}

@@ -9,6 +9,7 @@ import torch
 
 from opara_plan import (Graph, ModelError, ModelInfo, Plan, Profile, Target, TensorSpec, Tool, graph_fingerprint,
                         validate)
+from opara_plan.validate import require_allowed_ops
 from oparac import __version__
 from oparac.ingest.graph_builder import GraphBuilder
 from oparac.options import CompileOptions
@@ -64,6 +65,7 @@ def compile(model, example_inputs=None, options: CompileOptions | None = None, *
     builder, source = stages.run("ingest", "exporting the model to ATen", lambda: ingest(
         model, example_inputs, opts.dtype, opts.shapes, opts.attention))
     graph = builder.build()
+    require_allowed_ops(graph)  # refused now, naming the op, not after profiling by the final validate()
     memory_format = resolve_memory_format(opts.memory_format, graph, opts.fuse, opts.tune)
     if opts.memory_format == "auto" and memory_format == "channels_last":
         hook.note(f"layout: {memory_format} (memory_format='auto'; a fused plan of a model with 4-D weights)")

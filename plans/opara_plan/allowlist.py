@@ -5,9 +5,10 @@
 # emits through oparac for the zoo, the test models and the layer probes. Refused: ops that mutate an argument,
 # out= overloads, _unsafe ops (but _unsafe_view: a checked view), sparse, nested, quantized and mkldnn ops, RNG,
 # global state, files, printing, uninitialised memory, host syncs, backward ops and embedding_bag (they trust index
-# arguments), arguments of types a plan cannot hold (Generator, Storage, Stream, ...), non-tensor returns, ops
-# without a meta kernel, and string arguments without a fixed set of values. A string argument takes one of a fixed
-# set of values (or matches a pattern); SDPA's dropout_p must be zero.
+# arguments), internal kernels (`aten._x`) that Opara does not emit (they trust their callers' checks), arguments of
+# types a plan cannot hold (Generator, Storage, Stream, ...), non-tensor returns, ops without a meta kernel, and
+# string arguments without a fixed set of values. A string argument takes one of a fixed set of values (or matches
+# a pattern); SDPA's dropout_p must be zero.
 
 ALLOWED_OPS = frozenset({
     'aten.__and__.Scalar',
@@ -17,15 +18,8 @@ ALLOWED_OPS = frozenset({
     'aten.__or__.Tensor',
     'aten.__rshift__.Scalar',
     'aten.__xor__.Scalar',
-    'aten._adaptive_avg_pool2d.default',
-    'aten._adaptive_avg_pool3d.default',
-    'aten._cdist_forward.default',
-    'aten._fft_c2r.default',
-    'aten._fft_r2c.default',
     'aten._log_softmax.default',
-    'aten._native_batch_norm_legit.no_stats',
     'aten._native_batch_norm_legit_no_training.default',
-    'aten._pdist_forward.default',
     'aten._safe_softmax.default',
     'aten._softmax.default',
     'aten._to_copy.default',
@@ -97,6 +91,7 @@ ALLOWED_OPS = frozenset({
     'aten.cumsum.default',
     'aten.detach.default',
     'aten.diagonal.default',
+    'aten.diff.default',
     'aten.div.Scalar',
     'aten.div.Scalar_mode',
     'aten.div.Tensor',

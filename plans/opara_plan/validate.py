@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from opara_plan.allowlist import ALLOWED_OPS
-from opara_plan.clocks import vector_clocks
+from opara_plan.clocks import iter_clocks
 from opara_plan.errors import PlanFormatError, UnsupportedOpError
 from opara_plan.fingerprint import graph_fingerprint
 from opara_plan.schema import MEMORY_FORMATS, NODE_KINDS, Graph, Plan, Ref, Sym
@@ -197,8 +197,9 @@ def _check_schedule(plan: Plan) -> None:
 def _check_coverage(plan: Plan, position: dict[int, int]) -> None:
     """Every dependency is ordered: same stream (launch order) or a chain of waits across streams."""
     nodes, s = plan.graph.nodes, plan.schedule
-    seq, start = vector_clocks(s.launch_order, s.stream, s.num_streams, s.waits)
-    for i in s.launch_order:
+    seq: dict[int, int] = {}
+    for i, k, start in iter_clocks(s.launch_order, s.stream, s.num_streams, s.waits):
+        seq[i] = k
         for ref in node_refs(nodes[i]):
             p = ref.node
             if nodes[p].kind != "op":
@@ -206,7 +207,7 @@ def _check_coverage(plan: Plan, position: dict[int, int]) -> None:
             if position[p] >= position[i]:
                 raise PlanFormatError(f"plan launch order is not topological: {node_label(plan, i)} "
                                       f"launches before its input node {p}")
-            if s.stream[p] != s.stream[i] and start[i][s.stream[p]] < seq[p]:
+            if s.stream[p] != s.stream[i] and start[s.stream[p]] < seq[p]:
                 raise PlanFormatError(f"plan {node_label(plan, i)} on stream {s.stream[i]} reads node {p} of stream "
                                       f"{s.stream[p]} without waiting for it")
 

@@ -7,7 +7,7 @@ from opara_plan import Plan, PlanSet, load_artifact, validate, validate_plan_set
 from opara_runtime.admit import admit
 from opara_runtime.bind import weights_of
 from opara_runtime.buckets import BucketedRunner
-from opara_runtime.pool import PoolTimeoutError, RunnerPool
+from opara_runtime.replicas import PoolTimeoutError, RunnerPool
 from opara_runtime.runner import Runner, check_target, choose_device, rebuild
 
 __all__ = ["BucketedRunner", "PoolTimeoutError", "Runner", "RunnerPool", "load", "rebuild"]

@@ -54,8 +54,8 @@ class CapturedPlan:
             # process, on whichever device was current at the first capture.
             capture_stream = pool.stream(device, 0) if pool is not None else torch.cuda.Stream(device=device)
             with named_failures("capture", device), contextlib.ExitStack() as routed:
-                for d, pool in pools.items():
-                    routed.enter_context(torch.cuda.use_mem_pool(pool, device=d))
+                for d, device_pool in pools.items():  # not `pool`: that names the shared GraphPool
+                    routed.enter_context(torch.cuda.use_mem_pool(device_pool, device=d))
                 with torch.cuda.graph(self.graph, stream=capture_stream,
                                       pool=pool.handle if pool is not None else None):
                     for buf, st in zip(self.static_inputs, staging):

@@ -14,7 +14,7 @@ import torch
 
 from opara_plan import OparaError, Plan, PlanSet
 from opara_runtime.ops import spec_text, torch_dtype
-from opara_runtime.pool import RunnerPool
+from opara_runtime.replicas import RunnerPool
 from opara_runtime.serve.codec import JSON, RequestError, TooLargeError
 
 # Room for a body's framing: the safetensors header, the JSON keys. Bodies beyond the tensors' own size plus this

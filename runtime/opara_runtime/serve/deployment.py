@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from opara_plan import InputError, OparaError, Plan, PlanSet, load_artifact
-from opara_runtime.pool import RunnerPool
+from opara_runtime.replicas import RunnerPool
 from opara_runtime.serve.batching import batcher_for
 from opara_runtime.serve.codec import (JSON, MediaTypeError, TooLargeError, decode, encode, error_body,
                                        media_type)
