@@ -102,6 +102,6 @@ def test_a_configuration_runs_end_to_end_with_the_gpus_faked(monkeypatch):
 
 
 def multi_gpu_model():
-    from multi_device_models import two_branches
+    from helpers.models import two_branches
 
     return two_branches()[0]

@@ -12,8 +12,8 @@ from opara_plan import ModelError, Plan, PlanSet, load_artifact
 from oparac.buckets import compile_buckets, parse_batches
 from oparac.cli import main
 
-CNN = "small_cnn:small_cnn"
-TEXT = "bucket_models:tiny_text"
+CNN = "helpers.models:small_cnn"
+TEXT = "helpers.buckets:tiny_text"
 
 
 def run(*args):

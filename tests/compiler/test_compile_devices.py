@@ -10,7 +10,6 @@ from click.testing import CliRunner
 
 import opara_runtime
 import oparac
-from multi_device_models import two_branches
 from opara_plan import Link, ModelError, is_copy, load_plan, plan_from_bytes, validate
 from oparac.models import zoo
 from oparac.cli import main
@@ -18,6 +17,8 @@ from oparac.schedule.copies import split_across_devices
 from oparac.options import parse_devices
 from oparac.profile.links import fit_line, nominal_links
 from oparac.schedule.devices import TransferModel
+
+from helpers.models import two_branches
 
 CHEAP = nominal_links(2, latency_ms=0.001, ms_per_byte=1e-10)
 DEAR = nominal_links(2, latency_ms=5.0, ms_per_byte=1e-6)
@@ -124,7 +125,7 @@ def test_fit_line_recovers_latency_and_bandwidth():
 
 
 def test_a_value_read_by_several_ops_on_another_gpu_is_copied_once():
-    from conftest import make_tiny_plan
+    from helpers.plans import make_tiny_plan
 
     plan = make_tiny_plan()  # mm -> relu, sigmoid -> add
     graph, ops, device = split_across_devices(plan.graph, plan.profile.ops, {2: 0, 3: 1, 4: 1, 5: 1},
@@ -137,15 +138,15 @@ def test_a_value_read_by_several_ops_on_another_gpu_is_copied_once():
 
 def test_cli_devices_option(tmp_path):
     out = tmp_path / "wide.plan"
-    result = CliRunner().invoke(main, ["compile", "multi_device_models:two_branches", "-o", str(out), "--device",
+    result = CliRunner().invoke(main, ["compile", "helpers.models:two_branches", "-o", str(out), "--device",
                                        "cpu", "--devices", "cuda:0,cuda:1"])
     assert result.exit_code == 0, result.output
     plan = load_plan(out)
     assert plan.profile.links_method == "nominal" and len(plan.profile.links) == 2
     assert all(isinstance(k, Link) for k in plan.profile.links)
-    verified = CliRunner().invoke(main, ["verify", str(out), "multi_device_models:two_branches", "--device", "cpu"])
+    verified = CliRunner().invoke(main, ["verify", str(out), "helpers.models:two_branches", "--device", "cpu"])
     assert verified.exit_code == 0 and "OK" in verified.output, verified.output
-    bad = CliRunner().invoke(main, ["compile", "multi_device_models:two_branches", "-o", str(out), "--device", "cpu",
+    bad = CliRunner().invoke(main, ["compile", "helpers.models:two_branches", "-o", str(out), "--device", "cpu",
                                     "--devices", "cuda:0,gpu1"])
     assert bad.exit_code == 1 and bad.output.startswith("error: devices: expected GPUs written cuda:N")
 

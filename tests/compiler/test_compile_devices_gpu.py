@@ -8,12 +8,13 @@ import torch
 
 import opara_runtime
 import oparac
-from multi_device_models import two_branches
 from opara_plan import PlanMismatchError, is_copy
 from oparac.models import zoo
 from oparac.schedule.placement import make_device_schedule, with_placement
 from oparac.search.tune import candidate_label
 from oparac.verify import verify
+
+from helpers.models import two_branches
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32"),
               pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")]

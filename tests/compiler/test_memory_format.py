@@ -8,7 +8,8 @@ import oparac
 from opara_plan import ModelError, Target
 from oparac.profile import profiler
 from oparac.profile.cache import ProfileCache
-from small_cnn import small_cnn
+
+from helpers.models import small_cnn
 
 
 def test_unknown_memory_format_is_refused():

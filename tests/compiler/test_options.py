@@ -12,7 +12,8 @@ from oparac import options
 from oparac.options import CompileOptions
 from oparac.progress import Lines, Progress, StageError, as_progress
 from oparac.profile.gpus import HOPPER, PREVIEW, gpu_spec
-from small_cnn import small_cnn
+
+from helpers.models import small_cnn
 
 
 def test_the_defaults_are_valid_and_frozen():

@@ -13,31 +13,7 @@ from oparac.cli import main
 from oparac.verify import Verdict, inputs_for, judge, reference, verify
 from opara_runtime import load
 
-OFFSET = 3e3
-
-
-class OffsetAttention(torch.nn.Module):
-    """Values ride on a large offset that is taken off after attention, so float32 keeps only about three
-    digits of the result: eager float32 is ~5e-4 off float64, and a plan that lowers attention to matmuls and a
-    softmax (attention='math') rounds differently from eager's fused kernel, ~7e-4 off eager and as close to
-    float64 as eager is. `gain` != 1 makes a model whose plan is genuinely wrong for this one."""
-
-    def __init__(self, gain: float = 1.0):
-        super().__init__()
-        self.register_buffer("offset", torch.tensor(OFFSET))
-        self.gain = gain
-
-    def forward(self, q, k, v):
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v + self.offset)
-        return out * self.gain - self.offset * self.gain
-
-
-def offset_attention():
-    return OffsetAttention().eval(), tuple(torch.randn(1, 2, 16, 8) for _ in range(3))
-
-
-def off_by_one_percent():
-    return OffsetAttention(gain=1.01).eval(), tuple(torch.randn(1, 2, 16, 8) for _ in range(3))
+from helpers.models import off_by_one_percent, offset_attention
 
 
 @pytest.fixture(scope="module")
@@ -154,16 +130,16 @@ def test_verdict_built_the_old_way_still_judges():
 def test_verify_cli_states_the_rule(tmp_path):
     path = tmp_path / "att.plan"
     runner = CliRunner()
-    result = runner.invoke(main, ["compile", "test_verify:offset_attention", "-o", str(path), "--device", "cpu",
+    result = runner.invoke(main, ["compile", "helpers.models:offset_attention", "-o", str(path), "--device", "cpu",
                                   "--attention", "math"])
     assert result.exit_code == 0, result.output
-    ok = runner.invoke(main, ["verify", str(path), "test_verify:offset_attention", "--device", "cpu"])
+    ok = runner.invoke(main, ["verify", str(path), "helpers.models:offset_attention", "--device", "cpu"])
     assert ok.exit_code == 0, ok.output
     assert ok.output.startswith("OK: 1 output, plan error ") and "vs float64; eager float32's" in ok.output
     assert "allowed max(tolerance 1.0e-04, 2 x eager's error) = " in ok.output
-    wrong = runner.invoke(main, ["verify", str(path), "test_verify:off_by_one_percent", "--device", "cpu"])
+    wrong = runner.invoke(main, ["verify", str(path), "helpers.models:off_by_one_percent", "--device", "cpu"])
     assert wrong.exit_code == 1 and wrong.output.startswith("MISMATCH: 1 output, plan error ")
-    loose = runner.invoke(main, ["verify", str(path), "test_verify:off_by_one_percent", "--device", "cpu",
+    loose = runner.invoke(main, ["verify", str(path), "helpers.models:off_by_one_percent", "--device", "cpu",
                                  "--tolerance", "0.1"])
     assert loose.exit_code == 0 and "allowed max(tolerance 1.0e-01" in loose.output
 

@@ -1,5 +1,6 @@
-"""Small models for shape buckets: a text model of two inputs whose sequence length varies, and one that also
-returns an output without a batch dimension (which the bucketed runner must not cut)."""
+"""Small models for shape buckets, importable as `helpers.buckets:NAME` model references: a text model of two
+inputs whose sequence length varies, and one that also returns an output without a batch dimension (which the
+bucketed runner must not cut)."""
 from __future__ import annotations
 
 import torch

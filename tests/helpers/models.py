@@ -1,5 +1,6 @@
-"""A small CNN with what channels_last plans must handle: convs, BN, ReLU, a residual add, a concat of two
-branches, pooling, a flatten of a 2x2 map (a view an NHWC tensor cannot take) and a linear layer."""
+"""Small models the tests compile, importable as `helpers.models:NAME` model references: a CNN with what
+channels_last plans must handle, a two-branch model wide enough to split across GPUs, models the front end
+must explain (a cache output, train mode), and attention whose float32 error verify must judge."""
 from __future__ import annotations
 
 import torch
@@ -7,6 +8,9 @@ from torch import nn
 
 
 class SmallCNN(nn.Module):
+    """Convs, BN, ReLU, a residual add, a concat of two branches, pooling, a flatten of a 2x2 map (a view an NHWC
+    tensor cannot take) and a linear layer."""
+
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
@@ -29,3 +33,92 @@ class SmallCNN(nn.Module):
 def small_cnn():
     torch.manual_seed(0)
     return SmallCNN().eval(), (torch.randn(2, 3, 16, 16),)
+
+
+class TwoBranches(nn.Module):
+    """A stem feeding two heavy branches of convolutions that meet in an add: wide enough to split."""
+
+    def __init__(self, channels: int = 32, depth: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.a = nn.Sequential(*[nn.Conv2d(channels, channels, 3, padding=1) for _ in range(depth)])
+        self.b = nn.Sequential(*[nn.Conv2d(channels, channels, 3, padding=1) for _ in range(depth)])
+        self.scale = nn.Parameter(torch.ones(1))  # read by both branches: replicated, not copied
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        return self.a(x) * self.scale + self.b(x) * self.scale, x.mean()
+
+
+def two_branches(batch: int = 1):
+    torch.manual_seed(0)
+    return TwoBranches().eval(), (torch.randn(batch, 3, 64, 64),)
+
+
+class DynamicCache:
+    """An output container torch's pytree does not know, as transformers' key/value cache is."""
+
+    def __init__(self, key, value):
+        self.key, self.value = key, value
+
+
+class CachingModel(nn.Module):
+    """Returns a DynamicCache beside its tensor unless use_cache=False, as transformers' decoders do."""
+
+    def __init__(self, use_cache: bool = True):
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+        self.use_cache = use_cache
+
+    def forward(self, x):
+        h = self.proj(x)
+        return (h, DynamicCache(h * 2, h * 3)) if self.use_cache else h
+
+
+def caching_model():
+    return CachingModel(), (torch.randn(2, 4),)
+
+
+class Dropper(nn.Module):
+    """Dropout and batch norm: a model whose train() mode changes its numbers."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.drop = nn.Dropout(0.5)
+        self.bn = nn.BatchNorm1d(8)
+
+    def forward(self, x):
+        return self.bn(self.drop(self.fc(x)))
+
+
+def dropper_in_train_mode():
+    torch.manual_seed(0)
+    return Dropper(), (torch.randn(4, 8),)
+
+
+OFFSET = 3e3
+
+
+class OffsetAttention(nn.Module):
+    """Values ride on a large offset that is taken off after attention, so float32 keeps only about three
+    digits of the result: eager float32 is ~5e-4 off float64, and a plan that lowers attention to matmuls and a
+    softmax (attention='math') rounds differently from eager's fused kernel, ~7e-4 off eager and as close to
+    float64 as eager is. `gain` != 1 makes a model whose plan is genuinely wrong for this one."""
+
+    def __init__(self, gain: float = 1.0):
+        super().__init__()
+        self.register_buffer("offset", torch.tensor(OFFSET))
+        self.gain = gain
+
+    def forward(self, q, k, v):
+        out = nn.functional.scaled_dot_product_attention(q, k, v + self.offset)
+        return out * self.gain - self.offset * self.gain
+
+
+def offset_attention():
+    return OffsetAttention().eval(), tuple(torch.randn(1, 2, 16, 8) for _ in range(3))
+
+
+def off_by_one_percent():
+    return OffsetAttention(gain=1.01).eval(), tuple(torch.randn(1, 2, 16, 8) for _ in range(3))

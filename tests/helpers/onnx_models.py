@@ -1,4 +1,4 @@
-"""Helpers for the ONNX front-end tests: build tiny models with onnx.helper, run them through Opara and onnxruntime."""
+"""Tiny ONNX models built with onnx.helper for the ONNX tests, run through Opara and through onnxruntime."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import make_tiny_plan
 from opara_plan import (SCHEMA_VERSION, PlanFormatError, load_plan, plan_from_bytes, plan_to_bytes, save_plan,
                         validate)
+
+from helpers.plans import make_tiny_plan
 
 
 def test_round_trip_is_identity(tiny_plan):
@@ -178,7 +179,7 @@ def test_memory_format_round_trips_and_the_default_is_not_written(tiny_plan):
 
 def _golden_plans():
     """The suite's plans with a fixed torch version, as 1.2 wrote them (recorded before the 1.3 codec)."""
-    from conftest import make_two_device_plan
+    from helpers.plans import make_two_device_plan
     from opara_plan import Fusion, Segment
 
     def fixed(p):

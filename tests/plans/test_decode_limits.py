@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_tiny_plan
 from opara_plan import OparaError, PlanFormatError, load_plan, plan_from_bytes, plan_to_bytes, validate
 from opara_plan.canonical import canonical_value
 from opara_plan.decoding import MAX_DIMS, MAX_RECORD_KEYS, MAX_STRING_BYTES
+
+from helpers.plans import make_tiny_plan
 
 MiB = 1 << 20
 # What msgpack's Unpacker object itself takes (its parse stack is part of the object), whatever the file.
@@ -201,7 +202,7 @@ def _check_realistic(plan, tmp_path, slack: int) -> None:
 
 
 def test_a_compiled_small_cnn_decodes_within_10x(tmp_path):
-    from small_cnn import small_cnn
+    from helpers.models import small_cnn
 
     model, (x,) = small_cnn()
     _check_realistic(_compiled(model, x), tmp_path, UNPACKER_BYTES)  # a 6 KB plan: the unpacker is most of it

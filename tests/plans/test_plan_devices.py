@@ -5,9 +5,10 @@ import dataclasses
 
 import pytest
 
-from conftest import make_two_device_plan
 from opara_plan import (Graph, Link, Node, PlanFormatError, Ref, graph_fingerprint, is_copy, plan_from_bytes,
                         plan_to_bytes, validate)
+
+from helpers.plans import make_two_device_plan
 
 
 def _sched(plan, **changes):

@@ -8,13 +8,14 @@ import msgpack
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from conftest import make_tiny_plan
 from opara_plan import (Fusion, Plan, PlanFormatError, PlanSet, TensorMeta, TensorSpec, cut_segments,
                         graph_fingerprint, load_artifact, load_plan_set, make_plan_set, plan_set_from_bytes,
                         plan_set_to_bytes, save_plan, save_plan_set, validate_plan_set)
 from opara_plan.digest import plan_digest
 from opara_plan.plan_set import MAX_BUCKETS, PLAN_SET_FORMAT, is_plan_set
 from opara_plan.signing import check_signature, sign_plan
+
+from helpers.plans import make_tiny_plan
 
 SHARED = b"a program equal in every bucket"
 

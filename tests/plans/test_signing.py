@@ -9,7 +9,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from conftest import make_tiny_plan
 from opara_plan import Fusion, Plan, PlanFormatError, cut_segments, load_plan, plan_from_bytes, plan_to_bytes, save_plan
 from opara_plan.decoding import decode_value
 from opara_plan.digest import plan_digest
@@ -18,6 +17,8 @@ from opara_plan.schema import Signature
 from opara_plan.signing import (TRUSTED_KEYS_ENV, SIGNING_KEY_ENV, Verdict, check_signature, generate_key, key_id,
                                 load_private_key, load_public_key, sign_plan, signing_key_from_env,
                                 trusted_keys_from_env)
+
+from helpers.plans import make_tiny_plan
 
 
 def _fused(plan: Plan) -> Plan:

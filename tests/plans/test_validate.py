@@ -91,3 +91,26 @@ def test_memory_format_must_be_known(tiny_plan):
     with pytest.raises(PlanFormatError, match=r"plan field model.memory_format: expected one of "
                                               r"\('contiguous', 'channels_last'\), found 'nhwc'"):
         validate(plan)
+
+
+def test_schedule_clocks_are_bounded(monkeypatch, tiny_plan):
+    """Checking waits keeps one clock per op still waited on; a hostile schedule that would hold too many at once
+    is refused, not allowed to allocate without bound (opara_plan/clocks.py)."""
+    from opara_plan import clocks
+
+    validate(tiny_plan)  # the fork-join's one wait fits any bound above one clock
+    monkeypatch.setattr(clocks, "MAX_CLOCK_BYTES", 8)
+    with pytest.raises(PlanFormatError, match="too large to check"):
+        validate(tiny_plan)
+
+
+def test_streamed_clocks_equal_the_whole_table():
+    from opara_plan.clocks import iter_clocks, vector_clocks
+
+    order, stream = [0, 1, 2, 3], {0: 0, 1: 1, 2: 0, 3: 0}
+    waits = [(3, 1)]
+    seq, start = vector_clocks(order, stream, 2, waits)
+    assert seq == {0: 1, 1: 1, 2: 2, 3: 3}
+    assert start == {0: [0, 0], 1: [0, 0], 2: [1, 0], 3: [2, 1]}
+    assert [(i, k, c.tolist()) for i, k, c in iter_clocks(order, stream, 2, waits)] == \
+        [(i, seq[i], start[i]) for i in order]

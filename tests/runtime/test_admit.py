@@ -59,11 +59,11 @@ W = Node(kind="param", name="w", outputs=(TensorMeta((3, 3), F32),))
 
 def test_the_tiny_plans_and_a_compiled_plan_are_admitted(tiny_plan, two_device_plan):
     import oparac
-    import small_cnn
+    from helpers.models import small_cnn
 
     admit(tiny_plan)
     admit(two_device_plan)
-    model, inputs = small_cnn.small_cnn()
+    model, inputs = small_cnn()
     plan = oparac.compile(model, inputs, device="cpu")
     admit(plan)
     torch.testing.assert_close(opara_runtime.load(plan, model)(*inputs), model(*inputs))

@@ -1,7 +1,5 @@
 """load() of a plan set on the CPU: the smallest bucket that fits, the batch padded and the outputs cut back, the
-weights bound once, and requests that fit no bucket (or a tampered set) refused with an Opara error.
-
-(Named apart from tests/compiler/test_buckets.py: test files without packages need distinct names.)"""
+weights bound once, and requests that fit no bucket (or a tampered set) refused with an Opara error."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,11 +9,12 @@ import pytest
 import torch
 
 import opara_runtime
-from bucket_models import tiny_text, with_table
 from opara_plan import InputError, PlanFormatError, PlanMismatchError, make_plan_set, plan_set_to_bytes
 from opara_runtime import BucketedRunner
 from oparac.buckets import compile_buckets
-from small_cnn import small_cnn
+
+from helpers.buckets import tiny_text, with_table
+from helpers.models import small_cnn
 
 
 @pytest.fixture(scope="module")

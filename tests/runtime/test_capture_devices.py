@@ -11,13 +11,14 @@ import pytest
 import torch
 
 import oparac
-from multi_device_models import two_branches
 from opara_plan import is_copy, iter_refs
 from opara_runtime import capture, execute
 from opara_runtime.devices import node_device
 from opara_runtime.runner import Runner
 from oparac.profile.links import nominal_links
 from oparac.pipeline import model_weights
+
+from helpers.models import two_branches
 
 
 class FakeCuda:

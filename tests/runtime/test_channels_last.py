@@ -8,7 +8,8 @@ import opara_runtime
 import oparac
 from opara_plan import ExecutionError
 from opara_runtime import ops
-from small_cnn import small_cnn
+
+from helpers.models import small_cnn
 
 CL = torch.channels_last
 

@@ -10,11 +10,12 @@ import torch
 
 import opara_runtime
 import oparac
-from conftest import fork_join
 from opara_plan import InputError, OparaError, PlanFormatError, PlanMismatchError, make_plan_set
 from opara_runtime import PoolTimeoutError, RunnerPool
-from opara_runtime.pool import CaptureThreads
-from small_cnn import small_cnn
+from opara_runtime.replicas import CaptureThreads
+
+from helpers.models import small_cnn
+from helpers.plans import fork_join
 
 
 def test_concurrent_callers_get_eager_outputs(tiny_plan):

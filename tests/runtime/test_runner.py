@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import opara_runtime
-from conftest import fork_join
 from opara_plan import InputError, ModelError, OutTree, PlanFormatError, PlanMismatchError
 from opara_runtime import rebuild
+
+from helpers.plans import fork_join
 
 
 def test_runs_the_plan(tiny_plan):

@@ -5,11 +5,12 @@ import pytest
 import torch
 
 import opara_runtime
-from conftest import fork_join
 from opara_plan import PlanMismatchError
 from opara_runtime.bind import place_weights
 from opara_runtime.devices import stream_devices
 from opara_runtime.lifetimes import release_points
+
+from helpers.plans import fork_join
 
 
 def test_a_two_device_plan_runs_like_eager_on_the_cpu(two_device_plan):

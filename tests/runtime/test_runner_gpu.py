@@ -32,10 +32,12 @@ def test_googlenet_compiles_fast_and_matches_eager(tmp_path, monkeypatch):
     kernels = [op for op in plan.profile.ops if op.intensity != "free" and op.kernels]
     assert kernels and all(k.block and k.grid for op in kernels for k in op.kernels)
     assert verify(plan, model, device="cuda").ok
-    # the cache makes the second compile skip profiling
+    # the cache makes the second compile skip profiling: the same op profile (the guard's measurements, also in
+    # the profile, are taken afresh by every compile)
     start = time.perf_counter()
     again = oparac.compile(model, inputs, device="cuda")
-    assert again.profile == plan.profile
+    assert again.profile.ops == plan.profile.ops and again.profile.sequential_ms == plan.profile.sequential_ms
+    assert plan.profile.guard.startswith("guard: ") and again.profile.guard.startswith("guard: ")
     assert time.perf_counter() - start < elapsed
 
 

@@ -19,6 +19,8 @@ SHAPE = (1, 8, 24, 24)
 STREAMS = ("opara", "nimble", "critical")
 ORDERS = ("topo", "opara", "critical")
 
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]
+
 
 def random_dag_plan(seed: int, size: int):
     """A random DAG over same-shaped activations using convolutions, matmuls, elementwise ops,
@@ -70,8 +72,6 @@ def random_dag_plan(seed: int, size: int):
     return plan, weights
 
 
-@pytest.mark.gpu
-@pytest.mark.usefixtures("no_tf32")
 @pytest.mark.parametrize("seed", range(12))
 def test_every_schedule_is_bitwise_sequential(seed):
     torch.backends.cudnn.deterministic = True

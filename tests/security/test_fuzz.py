@@ -17,7 +17,7 @@ import opara_runtime
 from opara_plan import DTYPE_SIZES, OparaError, Plan, Ref, Sym, TensorMeta
 from opara_plan.allowlist import ALLOWED_OPS
 from opara_runtime.bind import weights_of
-from plan_kit import compiled_small, meta_repair, tamper
+from helpers.plan_kit import compiled_small, meta_repair, tamper
 
 MUTANTS = 10_000
 SEED = 16

@@ -6,10 +6,11 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from onnx_testutil import make_model
 from opara_plan import ModelError, UnsupportedOpError
 from oparac.adapters import onnx_backend
 from oparac.adapters.onnx_backend import OparaBackend
+
+from helpers.onnx_models import make_model
 
 F = TensorProto.FLOAT
 

@@ -8,6 +8,8 @@ import opara_runtime
 import oparac
 from opara_plan import ModelError, UnsupportedOpError, plan_to_bytes
 
+from helpers.models import CachingModel, dropper_in_train_mode
+
 
 class Branches(torch.nn.Module):
     """Three independent branches joined by a concat, with an in-place op and a view inside."""
@@ -128,28 +130,6 @@ def test_float16_plan_casts_weights_at_load():
 # ---------------------------------------------------------------- front-end errors that say what to do
 
 
-class DynamicCache:
-    """An output container torch's pytree does not know, as transformers' key/value cache is."""
-
-    def __init__(self, key, value):
-        self.key, self.value = key, value
-
-
-class CachingModel(torch.nn.Module):
-    def __init__(self, use_cache: bool = True):
-        super().__init__()
-        self.proj = torch.nn.Linear(4, 4)
-        self.use_cache = use_cache
-
-    def forward(self, x):
-        h = self.proj(x)
-        return (h, DynamicCache(h * 2, h * 3)) if self.use_cache else h
-
-
-def caching_model():
-    return CachingModel(), (torch.randn(2, 4),)
-
-
 def test_cache_output_says_to_pass_use_cache_false():
     with pytest.raises(ModelError, match=r"returns a DynamicCache .*pass use_cache=False .*or compile a wrapper "
                                          r"whose forward returns tensors"):
@@ -162,7 +142,7 @@ def test_cache_output_through_the_cli(tmp_path):
 
     from oparac.cli import main
 
-    result = CliRunner().invoke(main, ["compile", "test_ingest_torch:caching_model", "-o", str(tmp_path / "c.plan"),
+    result = CliRunner().invoke(main, ["compile", "helpers.models:caching_model", "-o", str(tmp_path / "c.plan"),
                                        "--device", "cpu"])
     assert result.exit_code == 1, result.output
     assert "use_cache=False" in result.output and "Traceback" not in result.output
@@ -203,7 +183,7 @@ def test_data_dependent_guard_names_the_op_and_the_source_line(capsys):
         oparac.compile(Detector(), (torch.randn(8, 4), torch.randn(8)), device="cpu")
     message = str(info.value)
     assert "Could not guard on data-dependent expression Eq(4*u0, 0)" in message
-    assert "test_ingest_torch.py:" in message.split("Caused by: ")[1].split(" in forward (if flat.numel() == 0:)")[0]
+    assert "test_torch_fx.py:" in message.split("Caused by: ")[1].split(" in forward (if flat.numel() == 0:)")[0]
     assert "the size u0 comes from aten.index.Tensor" in message
     assert "keep = boxes[scores > 0.5]" in message  # where that op is in the model's code
     assert "\n" not in message  # one line: no graph dump in the error either
@@ -261,22 +241,6 @@ def test_meta_weights_of_an_exported_program_are_refused():
         oparac.compile(ep, None, device="cpu")
 
 
-class Dropper(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = torch.nn.Linear(8, 8)
-        self.drop = torch.nn.Dropout(0.5)
-        self.bn = torch.nn.BatchNorm1d(8)
-
-    def forward(self, x):
-        return self.bn(self.drop(self.fc(x)))
-
-
-def dropper_in_train_mode():
-    torch.manual_seed(0)
-    return Dropper(), (torch.randn(4, 8),)
-
-
 def test_train_mode_warns_and_the_plan_runs_eval_semantics():
     from oparac.models.reference import TrainModeWarning
 
@@ -304,7 +268,7 @@ def test_train_mode_warns_through_the_cli(tmp_path):
     from oparac.cli import main
     from oparac.models.reference import TrainModeWarning
 
-    with pytest.warns(TrainModeWarning, match=r"the model 'test_ingest_torch:dropper_in_train_mode' is in train\(\)"):
-        result = CliRunner().invoke(main, ["compile", "test_ingest_torch:dropper_in_train_mode", "-o",
+    with pytest.warns(TrainModeWarning, match=r"the model 'helpers.models:dropper_in_train_mode' is in train\(\)"):
+        result = CliRunner().invoke(main, ["compile", "helpers.models:dropper_in_train_mode", "-o",
                                            str(tmp_path / "d.plan"), "--device", "cpu"])
     assert result.exit_code == 0, result.output

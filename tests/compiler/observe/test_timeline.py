@@ -201,7 +201,7 @@ def test_bad_options_are_one_line_errors(plans, args, message, tmp_path, monkeyp
 
 @pytest.fixture
 def tiny_plan(tmp_path):
-    from conftest import make_tiny_plan
+    from helpers.plans import make_tiny_plan
 
     path = tmp_path / "tiny.plan"
     make_tiny_plan().save(path)
@@ -245,7 +245,7 @@ def test_the_extra_the_message_names_is_declared():
     import tomllib
     from pathlib import Path
 
-    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((Path(__file__).parents[3] / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     assert tl.TIMELINE_EXTRA == "pip install 'opara[timeline]'" and project["name"] == "opara"
     assert any(d.startswith("matplotlib") for d in extras["timeline"])

@@ -8,7 +8,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sched_testutil import FORK_JOIN, ORDERS, STREAM_ALGOS, covered, dags
 
 from opara_plan import (Fusion, Graph, ModelInfo, Node, OpProfile, OutTree, Plan, Profile, Ref, Target, TensorMeta,
                         TensorSpec, Tool, cut_segments, graph_fingerprint, validate)
@@ -16,6 +15,8 @@ from oparac.schedule.coarsen import coarsen_streams
 from oparac.schedule.dag import Dag
 from oparac.schedule import Costs
 from oparac.schedule.build import dag_of, make_schedule
+
+from helpers.schedules import FORK_JOIN, ORDERS, STREAM_ALGOS, covered, dags
 
 F32 = "float32"
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sched_testutil import CHAIN, DIAMOND, TWO_BRANCHES, dags
 
 from oparac.schedule.dag import Dag
 from oparac.schedule import Costs
 from oparac.schedule.devices import DeviceMapping, TransferModel, map_devices, simulate_devices
+
+from helpers.schedules import CHAIN, DIAMOND, TWO_BRANCHES, dags
 
 MB = 1 << 20
 CHEAP = TransferModel(latency_ms=0.01, ms_per_byte=1e-9)    # ~1 ms per GB: NVLink-like

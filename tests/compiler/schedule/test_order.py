@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import pytest
-from sched_testutil import CHAIN, DIAMOND, FORK_JOIN, ORDERS, WIDTH_THREE
 
 from oparac.schedule.dag import Dag
 from oparac.schedule import Costs, assign_streams, order_launches
+
+from helpers.schedules import CHAIN, DIAMOND, FORK_JOIN, ORDERS, WIDTH_THREE
 
 
 def _order(dag, algo, costs=None):

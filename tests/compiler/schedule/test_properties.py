@@ -4,10 +4,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sched_testutil import (ORDERS, STREAM_ALGOS, brute_force_width, covered, dags, kernel_width, relabel,
-                            relabel_costs)
 
 from oparac.schedule import assign_streams, critical_path, order_launches, reduce_waits, simulate
+
+from helpers.schedules import (ORDERS, STREAM_ALGOS, brute_force_width, covered, dags, kernel_width, relabel,
+                               relabel_costs)
 
 CAPS = (0, 1, 2, 3, 5)
 

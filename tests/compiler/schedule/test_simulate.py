@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import pytest
-from sched_testutil import CHAIN, DIAMOND, FORK_JOIN, PARALLEL_ALGOS, TWO_BRANCHES, WIDTH_THREE, schedule
 
 from oparac.schedule.dag import Dag
 from oparac.schedule import Costs, Simulation, bottom_levels, critical_path, simulate
+
+from helpers.schedules import CHAIN, DIAMOND, FORK_JOIN, PARALLEL_ALGOS, TWO_BRANCHES, WIDTH_THREE, schedule
 
 
 def _costs(ms: dict[int, float], free=()) -> Costs:

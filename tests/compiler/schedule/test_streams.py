@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import pytest
-from sched_testutil import (CHAIN, DIAMOND, FORK_JOIN, NO_PARALLELISM, PARALLEL_ALGOS, STREAM_ALGOS, TWO_BRANCHES,
-                            WIDTH_THREE, relabel, schedule)
 
 from oparac.schedule.dag import Dag
 from oparac.schedule import Costs, StreamAssignment, assign_streams
+
+from helpers.schedules import (CHAIN, DIAMOND, FORK_JOIN, NO_PARALLELISM, PARALLEL_ALGOS, STREAM_ALGOS, TWO_BRANCHES,
+                               WIDTH_THREE, relabel, schedule)
 
 
 def _assign(dag, algo, cap=0, costs=None):

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import pytest
-from sched_testutil import CHAIN, DIAMOND, FORK_JOIN, NO_PARALLELISM, PARALLEL_ALGOS, WIDTH_THREE, covered, schedule
 
 from opara_plan.clocks import vector_clocks
 from oparac.schedule.dag import Dag
 from oparac.schedule import reduce_waits
+
+from helpers.schedules import CHAIN, DIAMOND, FORK_JOIN, NO_PARALLELISM, PARALLEL_ALGOS, WIDTH_THREE, covered, schedule
 
 
 def _plan_checker_accepts(dag, stream, order, waits) -> bool:

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 import oparac
-from multi_device_models import two_branches
 from opara_plan import is_copy, validate
 from opara_runtime.runner import Runner
 from oparac.search import tune
 from oparac.profile.links import nominal_links
 from oparac.pipeline import model_weights
+
+from helpers.models import two_branches
 
 CHEAP = nominal_links(2, latency_ms=0.001, ms_per_byte=1e-10)
 DEAR = nominal_links(2, latency_ms=5.0, ms_per_byte=1e-6)

@@ -6,9 +6,6 @@ import dataclasses
 import os
 
 import pytest
-import torch
-
-CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +21,7 @@ def _inductor_cache(session_inductor_cache, monkeypatch):
 @pytest.fixture(scope="session")
 def stored_branches(session_inductor_cache):
     """(the fused TwoBranches plan with its programs stored, its base values, the model's output)."""
-    from fused_cases import two_branches
+    from helpers.fused import CPU, two_branches
     from opara_runtime import fused
     from oparac.fuse.segments import stored_programs
 

@@ -13,7 +13,7 @@ from opara_runtime.execute import run_sequential
 from opara_runtime.runner import Runner
 from oparac.fuse.segments import fuse_plan, stored_programs
 
-from fused_cases import CPU, run_segments, two_branches
+from helpers.fused import CPU, run_segments, two_branches
 
 pytestmark = pytest.mark.slow  # inductor compiles C++ for every segment on the CPU
 

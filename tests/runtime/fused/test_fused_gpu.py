@@ -1,7 +1,6 @@
 """Fused and parallel: inductor-compiled segments on the plan's streams, inside one CUDA graph."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,7 +17,8 @@ from opara_plan.signing import generate_key, load_private_key, sign_plan
 from oparac.models import zoo
 from oparac.verify import verify
 
-from fused_cases import TwoBranches
+from helpers.fused import TwoBranches
+from helpers.fused_tamper import tamper_pickle, tamper_source
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]
 
@@ -89,14 +89,6 @@ def branches_plan():
     return plan, model, x
 
 
-def _tamper():
-    path = Path(__file__).resolve().parents[1] / "runtime" / "fused" / "fused_tamper.py"
-    spec = importlib.util.spec_from_file_location("fused_tamper", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_an_unsigned_fused_plan_never_loads_its_programs_and_compiles_them(branches_plan, monkeypatch, tmp_path):
     from opara_runtime.fused import prepare
 
@@ -117,20 +109,19 @@ def test_gpu_tampered_programs_run_only_with_trust_and_leave_nothing_for_the_nex
                                                                                          monkeypatch):
     """With Triton kernels in the artifacts (TRITON_CACHE_DIR is private to a load as well)."""
     plan, model, x = branches_plan
-    tamper = _tamper()
     shared = tmp_path / "shared-inductor-cache"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(shared))
     monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
     monkeypatch.delenv("OPARA_TRUSTED_KEYS", raising=False)
     marker = tmp_path / "tampered-code-ran"
     generate_key(tmp_path / "key", tmp_path / "key.pub")
-    for bad in (tamper.tamper_source(plan, marker), tamper.tamper_pickle(plan, marker),
-                tamper.tamper_source(sign_plan(plan, load_private_key(tmp_path / "key")), marker)):
+    for bad in (tamper_source(plan, marker), tamper_pickle(plan, marker),
+                tamper_source(sign_plan(plan, load_private_key(tmp_path / "key")), marker)):
         with pytest.warns(UserWarning, match=r"compiled segments were not run"):
             runner = opara_runtime.load(bad, model, trusted_keys=[tmp_path / "key.pub"])
         torch.testing.assert_close(runner(x), model(x), rtol=1e-4, atol=1e-4)
         assert not marker.exists()
-    runner = opara_runtime.load(tamper.tamper_source(plan, marker), model, trust_compiled_code=True)
+    runner = opara_runtime.load(tamper_source(plan, marker), model, trust_compiled_code=True)
     runner(x)
     assert marker.exists()  # trusted, the tampered code ran: what the loads above did not do
     marker.unlink()
@@ -140,7 +131,7 @@ def test_gpu_tampered_programs_run_only_with_trust_and_leave_nothing_for_the_nex
     sign_plan(plan, load_private_key(tmp_path / "key")).save(tmp_path / "clean.plan")
     torch.save({"state": model.state_dict(), "x": x.cpu()}, tmp_path / "model.pt")
     code = ("import json, os, sys, warnings, torch, opara_runtime; sys.path.insert(0, sys.argv[3]); "
-            "from fused_cases import TwoBranches; m = TwoBranches().eval().cuda(); d = torch.load(sys.argv[1]); "
+            "from helpers.fused import TwoBranches; m = TwoBranches().eval().cuda(); d = torch.load(sys.argv[1]); "
             "m.load_state_dict(d['state']); x = d['x'].cuda(); out = {}\n"
             "for name, opts in (('signed', {'trusted_keys': [sys.argv[4]]}), ('unsigned', {})):\n"
             "    with warnings.catch_warnings(record=True) as w:\n"
@@ -148,7 +139,7 @@ def test_gpu_tampered_programs_run_only_with_trust_and_leave_nothing_for_the_nex
             "    err = (r(x) - m(x)).abs().max().item()\n"
             "    out[name] = {'marker': os.path.exists(sys.argv[5]), 'err': err, 'compiled': any('not run' in str(v.message) for v in w)}\n"
             "print(json.dumps(out))")
-    tests = str(Path(__file__).resolve().parents[1])
+    tests = str(Path(__file__).resolve().parents[2])  # where the helpers package is
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     env.pop("OPARA_TRUSTED_KEYS", None)
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model.pt"), str(tmp_path / "clean.plan"), tests,

@@ -15,8 +15,8 @@ import torch
 from opara_runtime import fused
 from opara_runtime.fused.private_cache import private_inductor_cache
 
-from fused_cases import CPU, run_segments
-from fused_tamper import tamper_source
+from helpers.fused import CPU, run_segments
+from helpers.fused_tamper import tamper_source
 
 ENV = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
 

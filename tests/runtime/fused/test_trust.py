@@ -13,8 +13,8 @@ from opara_plan.signing import generate_key, load_private_key, load_public_key, 
 from opara_runtime import fused
 from oparac.fuse.segments import fuse_plan
 
-from fused_cases import CPU, run_segments
-from fused_tamper import tamper_pickle, tamper_source
+from helpers.fused import CPU, run_segments
+from helpers.fused_tamper import tamper_pickle, tamper_source
 
 TAMPERINGS = pytest.mark.parametrize("tamper", [tamper_source, tamper_pickle], ids=["source", "pickle"])
 

@@ -14,7 +14,7 @@ from opara_runtime.devices import indexed
 from opara_runtime.fused import parallel
 from opara_runtime.fused.parallel import compile_pool, default_workers, worker_count
 
-from fused_cases import CPU, run_segments, two_branches
+from helpers.fused import CPU, run_segments, two_branches
 
 
 @pytest.fixture

@@ -5,12 +5,13 @@ import pytest
 import torch
 
 import oparac
-from conftest import fork_join
-from small_cnn import small_cnn
 from opara_plan import OparaError, make_plan_set
 from opara_runtime import RunnerPool
 from opara_runtime.serve.batching import BucketBatcher, PlanBatcher, Request, batcher_for
 from opara_runtime.serve.codec import JSON, SAFETENSORS, RequestError, TooLargeError
+
+from helpers.models import small_cnn
+from helpers.plans import fork_join
 
 
 @pytest.fixture

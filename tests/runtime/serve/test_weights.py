@@ -49,10 +49,10 @@ def test_a_file_of_something_else_is_refused(tmp_path):
 
 
 def test_factories_by_import_path():
-    model = resolve_weights("small_cnn:small_cnn")  # returns (model, inputs): the model is taken
+    model = resolve_weights("helpers.models:small_cnn")  # returns (model, inputs): the model is taken
     assert isinstance(model, torch.nn.Module)
-    with pytest.raises(ModelError, match=r"model 'small_cnn:nope': cannot import 'nope' from 'small_cnn'"):
-        resolve_weights("small_cnn:nope")
+    with pytest.raises(ModelError, match=r"model 'helpers.models:nope': cannot import 'nope' from 'helpers.models'"):
+        resolve_weights("helpers.models:nope")
 
 
 @pytest.mark.parametrize("source, message", [

@@ -6,8 +6,9 @@ import pytest
 from click.testing import CliRunner
 from onnx import helper
 
-from onnx_testutil import make_model, save
 from oparac.cli import main
+
+from helpers.onnx_models import make_model, save
 
 
 def test_compile_then_verify(tmp_path):

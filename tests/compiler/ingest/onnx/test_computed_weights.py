@@ -7,10 +7,11 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from onnx_testutil import check_against_ort, make_model, save
 from oparac.cli import main
 from oparac.ingest.graph_builder import MAX_CONSTANT_BYTES
 from oparac.ingest.onnx_import import EMBED_LIMIT_BYTES
+
+from helpers.onnx_models import check_against_ort, make_model, save
 
 X = np.random.default_rng(0).standard_normal((2, 4096)).astype(np.float32)
 BIG = [4096, 4100]  # 4096 * 4100 float32 = 67_174_400 bytes, over the plan's embedded-constant limit

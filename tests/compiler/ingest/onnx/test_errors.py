@@ -7,7 +7,8 @@ from onnx import TensorProto, helper
 
 import oparac
 from opara_plan import ModelError, UnsupportedOpError
-from onnx_testutil import make_model, run_opara, save
+
+from helpers.onnx_models import make_model, run_opara, save
 
 X = np.zeros((1, 3, 4, 4), dtype=np.float32)
 

@@ -6,8 +6,9 @@ import warnings
 import pytest
 import torch
 
-from onnx_testutil import rel_error, run_opara
 from oparac.ingest.onnx_reference import run_onnxruntime
+
+from helpers.onnx_models import rel_error, run_opara
 
 VISION_SMALL = ["mobilenet_v3_small"]
 VISION_SLOW = ["resnet50", "googlenet", "mobilenet_v3_large", "densenet121", "inception_v3"]

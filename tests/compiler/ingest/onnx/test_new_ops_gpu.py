@@ -9,8 +9,9 @@ from onnx import TensorProto, helper
 
 import opara_runtime
 import oparac
-from onnx_testutil import make_model, save
 from oparac.ingest.onnx_reference import run_onnxruntime
+
+from helpers.onnx_models import make_model, save
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]
 R = np.random.default_rng(0)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from onnx_testutil import check_against_ort, make_model
+from helpers.onnx_models import check_against_ort, make_model
 
 R = np.random.default_rng(0)
 
@@ -164,7 +164,7 @@ def test_float16_plan_declares_inputs_and_weights_in_float16(tmp_path):
     inputs = {"x": f32(1, 3, 8, 8)}
     model = make_model([node("Conv", "xwb", pads=[1, 1, 1, 1]), ], inputs, ["y"],
                        initializers={"w": f32(4, 3, 3, 3), "b": f32(4)})
-    from onnx_testutil import run_opara, save
+    from helpers.onnx_models import run_opara, save
 
     path = save(model, tmp_path)
     plan, (got,) = run_opara(path, [inputs["x"].astype(np.float16)], dtype="float16")

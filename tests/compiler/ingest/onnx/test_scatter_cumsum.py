@@ -7,8 +7,9 @@ import pytest
 from onnx import helper
 
 import oparac
-from onnx_testutil import check_against_ort, make_model, run_opara, save
 from opara_plan import UnsupportedOpError
+
+from helpers.onnx_models import check_against_ort, make_model, run_opara, save
 
 R = np.random.default_rng(0)
 DATA = R.standard_normal((4, 3, 5)).astype(np.float32)

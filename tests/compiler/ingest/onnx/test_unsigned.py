@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from onnx_testutil import check_against_ort, make_model, run_opara, save
 from opara_plan import UnsupportedOpError
+
+from helpers.onnx_models import check_against_ort, make_model, run_opara, save
 
 U64_BIG = np.array([2 ** 64 - 1, 2 ** 63 + 1, 5, 0], dtype=np.uint64)
 U64_SMALL = np.array([1, 2 ** 63, 7, 0], dtype=np.uint64)

@@ -14,7 +14,8 @@ import opara_runtime
 import oparac
 from opara_plan import PlanMismatchError
 from opara_runtime.onnx_weights import onnx_weights
-from onnx_testutil import check_against_ort, make_model, save
+
+from helpers.onnx_models import check_against_ort, make_model, save
 
 R = np.random.default_rng(1)
 X = R.standard_normal((2, 8)).astype(np.float32)
