@@ -115,6 +115,23 @@ def fused_targets(result: dict) -> str:
     return "\n".join(lines)
 
 
+def serving(paths: list[Path]) -> str:
+    """One table per serving load test (benchmarks/serve_load.py): each method at each number of callers."""
+    lines = []
+    for path in paths:
+        r = json.loads(path.read_text())
+        lines += [f"GPU **{r['gpu']}**, torch {r['torch']}, CUDA {r['cuda']}, run {r['date']} "
+                  f"(`benchmarks/results/{path.name}`): {r['model']} at batch {r['batch']}, a plan of "
+                  f"{r['plan_streams']} streams; each row at most {r['requests']} calls or {r['duration_s']:g} s; "
+                  f"torch.compile in mode `{r['compile_mode']}` behind a lock.", "",
+                  "| method | callers | calls/s | p50 ms | p99 ms | max abs diff |", "|---|---|---|---|---|---|"]
+        for rec in r["records"]:
+            lines.append(f"| {rec['method']} | {rec['callers']} | {rec['throughput_rps']:.1f} | {rec['p50_ms']:.3f} | "
+                         f"{rec['p99_ms']:.3f} | {rec['max_abs_err']:.1e} |")
+        lines += [""] + [f"- {line}" for line in r["summary"]["lines"]] + [""]
+    return "\n".join(lines)
+
+
 def write_markdown(paths: list[Path], out: Path) -> None:
     paths = [Path(p) for p in paths]
     result = merge(paths)
@@ -133,6 +150,12 @@ def write_markdown(paths: list[Path], out: Path) -> None:
             "## Batch-1 targets (fp32, back-to-back, against the sequential CUDA graph)", "", targets(result), "",
             "## Fused and parallel (`--fuse inductor`) against torch.compile, batch 1", "", fused_targets(result), "",
             "## All measurements", "", table(result), ""]
+    served = sorted((Path(__file__).resolve().parent / "results").glob("serve-load-*.json"))
+    if served:
+        text += ["## Serving: concurrent callers on one GPU", "",
+                 "*pool-4* is `RunnerPool` with 4 replicas (own graphs and streams, shared weights), *one-replica* a "
+                 "pool of one, *runner* a plain `Runner` (one graph behind its lock); each caller is a thread "
+                 "calling back to back with its input already on the GPU.", "", serving(served)]
     out.write_text("\n".join(text))
 
 

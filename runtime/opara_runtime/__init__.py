@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from opara_plan import Plan, PlanSet, load_artifact, validate, validate_plan_set
+from opara_plan import Plan, PlanSet
 from opara_runtime.admit import admit
+from opara_runtime.artifacts import validated_artifact
 from opara_runtime.bind import weights_of
 from opara_runtime.buckets import BucketedRunner
 from opara_runtime.replicas import PoolTimeoutError, RunnerPool
@@ -18,7 +19,7 @@ def load(plan: Plan | PlanSet | str | Path, model, *, device=None, capture: bool
          max_bytes: int | None = None, replicas: int | None = None) -> Runner | BucketedRunner | RunnerPool:
     """Load `plan` (a Plan, a PlanSet or a path to either) for `model` (nn.Module, state dict or .onnx path).
 
-    replicas=N gives a RunnerPool (pool.py): N replicas sharing the weights, each with its own graph and stream,
+    replicas=N gives a RunnerPool (replicas.py): N replicas sharing the weights, each with its own graph and stream,
     callable from many threads at once.
 
     A plan set (`oparac compile --batch 1,2,4,8`) gives a BucketedRunner: each call runs the smallest bucket
@@ -46,16 +47,7 @@ def load(plan: Plan | PlanSet | str | Path, model, *, device=None, capture: bool
         return RunnerPool(plan, model, replicas=replicas, device=device, capture=capture, devices=devices,
                           compiled_segments=compiled_segments, trust_compiled_code=trust_compiled_code,
                           trusted_keys=trusted_keys, max_bytes=max_bytes)
-    if isinstance(plan, (str, Path)):
-        plan = load_artifact(plan)
-    elif isinstance(plan, Plan):
-        validate(plan)
-    elif isinstance(plan, PlanSet):
-        validate_plan_set(plan)
-    else:
-        from opara_plan import PlanFormatError
-
-        raise PlanFormatError(f"plan: expected a Plan or a path (or a PlanSet), found {type(plan).__name__}")
+    plan = validated_artifact(plan)
     if isinstance(plan, PlanSet):
         for bucket_plan in plan.plans:
             admit(bucket_plan, max_bytes=max_bytes)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from opara_plan import OparaError, Plan, PlanFormatError, PlanSet, load_artifact, validate, validate_plan_set
+from opara_plan import OparaError, Plan, PlanSet
+from opara_runtime.artifacts import validated_artifact
 from opara_runtime.bind import check_weights, weights_of, weights_on_device
 from opara_runtime.runner import check_target, choose_device
 
@@ -65,14 +66,7 @@ class RunnerPool:
 
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
             raise OparaError(f"replicas: expected an integer >= 1, found {replicas!r}")
-        if isinstance(plan, (str, Path)):
-            plan = load_artifact(plan)
-        elif isinstance(plan, Plan):
-            validate(plan)
-        elif isinstance(plan, PlanSet):
-            validate_plan_set(plan)
-        else:
-            raise PlanFormatError(f"plan: expected a Plan, a PlanSet or a path, found {type(plan).__name__}")
+        plan = validated_artifact(plan)
         plans = plan.plans if isinstance(plan, PlanSet) else (plan,)
         weights = weights_of(model)
         dev = choose_device(plans[0], device)

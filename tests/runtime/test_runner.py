@@ -63,7 +63,7 @@ def test_bad_inputs_are_refused(tiny_plan, inputs, message):
 def test_bad_model_argument(tiny_plan):
     with pytest.raises(ModelError, match="expected an nn.Module, an ExportedProgram, a dict of tensors or a path"):
         opara_runtime.load(tiny_plan, 42)
-    with pytest.raises(PlanFormatError, match="expected a Plan or a path"):
+    with pytest.raises(PlanFormatError, match="expected a Plan, a PlanSet or a path"):
         opara_runtime.load(b"bytes", {})
 
 

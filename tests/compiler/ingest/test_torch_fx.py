@@ -231,7 +231,10 @@ def test_meta_weights_are_refused_naming_the_first():
     with pytest.raises(ModelError, match=r"weight '0.weight': expected a tensor with data, found one on the meta "
                                          r"device \(float32\[4, 4\]\); load the real weights"):
         oparac.compile(model, (torch.randn(1, 4),), device="cpu")
-    model.to_empty(device="cpu")  # the remedy the message names: real storage, then weights
+    # The remedy the message names: real storage, then the real weights (to_empty alone leaves garbage, even NaN).
+    model.to_empty(device="cpu")
+    real = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    model.load_state_dict(real.state_dict())
     _check(model.eval(), (torch.randn(1, 4),))
 
 
