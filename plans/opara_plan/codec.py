@@ -38,26 +38,32 @@ def plan_from_bytes(data: bytes, *, name: str | None = None) -> Plan:
     return decode_plan(data if isinstance(data, bytes) else bytes(data), name=name)
 
 
-def load_plan(path) -> Plan:
-    """Read, decode and validate a plan file."""
-    from opara_plan.validate import validate
-
-    path = Path(path)
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of `what` (a plan, a plan set) at `path`, refused before reading when over `limit` bytes or when
+    the file grows while it is read; every failure is a PlanFormatError naming the file."""
     try:
         size = path.stat().st_size
     except OSError as e:
-        raise PlanFormatError(f"cannot read plan {path}: {e.strerror}") from None
-    if size > MAX_PLAN_BYTES:
-        raise PlanFormatError(f"plan {path} is {size} bytes; the limit is {MAX_PLAN_BYTES}")
+        raise PlanFormatError(f"cannot read {what} {path}: {e.strerror}") from None
+    if size > limit:
+        raise PlanFormatError(f"{what} {path} is {size} bytes; the limit is {limit}")
     try:
         with path.open("rb") as f:
             data = f.read(size)  # read(n) allocates n bytes up front: n is the size, not the limit
             grew = f.read(1) != b""
     except OSError as e:
-        raise PlanFormatError(f"cannot read plan {path}: {e.strerror}") from None
+        raise PlanFormatError(f"cannot read {what} {path}: {e.strerror}") from None
     if grew:
-        raise PlanFormatError(f"plan {path} grew while it was read; is it still being written?")
-    plan = plan_from_bytes(data, name=str(path))
+        raise PlanFormatError(f"{what} {path} grew while it was read; is it still being written?")
+    return data
+
+
+def load_plan(path) -> Plan:
+    """Read, decode and validate a plan file."""
+    from opara_plan.validate import validate
+
+    path = Path(path)
+    plan = plan_from_bytes(read_bounded(path, MAX_PLAN_BYTES, "plan"), name=str(path))
     try:
         validate(plan)
     except PlanFormatError as e:  # the message names the node or field; say which file holds it

@@ -15,7 +15,7 @@ from pathlib import Path
 import msgpack
 
 from opara_plan.atomic import atomic_write
-from opara_plan.codec import MAX_PLAN_BYTES, plan_from_bytes, plan_to_bytes
+from opara_plan.codec import MAX_PLAN_BYTES, plan_from_bytes, plan_to_bytes, read_bounded
 from opara_plan.errors import PlanFormatError
 from opara_plan.schema import Plan, TensorSpec
 from opara_plan.validate import MAX_NODES, validate
@@ -405,24 +405,10 @@ def _rebuild(entries: list[dict], table: list[bytes], version, what: str, name: 
 
 # ------------------------------------------------------------------ files
 
-def _read(path: Path, what: str) -> bytes:
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise PlanFormatError(f"cannot read {what} {path}: {e.strerror}") from None
-    if size > MAX_PLAN_SET_BYTES:
-        raise PlanFormatError(f"{what} {path} is {size} bytes; the limit is {MAX_PLAN_SET_BYTES}")
-    try:
-        with path.open("rb") as f:
-            return f.read(MAX_PLAN_SET_BYTES + 1)  # the file may have grown since stat
-    except OSError as e:
-        raise PlanFormatError(f"cannot read {what} {path}: {e.strerror}") from None
-
-
 def load_plan_set(path) -> PlanSet:
     """Read, decode and validate a plan set file."""
     path = Path(path)
-    ps = plan_set_from_bytes(_read(path, "plan set"), name=str(path))
+    ps = plan_set_from_bytes(read_bounded(path, MAX_PLAN_SET_BYTES, "plan set"), name=str(path))
     validate_plan_set(ps)
     return ps
 
