@@ -16,6 +16,9 @@ HERE = Path(__file__).resolve().parent
 SUITE = {  # model -> batches
     "googlenet": (1, 8, 32), "inception_v3": (1, 8, 32), "densenet121": (1,), "resnet50": (1,),
     "nasnet": (1,), "bert": (1,),
+    # the never-lose suite (oparac.models.zoo.EXTENDED)
+    "gpt2": (1, 8), "vit_b16": (1, 8), "swin_t": (1, 8), "llama": (1, 8), "efficientnet_b0": (1, 8),
+    "convnext_t": (1, 8), "hrnet_w18_small": (1, 8),
 }
 
 

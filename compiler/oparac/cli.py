@@ -7,7 +7,7 @@ import sys
 import click
 
 from oparac import __version__
-from oparac.options import (ATTENTION_MODES, CUTS, DTYPES, FUSE_BACKENDS, MAX_STREAMS_RANGE, MEMORY_FORMATS,
+from oparac.options import (ATTENTION_MODES, CUTS, DTYPES, FUSE_BACKENDS, FUSE_MODES, MAX_STREAMS_RANGE, MEMORY_FORMATS,
                             ORDER_ALGORITHMS, STREAM_ALGORITHMS, CompileOptions, parse_device)
 
 
@@ -107,6 +107,9 @@ def _load_model(ref: str, shapes: str | None):
 @click.option("--cut", type=click.Choice(CUTS), default="maximal", show_default=True,
               help="fused segments: cut the schedule as it is, or first move small side branches onto a "
                    "neighbouring stream (fewer, bigger segments); --tune compares both")
+@click.option("--fuse-mode", type=click.Choice(FUSE_MODES), default="auto", show_default=True,
+              help="segments: inductor fuses inside each stream segment; kernels: inductor fuses the whole graph "
+                   "and its kernels go on streams; auto: measure and keep the faster (GPU)")
 @click.option("--devices", default=None, metavar="cuda:0,cuda:1",
               help="several GPUs (HIOS); with --device cpu they are simulated for a preview plan")
 @click.option("--attention", type=click.Choice(ATTENTION_MODES), default="sdpa", show_default=True,
@@ -119,15 +122,16 @@ def _load_model(ref: str, shapes: str | None):
               help="Ed25519 private key (PEM, from `oparac keygen`) to sign the plan with")
 @click.option("--no-guard", is_flag=True,
               help="skip measuring the plan against one stream before writing it (GPU; untuned plans)")
-def compile_cmd(model, output, shapes, batches, streams, order, max_streams, dtype, device, tune, fuse, cut, devices,
-                attention, memory_format, sign_key, no_guard) -> None:
+def compile_cmd(model, output, shapes, batches, streams, order, max_streams, dtype, device, tune, fuse, cut, fuse_mode,
+                devices, attention, memory_format, sign_key, no_guard) -> None:
     """Compile MODEL (.pt2, .onnx or package.module:factory) into a plan file (a plan set with --batch or several
     --shapes)."""
     from oparac.pipeline import compile_ref
 
     shape_sets, shapes = shapes, (shapes[0] if shapes else None)
     options = CompileOptions(streams=streams, order=order, max_streams=max_streams, dtype=dtype, device=device,
-                             tune=tune, shapes=shapes, fuse=fuse, cut=cut, devices=devices, attention=attention,
+                             tune=tune, shapes=shapes, fuse=fuse, cut=cut, fuse_mode=fuse_mode, devices=devices,
+                             attention=attention,
                              memory_format=memory_format, guard=not no_guard)
     key = None
     if sign_key:
@@ -155,6 +159,9 @@ def compile_cmd(model, output, shapes, batches, streams, order, max_streams, dty
     s = plan.schedule
     gpus = f"{s.num_devices} GPUs, " if s.num_devices > 1 else ""
     fused = f"{len(plan.fusion.segments)} fused segments, " if plan.fusion.backend else ""
+    if plan.fusion.mode == "kernels":
+        k = plan.fusion.kernels
+        fused = f"whole graph fused, {len(k.stream)} kernels on {max(k.stream, default=0) + 1} streams, "
     click.echo(f"wrote {output}: {gpus}{s.num_streams} streams, {len(s.waits)} waits, {fused}predicted "
                f"{s.predicted_ms:.3f} ms vs {plan.profile.sequential_ms:.3f} ms sequential ({plan.profile.method})"
                f"{signed}")

@@ -17,6 +17,9 @@ DTYPES = ("float32", "float16", "bfloat16")
 FUSE_BACKENDS = ("inductor",)
 # How a fused plan's schedule becomes segments: as it is, or after moving small side branches onto a neighbour.
 CUTS = ("maximal", "coarse")
+# What a fused plan puts on streams: 'segments' (inductor fuses inside each stream segment), 'kernels' (inductor
+# fuses the whole graph, Opara puts its kernels on streams), 'auto' (the guard or the tuner picks by measuring).
+FUSE_MODES = ("auto", "segments", "kernels")
 # What compile() takes; a plan records a resolved one (PLAN_MEMORY_FORMATS).
 MEMORY_FORMATS = ("auto",) + PLAN_MEMORY_FORMATS
 ATTENTION_MODES = ("sdpa", "math")
@@ -62,6 +65,8 @@ class CompileOptions:
     one is present. tune: measure candidate schedules on the GPU. shapes: fixes an .onnx model's symbolic input
     dimensions ('x:1x3x224x224,ids:1x128:int64' or {'x': (1, 3, 224, 224), 'ids': ((1, 128), 'int64')}).
     fuse: '' or a backend that compiles each stream segment. cut: how a fused schedule becomes segments.
+    fuse_mode: 'segments', 'kernels' (the whole graph fused, its kernels on streams) or 'auto' (measured: the
+    guard, or the tuner, keeps the faster).
     devices: several GPUs (cuda:N) to map the ops onto; links: their copy costs for a preview plan.
     attention: SDPA as one kernel or as matrix products. memory_format: the layout of 4-D weights and inputs.
     guard: on a GPU, measure an untuned plan against one stream before it is written and keep the faster
@@ -77,6 +82,7 @@ class CompileOptions:
     shapes: str | dict | None = field(default=None, hash=False)
     fuse: str = ""
     cut: str = "maximal"
+    fuse_mode: str = "auto"
     devices: tuple[str, ...] | None = None
     links: tuple[Link, ...] | None = None
     attention: str = "sdpa"
@@ -88,6 +94,7 @@ class CompileOptions:
         _choice("order", self.order, ORDER_ALGORITHMS)
         _choice("dtype", self.dtype, DTYPES)
         _choice("cut", self.cut, CUTS)
+        _choice("fuse_mode", self.fuse_mode, FUSE_MODES)
         _choice("attention", self.attention, ATTENTION_MODES)
         _choice("memory_format", self.memory_format, MEMORY_FORMATS)
         low, high = MAX_STREAMS_RANGE
@@ -114,6 +121,12 @@ class CompileOptions:
                              f"{{'x': (1, 3, 224, 224)}}, found {type(self.shapes).__name__}")
         if self.cut != "maximal" and not self.fuse:
             raise ModelError(f"cut {self.cut!r}: applies to fused plans only; add fuse='inductor' (--fuse inductor)")
+        if self.fuse_mode != "auto" and not self.fuse:
+            raise ModelError(f"fuse_mode {self.fuse_mode!r}: applies to fused plans only; add fuse='inductor' "
+                             f"(--fuse inductor)")
+        if self.fuse_mode == "kernels" and self.cut != "maximal":
+            raise ModelError("cut: a plan of fuse_mode 'kernels' has one segment, the whole graph; leave cut at "
+                             "'maximal'")
         if self.fuse and self.devices is not None and len(self.devices) > 1:
             raise ModelError("fuse: fused plans run on one GPU; compile with one device or without --fuse")
 

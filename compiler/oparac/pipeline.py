@@ -149,19 +149,27 @@ def fuse_stage(plan: Plan, weights: dict | None, dev: torch.device, opts: Compil
     from oparac.search.fused import tune_fused
 
     if dev.type != "cuda":
+        if opts.fuse_mode == "kernels":
+            raise ModelError("fuse_mode 'kernels' puts the compiled program's measured kernels on streams: compile "
+                             "on a GPU (or use fuse_mode 'segments' for a preview plan)")
         return fuse_plan(plan, opts.fuse, cut=opts.cut)
+    if opts.fuse_mode == "kernels" and not opts.tune:
+        from oparac.fuse.kernels import kernel_fused
+
+        return kernel_fused(plan, weights, dev, opts.fuse, progress)[0]
     if opts.tune:
         def nhwc_profile():
             progress.note("fuse: profiling the ops in channels_last for the NHWC candidates")
             return profile_graph(plan.graph, dev, plan.model.precision, profile_cache, progress, "channels_last")[1]
         # A layout the caller named is kept; 'auto' lets the tuner try NHWC too.
         return tune_fused(plan, weights, dev, opts.fuse, progress,
-                          nhwc_profile if opts.memory_format == "auto" else None)
+                          nhwc_profile if opts.memory_format == "auto" else None, mode=opts.fuse_mode)
     fused, replay_ms = measure_fused(fuse_plan(plan, opts.fuse, cut=opts.cut), weights, dev)
     if guarded(opts, dev):
         from oparac.search.guard import guard_fused
 
-        return guard_fused(fused, replay_ms, weights, dev, opts.fuse, progress.note)
+        return guard_fused(fused, replay_ms, weights, dev, opts.fuse, progress.note,
+                           kernels=opts.fuse_mode == "auto")
     return fused
 
 

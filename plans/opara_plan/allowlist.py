@@ -109,6 +109,7 @@ ALLOWED_OPS = frozenset({
     'aten.expm1.default',
     'aten.eye.default',
     'aten.fill.Scalar',
+    'aten.fill.Tensor',
     'aten.flip.default',
     'aten.floor.default',
     'aten.floor_divide.default',

@@ -11,7 +11,10 @@ from typing import Union
 # the default 'contiguous', so default plans keep their bytes; a reader without it ignores the key).
 # 1.3 adds Plan.signature (Ed25519 signatures over plan_digest, written only when the plan is signed): a 1.2
 # reader ignores the key and sees an unsigned plan, and an unsigned 1.3 plan differs from 1.2 only in its version.
-SCHEMA_VERSION: tuple[int, int] = (1, 3)
+# 1.4 adds Fusion.mode and Fusion.kernels (the kernel-level fused mode), written only for such a plan: older plans
+# load unchanged, and a 1.3 reader ignores both keys and runs the plan's one segment as compiled, on one stream
+# (correct, only without the kernel streams).
+SCHEMA_VERSION: tuple[int, int] = (1, 4)
 FORMAT = "opara-plan"
 NODE_KINDS = ("input", "param", "constant", "op", "output")
 # How the runtime lays out 4-D floating-point weights and inputs: NCHW as given, or NHWC (channels_last).
@@ -212,6 +215,26 @@ class Segment:
 
 
 @dataclass(frozen=True, slots=True)
+class KernelStreams:
+    """1.4, the kernel-level fused mode: the plan's one program (the whole graph, compiled by inductor) has its
+    kernels put on streams. stream and ms are per kernel, in the program's order; launch_order is a permutation
+    of the kernels. call_digest names the compiled call the schedule was made for (opara_runtime.fused.
+    wrapper_ir); the waits between streams are derived from the program at load, never read from here."""
+
+    call_digest: str = ""
+    stream: tuple[int, ...] = ()
+    launch_order: tuple[int, ...] = ()
+    ms: tuple[float, ...] = ()            # each kernel's measured time; () where not measured
+    algorithm: str = ""                   # '<streams>/<order>' that made it
+    critical_path_ms: float = -1.0        # the longest path of measured kernel times
+    predicted_ms: float = -1.0            # the simulator's makespan of this schedule
+
+
+NO_KERNEL_STREAMS = KernelStreams()
+FUSION_MODES = ("segments", "kernels")
+
+
+@dataclass(frozen=True, slots=True)
 class Fusion:
     """How ops are fused: backend '' (none) or 'inductor', the segments, and their compiled code.
 
@@ -223,6 +246,10 @@ class Fusion:
     segments: tuple[Segment, ...] = ()
     cache_key: str = ""  # torch build + GPU the programs were compiled for
     programs: tuple[bytes, ...] = ()
+    # 1.4: 'segments' (inductor fuses inside each stream segment) or 'kernels' (inductor fuses the whole graph,
+    # its kernels are put on streams: `kernels`).
+    mode: str = field(default="segments", metadata=OMIT_DEFAULT)
+    kernels: KernelStreams = field(default=NO_KERNEL_STREAMS, metadata=OMIT_DEFAULT)
 
 
 NO_FUSION = Fusion()

@@ -5,7 +5,7 @@ from opara_plan.allowlist import ALLOWED_OPS
 from opara_plan.clocks import iter_clocks
 from opara_plan.errors import PlanFormatError, UnsupportedOpError
 from opara_plan.fingerprint import graph_fingerprint
-from opara_plan.schema import MEMORY_FORMATS, NODE_KINDS, Graph, Plan, Ref, Sym
+from opara_plan.schema import FUSION_MODES, MEMORY_FORMATS, NO_KERNEL_STREAMS, NODE_KINDS, Graph, Plan, Ref, Sym
 
 DTYPE_SIZES = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
@@ -65,7 +65,8 @@ def validate(plan: Plan) -> None:
     _check_schedule(plan)
     _check_devices(plan)
     _check_links(plan)
-    if plan.fusion.backend or plan.fusion.segments:
+    f = plan.fusion
+    if f.backend or f.segments or f.mode != "segments" or f.kernels != NO_KERNEL_STREAMS:
         _check_fusion(plan)
     if len(plan.profile.ops) != len(plan.graph.nodes):
         raise PlanFormatError(f"plan field profile.ops: expected {len(plan.graph.nodes)} entries "
@@ -305,6 +306,45 @@ def _check_fusion(plan: Plan) -> None:
             if not 0 <= w < k:
                 raise PlanFormatError(f"plan fusion.segments[{k}]: waits on segment {w}, expected an earlier one")
     _check_programs(f)
+    _check_kernel_streams(f)
+
+
+MAX_KERNEL_STREAMS = 64  # as opara_runtime.fused.kernel_streams; far more than any schedule uses
+
+
+def _check_kernel_streams(f) -> None:
+    """The kernel-level mode: one segment (the whole graph) and a stream per kernel with a launch order. Only
+    the shape is checked here: that the order respects the program's dependencies is checked against the
+    program at load (opara_runtime.fused.kernel_streams.check_schedule), and waits are derived from it there."""
+    if f.mode not in FUSION_MODES:
+        raise PlanFormatError(f"plan field fusion.mode: expected one of {FUSION_MODES}, found {f.mode!r}")
+    k = f.kernels
+    if f.mode == "segments":
+        if k != NO_KERNEL_STREAMS:
+            raise PlanFormatError("plan field fusion.kernels: only a plan of fusion.mode 'kernels' has kernel streams")
+        return
+    if len(f.segments) != 1:
+        raise PlanFormatError(f"plan fusion.segments: a plan of fusion.mode 'kernels' has one segment (the whole "
+                              f"graph), found {len(f.segments)}")
+    n = len(k.stream)
+    if n > MAX_NODES:
+        raise PlanFormatError(f"plan fusion.kernels.stream: at most {MAX_NODES} kernels, found {n}")
+    bad = next((s for s in k.stream if not 0 <= s < MAX_KERNEL_STREAMS), None)
+    if bad is not None:
+        raise PlanFormatError(f"plan fusion.kernels.stream: expected streams 0..{MAX_KERNEL_STREAMS - 1}, found {bad}")
+    if len(k.launch_order) != n or set(k.launch_order) != set(range(n)):
+        raise PlanFormatError(f"plan fusion.kernels.launch_order: expected a permutation of the {n} kernels")
+    if k.ms and len(k.ms) != n:
+        raise PlanFormatError(f"plan fusion.kernels.ms: expected one time per kernel ({n}), found {len(k.ms)}")
+    for name in ("critical_path_ms", "predicted_ms"):
+        v = getattr(k, name)
+        if not (v == v and abs(v) != float("inf")):
+            raise PlanFormatError(f"plan fusion.kernels.{name}: expected a finite number, found {v}")
+    if any(not (t == t and 0 <= t < float("inf")) for t in k.ms):
+        raise PlanFormatError("plan fusion.kernels.ms: expected finite, non-negative times")
+    if len(k.call_digest) != 64 or any(c not in "0123456789abcdef" for c in k.call_digest):
+        raise PlanFormatError(f"plan fusion.kernels.call_digest: expected a sha256 hex digest, found "
+                              f"{k.call_digest[:80]!r}")
 
 
 def _check_programs(f) -> None:

@@ -14,7 +14,9 @@ METHODS = ("eager", "cudagraph", "torch_compile", "ort_cuda", "opara", "opara_tu
 # Also understood, not run by default: "opara_math" (and "opara_math_tuned"): the plan with --attention math,
 # which only differs from "opara" on models with attention; "opara_cl" and "opara_fused_cl" (any "_cl"
 # method): the plan with --memory-format channels_last, for convolution models; "opara_fused_coarse": the fused
-# plan with --cut coarse.
+# plan with --cut coarse; "opara_fused_kernels" (and "opara_fused_segments"): the fused plan with --fuse-mode kernels
+# (the whole graph fused, its kernels on streams) or segments; "opara_default": `--fuse inductor` with every other
+# option at its default (layout 'auto', fuse mode 'auto', the guard), which is what a user gets.
 
 
 @dataclass
@@ -30,16 +32,24 @@ class Record:
     max_abs_diff: float | None = None
     error: str | None = None
     plan: str | None = None  # what an Opara method ran (plan_label): shows what the tuners chose
+    # kernel-level plans: the longest path of the compiled program's measured kernel times, the bound any
+    # schedule of those kernels can reach (BENCHMARKS.md reports it as a fraction of the replay time)
+    critical_path_ms: float | None = None
+    critical_path_calibrated: bool | None = None  # its kernel times were scaled to the one-stream replay
 
     def as_dict(self) -> dict:
         d = asdict(self)
         if self.error is not None:
-            for k in ("ms_b2b", "ms_latency", "compile_s", "peak_mem_mb", "max_abs_diff"):
+            for k in ("ms_b2b", "ms_latency", "compile_s", "peak_mem_mb", "max_abs_diff", "critical_path_ms",
+                  "critical_path_calibrated"):
                 d.pop(k)
         else:
             d.pop("error")
         if self.plan is None:
             d.pop("plan")
+        for k in ("critical_path_ms", "critical_path_calibrated"):
+            if d.get(k, 0) is None:
+                d.pop(k)
         return d
 
 
@@ -50,7 +60,11 @@ def plan_label(plan) -> str:
     parts = [f"{s.stream_algorithm}/{s.order_algorithm}", f"{s.num_streams} streams"]
     if s.num_devices > 1:
         parts.append(f"{s.num_devices} GPUs")
-    if plan.fusion.backend:
+    if plan.fusion.mode == "kernels":
+        k = plan.fusion.kernels
+        parts.append(f"{plan.fusion.backend} whole graph, {len(k.stream)} kernels on {max(k.stream, default=0) + 1} "
+                     f"streams ({k.algorithm})")
+    elif plan.fusion.backend:
         parts.append(f"{plan.fusion.backend} {len(plan.fusion.segments)} segments")
     if plan.model.memory_format != "contiguous":
         parts.append(plan.model.memory_format)
@@ -117,11 +131,17 @@ def build(method: str, model, inputs, device: torch.device, *, plan_options: dic
             options["attention"] = "math"
         if "coarse" in method:
             options["cut"] = "coarse"
+        if "kernels" in method:
+            options["fuse_mode"] = "kernels"
+        elif "segments" in method:
+            options["fuse_mode"] = "segments"
         # Each method names one layout, so a method means the same in every run: the plain fused methods stay
         # NCHW (what they measured before 'auto' made NHWC the default of a fused convolution plan); *_cl is
         # NHWC, which is what `--fuse inductor` now gives a convolution model; the tuned ones leave the layout
         # to 'auto', which lets the fused tuner try both.
-        if method.endswith("_cl"):
+        if method == "opara_default":  # `oparac compile --fuse inductor` with every other option at its default
+            options["fuse"] = "inductor"
+        elif method.endswith("_cl"):
             options["memory_format"] = "channels_last"
         elif not method.endswith("tuned"):
             options["memory_format"] = "contiguous"
@@ -151,6 +171,9 @@ def measure_into(rec: Record, make, inputs, reference, device: torch.device, *, 
         rec.compile_s = time.perf_counter() - t0
         if getattr(fn, "plan", None) is not None:  # an Opara runner
             rec.plan = plan_label(fn.plan)
+            if fn.plan.fusion.mode == "kernels":
+                rec.critical_path_ms = fn.plan.fusion.kernels.critical_path_ms
+                rec.critical_path_calibrated = True
         out = fn(*inputs)
         timing = time_gpu(lambda: fn(*inputs), device, iters=iters, warmup=warmup)
         rec.ms_b2b, rec.ms_latency = timing.ms_b2b, timing.ms_latency

@@ -4,7 +4,10 @@ from __future__ import annotations
 import torch
 
 MODELS = ("googlenet", "inception_v3", "resnet50", "densenet121", "squeezenet", "mobilenet_v3", "nasnet",
-          "bert", "inception_timm")
+          "bert", "inception_timm", "gpt2", "vit_b16", "swin_t", "llama", "efficientnet_b0", "convnext_t",
+          "hrnet_w18_small")
+# The never-lose suite: model families outside the branchy CNNs that Opara was first measured on.
+EXTENDED = ("gpt2", "vit_b16", "swin_t", "llama", "efficientnet_b0", "convnext_t", "hrnet_w18_small")
 
 
 def _seeded(seed: int = 0):
@@ -119,3 +122,62 @@ def bert_model(batch: int = 1, seq: int = 128):
     from transformers import BertConfig, BertModel
     _seeded()
     return BertModel(BertConfig()).eval(), (torch.randint(0, 30522, (batch, seq)),)
+
+
+def _torchvision(name: str, batch: int, size: int = 224):
+    import torchvision
+    _seeded()
+    x = torch.randn(batch, 3, size, size)
+    return calibrate_batchnorm(getattr(torchvision.models, name)(weights=None), x), (x,)
+
+
+def vit_b16(batch: int = 1):
+    return _torchvision("vit_b_16", batch)
+
+
+def swin_t(batch: int = 1):
+    return _torchvision("swin_t", batch)
+
+
+def efficientnet_b0(batch: int = 1):
+    return _torchvision("efficientnet_b0", batch)
+
+
+def convnext_t(batch: int = 1):
+    return _torchvision("convnext_tiny", batch)
+
+
+def hrnet_w18_small(batch: int = 1):
+    import timm
+    _seeded()
+    x = torch.randn(batch, 3, 224, 224)
+    return calibrate_batchnorm(timm.create_model("hrnet_w18_small", pretrained=False), x), (x,)
+
+
+class HiddenStates(torch.nn.Module):
+    """A transformers decoder's last hidden state from token ids (no KV cache: one full forward)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):
+        return self.model(input_ids=input_ids, use_cache=False).last_hidden_state
+
+
+def gpt2(batch: int = 1, seq: int = 128):
+    """GPT-2 small (12 layers, hidden 768) from its config with random weights."""
+    from transformers import GPT2Config, GPT2Model
+    _seeded()
+    config = GPT2Config()
+    return HiddenStates(GPT2Model(config)).eval(), (torch.randint(0, config.vocab_size, (batch, seq)),)
+
+
+def llama(batch: int = 1, seq: int = 128):
+    """A Llama-style decoder: 8 layers of hidden 1024, 16 query heads sharing 4 key/value heads (grouped-query
+    attention), SwiGLU MLP of 2816, RMSNorm, rotary positions; random weights."""
+    from transformers import LlamaConfig, LlamaModel
+    _seeded()
+    config = LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
+                         num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=2048)
+    return HiddenStates(LlamaModel(config)).eval(), (torch.randint(0, config.vocab_size, (batch, seq)),)

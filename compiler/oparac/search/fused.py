@@ -24,7 +24,7 @@ NHWC_CANDIDATES = (("opara", "opara", 0, "maximal"),)
 
 
 def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, progress: Progress | None = None,
-               nhwc_profile=None) -> Plan:
+               nhwc_profile=None, *, mode: str = "auto") -> Plan:
     """Measure a few fused schedules against the given (unfused) plan; keep the fastest.
 
     weights: the model's, already on `device` in the plan's dtype (opara_runtime.bind.weights_on_device).
@@ -36,7 +36,10 @@ def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, pr
 
     nhwc_profile(): the ops profiled in channels_last. When given and the plan is an NCHW one with 4-D
     floating-point weights, NHWC_CANDIDATES are tried in that layout too, scheduled from that profile; a plan
-    chosen from them carries it."""
+    chosen from them carries it.
+
+    mode: 'segments' tries segment-level candidates only, 'kernels' only the kernel-level plan (the whole graph
+    fused, its kernels on streams, oparac.fuse.kernels), 'auto' both."""
     from opara_runtime.fused import compile_pool
     from oparac.search.tune import FINAL_ROUNDS, measure_rounds
 
@@ -54,10 +57,18 @@ def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, pr
     # One set of segment-compile workers for every candidate: a fresh set spends ~18-20 s starting (imports,
     # inductor's warm-up) on the H100 (benchmarks/worker_startup.py). It closes before the final rounds, which
     # reload the compiled programs, so its idle workers hold no GPU memory while the candidates are timed.
-    with compile_pool(device):
-        for fused, candidate in _fused_candidates(variants, weights, device, backend, progress):
-            plans.append(fused)
-            candidates.append(candidate)
+    if mode != "kernels":
+        with compile_pool(device):
+            for fused, candidate in _fused_candidates(variants, weights, device, backend, progress):
+                plans.append(fused)
+                candidates.append(candidate)
+    if mode != "segments":
+        from oparac.fuse.kernels import kernel_fused
+
+        kernel_plan, _ = kernel_fused(plan, weights, device, backend, progress)
+        plans.append(kernel_plan)
+        candidates.append(Candidate(streams=f"kernels {kernel_plan.fusion.kernels.algorithm}+{backend}", order="",
+                                    max_streams=0, predicted_ms=kernel_plan.fusion.kernels.predicted_ms))
     final = measure_rounds(dict(enumerate(plans)), weights, [device], rounds=FINAL_ROUNDS, repeats=5, replays=20)
     candidates = [dataclasses.replace(c, measured_ms=final[k]) for k, c in enumerate(candidates)]
     progress.note("tune: fused finalists " + ", ".join(f"{_label(c)} {c.measured_ms:.4f} ms" for c in candidates))

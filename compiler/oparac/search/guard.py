@@ -6,12 +6,14 @@ streams, 0.86x the sequential CUDA graph). The guard measures the chosen plan ag
 on the GPU before the plan is written, keeps the faster, and records both measurements and the decision in the
 plan's profile (`Profile.candidates`, `Profile.guard`), which `oparac inspect` shows.
 
-Unfused plans: a few interleaved replays of two captured graphs (about a second). Fused plans: the single-stream
-alternative is the whole graph as one inductor segment, which is what torch.compile fuses; compiling it costs
-about as much as torch.compile's own compile, so it is done only when the fused plan's streams do not clearly
-pay: when its replay is not at least CLEAR_WIN faster than its segments run one after another (their measured
-times, which `measure_fused` records). Where streams buy that much, merging the segments could only win back
-the fusion lost at segment boundaries, which on the models measured cost less than that.
+Unfused plans: a few interleaved replays of two captured graphs (about a second). Fused plans: the alternative is
+the whole graph compiled by inductor as one program, which is what torch.compile fuses: with fuse_mode 'auto' its
+kernels are put on streams too (oparac.fuse.kernels, which keeps one stream where that is faster), with
+'segments' it runs as one segment on one stream. Compiling it costs about as much as torch.compile's own compile,
+so it is done only when the fused plan's streams do not clearly pay: when its replay is not at least CLEAR_WIN
+faster than its segments run one after another (their measured times, which `measure_fused` records). Where
+streams buy that much, merging the segments could only win back the fusion lost at segment boundaries, which on
+the models measured cost less than that.
 """
 from __future__ import annotations
 
@@ -54,8 +56,10 @@ def guard_unfused(plan: Plan, weights: dict, device: torch.device, say=None) -> 
     return _decide(plan, single, times["chosen"], times["single"], say)
 
 
-def guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.device, backend: str, say=None) -> Plan:
-    """`fused` (already compiled and measured: `fused_ms`) or the whole graph as one fused segment."""
+def guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.device, backend: str, say=None, *,
+                kernels: bool = False) -> Plan:
+    """`fused` (already compiled and measured: `fused_ms`) or the whole graph as one fused program: its kernels
+    on streams where that measures faster (kernels=True), else as one segment on one stream."""
     serial_ms = sum(s.ms for s in fused.fusion.segments if s.ms > 0)
     if len(fused.fusion.segments) == 1:
         return _record(fused, fused, fused, Verdict("chosen", fused_ms, None, "the plan already is one segment"))
@@ -64,8 +68,13 @@ def guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.devic
                   f"another (at most {CLEAR_WIN:.2f}x); the one-segment plan was not compiled")
         return _record(fused, fused, fused, Verdict("chosen", fused_ms, None, reason))
     if say:
-        say("guard: compiling the whole graph as one segment (the plan's streams do not clearly pay)")
-    one, _ = measure_fused(fuse_plan(single_stream(fused), backend), weights, device)
+        say("guard: compiling the whole graph as one program (the plan's streams do not clearly pay)")
+    if kernels:
+        from oparac.fuse.kernels import kernel_fused
+
+        one, _ = kernel_fused(fused, weights, device, backend, say)
+    else:
+        one, _ = measure_fused(fuse_plan(single_stream(fused), backend), weights, device)
     times = measure_rounds({"chosen": fused, "single": one}, weights, [device], rounds=FINAL_ROUNDS, repeats=5,
                            replays=20)
     return _decide(fused, one, times["chosen"], times["single"], say)
@@ -78,7 +87,7 @@ def _decide(chosen: Plan, single: Plan, chosen_ms: float, single_ms: float, say)
         winner = chosen
     else:
         verdict = Verdict("single", chosen_ms, single_ms,
-                          f"one stream is faster: {single_ms:.4f} ms against {chosen_ms:.4f} ms for the "
+                          f"{describe(single)} is faster: {single_ms:.4f} ms against {chosen_ms:.4f} ms for the "
                           f"{chosen.schedule.num_streams}-stream plan")
         winner = single
     if say:
@@ -91,6 +100,8 @@ def _record(winner: Plan, chosen: Plan, single: Plan, verdict: Verdict) -> Plan:
     def candidate(p: Plan, ms: float | None, is_winner: bool) -> Candidate:
         s = p.schedule
         streams = s.stream_algorithm + (f"+{p.fusion.backend}" if p.fusion.backend else "")
+        if p.fusion.mode == "kernels":
+            streams += f"+kernels {p.fusion.kernels.algorithm}"
         return Candidate(streams=streams, order=s.order_algorithm, max_streams=s.max_streams,
                          predicted_ms=s.predicted_ms, measured_ms=-1.0 if ms is None else ms, chosen=is_winner)
 
@@ -100,6 +111,14 @@ def _record(winner: Plan, chosen: Plan, single: Plan, verdict: Verdict) -> Plan:
     earlier = tuple(dataclasses.replace(c, chosen=False) for c in winner.profile.candidates)
     profile = dataclasses.replace(winner.profile, candidates=earlier + records, guard=f"guard: {verdict.reason}")
     return dataclasses.replace(winner, profile=profile)
+
+
+def describe(plan: Plan) -> str:
+    """The alternative in a few words: 'one stream', or the whole graph's kernels on N streams."""
+    if plan.fusion.mode == "kernels":
+        n = max(plan.fusion.kernels.stream, default=0) + 1
+        return "the whole graph on one stream" if n == 1 else f"the whole graph's kernels on {n} streams"
+    return "one stream"
 
 
 def _same_schedule(a: Plan, b: Plan) -> bool:

@@ -12,16 +12,24 @@ import torch.fx
 from opara_runtime.fused.programs import SegmentProgram, input_meta, program_key, value_of
 
 INDUCTOR_CONFIG = {"triton.cudagraphs": False}  # the plan's single graph captures everything
+# The kernel-level mode compiles the whole graph once and puts its kernels on streams: a buffer inductor hands on
+# to a later, unrelated value would order two kernels that could otherwise run side by side.
+INDUCTOR_KERNEL_CONFIG = {**INDUCTOR_CONFIG, "allow_buffer_reuse": False}
 
 
-def compile_one(module: torch.fx.GraphModule, example: list):
+def config_for(mode: str) -> dict:
+    """Inductor's options for a plan of this fusion mode ('segments' or 'kernels')."""
+    return INDUCTOR_KERNEL_CONFIG if mode == "kernels" else INDUCTOR_CONFIG
+
+
+def compile_one(module: torch.fx.GraphModule, example: list, config: dict | None = None):
     """One segment through inductor's standalone entry point (no dynamo): static shapes from the example,
     no CUDA graphs of its own; the result can be saved as an artifact and loaded without compiling."""
     return torch._inductor.standalone_compile(module, example, dynamic_shapes="from_example_inputs",
-                                              options={"config_patches": dict(INDUCTOR_CONFIG)})
+                                              options={"config_patches": dict(config or INDUCTOR_CONFIG)})
 
 
-def compile_here(programs: list[SegmentProgram], base_values: list) -> None:
+def compile_here(programs: list[SegmentProgram], base_values: list, config: dict | None = None) -> None:
     """Compile every segment in this process, in launch order, each distinct program once. Every segment
     runs on real values as it is compiled, so the next one is specialised to the exact sizes and strides
     its inputs will have."""
@@ -34,7 +42,7 @@ def compile_here(programs: list[SegmentProgram], base_values: list) -> None:
             example = [value_of(values, k) for k in prog.inputs]
             key = program_key(prog, map(input_meta, example))
             if key not in compiled:
-                compiled[key] = (len(compiled), compile_one(prog.module, example))
+                compiled[key] = (len(compiled), compile_one(prog.module, example, config))
             prog.program, prog.fn = compiled[key]
             prog(values)
 

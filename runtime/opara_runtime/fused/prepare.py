@@ -8,7 +8,7 @@ import warnings
 import torch
 
 from opara_plan import Plan
-from opara_runtime.fused.compile import cache_key, compile_here, load_artifact
+from opara_runtime.fused.compile import cache_key, compile_here, config_for, load_artifact
 from opara_runtime.fused.parallel import compile_in_workers, worker_count
 from opara_runtime.fused.private_cache import private_inductor_cache
 from opara_runtime.fused.programs import SegmentProgram, segment_programs
@@ -25,7 +25,19 @@ def prepare_fused(plan: Plan, device: torch.device, base_values: list, *, use_ar
     when use_artifacts is True, they were made with this torch build and GPU, and they are trusted: the plan
     carries a valid signature by one of `trusted_keys` (paths or public keys; None: OPARA_TRUSTED_KEYS), or
     trust_compiled_code is True. Otherwise, or when one fails to load or to run, every segment is compiled
-    here, with a warning saying why."""
+    here, with a warning saying why. A plan of fusion mode 'kernels' then has its program's kernels put on the
+    plan's streams (kernel_mode)."""
+    programs = _prepared(plan, device, base_values, use_artifacts=use_artifacts,
+                         trust_compiled_code=trust_compiled_code, trusted_keys=trusted_keys)
+    if plan.fusion.mode == "kernels" and device.type == "cuda":
+        from opara_runtime.fused.kernel_mode import apply_kernel_streams
+
+        apply_kernel_streams(programs, plan.fusion.kernels, device)
+    return programs
+
+
+def _prepared(plan: Plan, device: torch.device, base_values: list, *, use_artifacts: bool, trust_compiled_code: bool,
+              trusted_keys) -> list[SegmentProgram]:
     programs = segment_programs(plan, device)
     if use_artifacts and plan.fusion.programs:
         reason = refusal(plan, device, trust_compiled_code=trust_compiled_code, trusted_keys=trusted_keys)
@@ -33,7 +45,7 @@ def prepare_fused(plan: Plan, device: torch.device, base_values: list, *, use_ar
             reason = _load_stored(programs, plan, base_values)
         if reason is None:
             return programs
-        warnings.warn(f"the plan's compiled segments {reason}: compiling them afresh", stacklevel=3)
+        warnings.warn(f"the plan's compiled segments {reason}: compiling them afresh", stacklevel=4)
     compile_segments(programs, base_values, plan=plan)
     return programs
 
@@ -104,6 +116,10 @@ def compile_segments(programs: list[SegmentProgram], base_values: list, *, plan:
     way every segment then runs once on real values, so each is specialised to the exact sizes and strides
     its inputs will have."""
     device = _device_of(base_values)
+    mode = plan.fusion.mode if plan is not None else "segments"
+    if mode == "kernels":  # one program: a worker would only add its start-up time
+        compile_here(programs, base_values, config_for(mode))
+        return
     if plan is not None and worker_count(device, workers) > 1:
         try:
             compile_in_workers(plan, programs, base_values, device, workers)

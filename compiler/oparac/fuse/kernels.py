@@ -1,0 +1,196 @@
+"""The kernel-level fused mode: inductor fuses the whole graph, then Opara puts inductor's kernels on streams.
+
+Segment-level fusion (fuse.segments) cuts the schedule into stream segments first, so every stream boundary is
+also a fusion boundary; on transformers and chain models that costs more than the streams win. Here the graph is
+compiled once, whole (what torch.compile fuses), and its compiled call becomes a DAG of kernel launches
+(opara_runtime.fused.wrapper_ir). Each kernel is timed in one eager run of the program on one stream with an
+event after every kernel, queued behind a sleep kernel so that the GPU never waits for the host: the events then
+time the kernels, not the launches. Opara's stream assignment and launch order run on that DAG with those times,
+and a few schedules (different stream caps, and the one-stream program itself) are measured as replays of their
+captured graphs (the times are first scaled to sum to the one-stream replay: eager timing charges each kernel its
+event's cost too): all of them run the same compiled program, so trying one costs a capture, not a compile.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import statistics
+
+import torch
+
+from opara_plan import NO_FUSION, Candidate, Fusion, KernelStreams, Plan, Segment
+from oparac.progress import Progress, as_progress
+from oparac.schedule import Costs, assign_streams, critical_path, order_launches, simulate
+from oparac.schedule.dag import Dag
+
+# Schedules tried on the kernel DAG: (streams, order, max_streams); one stream is always measured too.
+KERNEL_CANDIDATES = (("opara", "opara", 0), ("opara", "opara", 4), ("opara", "opara", 2))
+TIMING_RUNS = 5
+SLEEP_CYCLES = 50_000_000  # ~25 ms on a 2 GHz GPU: more than the host takes to queue a large model's kernels
+
+
+@dataclasses.dataclass
+class KernelDag:
+    """The whole-graph program's kernels: their dependencies and measured times."""
+
+    dag: Dag
+    ms: tuple[float, ...]
+    launch: tuple[str, ...]  # 'triton' or 'torch' per kernel
+    digest: str
+
+    def costs(self) -> Costs:
+        # Extern calls (GEMMs, convolutions, attention) are the compute-bound kernels; inductor's Triton kernels
+        # are the fused pointwise and reduction work around them.
+        return Costs(ms=dict(enumerate(self.ms)),
+                     intensity={k: "compute" if how == "torch" else "memory" for k, how in enumerate(self.launch)},
+                     demand={k: 0.5 for k in range(len(self.ms))})
+
+    def critical_path_ms(self) -> float:
+        return critical_path(self.dag, self.costs())[1]
+
+
+def whole_graph(plan: Plan, backend: str) -> Plan:
+    """The plan as one segment on one stream, in the kernel-level mode (its kernel schedule still empty)."""
+    from oparac.search.guard import single_stream
+
+    one = single_stream(plan)
+    ops = tuple(i for i in one.schedule.launch_order if one.graph.nodes[i].kind == "op")
+    return dataclasses.replace(one, fusion=Fusion(backend=backend, segments=(Segment(stream=0, ops=ops),),
+                                                  mode="kernels"))
+
+
+def compile_whole(plan: Plan, weights: dict, device: torch.device):
+    """Compile the whole-graph program (INDUCTOR_KERNEL_CONFIG); its SegmentProgram and the base values."""
+    from opara_runtime.fused import segment_programs
+    from opara_runtime.fused.compile import INDUCTOR_KERNEL_CONFIG, compile_here
+    from opara_runtime.runner import Runner
+
+    unfused = dataclasses.replace(plan, fusion=NO_FUSION)
+    base = list(Runner(unfused, weights, device, capture=False)._base)
+    from oparac.profile.measure import fill_random
+
+    fill_random([v for i, v in enumerate(base) if plan.graph.nodes[i].kind == "input"])
+    programs = segment_programs(plan, device)
+    compile_here(programs, base, INDUCTOR_KERNEL_CONFIG)
+    return programs, base
+
+
+def kernel_dag(programs, base: list, device: torch.device) -> KernelDag:
+    """The program's kernel DAG with each kernel's time (median of TIMING_RUNS timed runs)."""
+    from opara_runtime.fused.kernel_mode import KernelProgram
+    from opara_runtime.fused.programs import value_of
+
+    prog = programs[0]
+    opened = KernelProgram(prog.fn)
+    wrapper = opened.wrapper
+    n = wrapper.num_kernels
+    launcher = opened.install((0,) * n, tuple(range(n)), device, timed=True)
+    example = [value_of(base, k) for k in prog.inputs]
+    samples: list[list[float]] = [[] for _ in range(n)]
+    try:
+        with torch.no_grad(), torch.cuda.device(device):
+            prog.fn(*example)  # warm: the first run may autotune or load kernels
+            torch.cuda.synchronize(device)
+            for _ in range(TIMING_RUNS):
+                torch.cuda._sleep(SLEEP_CYCLES)
+                prog.fn(*example)
+                torch.cuda.synchronize(device)
+                ticks = launcher.ticks
+                for k in range(n):
+                    samples[k].append(ticks[k].elapsed_time(ticks[k + 1]))
+    finally:
+        opened.restore()
+    ms = tuple(max(0.0, statistics.median(s)) for s in samples)
+    dag = Dag.from_edges(n, wrapper.edges())
+    return KernelDag(dag=dag, ms=ms, launch=tuple(s.launch for s in wrapper.kernels), digest=wrapper.digest)
+
+
+def calibrated(kd: KernelDag, single_ms: float) -> KernelDag:
+    """The kernel times scaled so that they sum to the one-stream program's replay time."""
+    total = sum(kd.ms)
+    if total <= 0 or single_ms <= 0:
+        return kd
+    return dataclasses.replace(kd, ms=tuple(t * single_ms / total for t in kd.ms))
+
+
+def kernel_schedule(kd: KernelDag, streams: str, order: str, max_streams: int) -> KernelStreams:
+    costs = kd.costs()
+    assignment = assign_streams(kd.dag, costs, algorithm=streams, max_streams=max_streams)
+    launch = order_launches(kd.dag, assignment, costs, algorithm=order)
+    stream = tuple(assignment.stream[k] for k in range(len(kd.ms)))
+    waits = _waits(kd, stream, launch)
+    predicted = simulate(kd.dag, assignment.stream, launch, waits, costs).makespan_ms
+    return KernelStreams(call_digest=kd.digest, stream=stream, launch_order=tuple(launch), ms=kd.ms,
+                         algorithm=f"{streams}/{order}" + (f"/cap {max_streams}" if max_streams else ""),
+                         critical_path_ms=kd.critical_path_ms(), predicted_ms=float(predicted))
+
+
+def _waits(kd: KernelDag, stream: tuple[int, ...], launch) -> list[tuple[int, int]]:
+    from oparac.schedule import reduce_waits
+
+    return list(reduce_waits(kd.dag, dict(enumerate(stream)), launch))
+
+
+def one_stream(kd: KernelDag) -> KernelStreams:
+    n = len(kd.ms)
+    return KernelStreams(call_digest=kd.digest, stream=(0,) * n, launch_order=tuple(range(n)), ms=kd.ms,
+                         algorithm="single/program", critical_path_ms=kd.critical_path_ms(),
+                         predicted_ms=float(sum(kd.ms)))
+
+
+def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
+                 progress: Progress | None = None) -> tuple[Plan, float]:
+    """The fastest kernel-level plan of `plan`'s graph (its streams or one stream, measured) and its replay ms.
+    Its profile records every schedule tried as a candidate."""
+    from opara_runtime.fused import artifact_bytes, cache_key
+    from oparac.search.tune import FINAL_ROUNDS, measure_rounds
+
+    progress = as_progress(progress)
+    base_plan = whole_graph(plan, backend)
+    programs, base = compile_whole(base_plan, weights, device)
+    kd = kernel_dag(programs, base, device)
+    blob = artifact_bytes(programs[0].fn)
+    del programs, base
+    gc.collect()
+    width = _max_width(kd.dag)
+    progress.note(f"fuse: whole graph compiled, {len(kd.ms)} kernels, {sum(kd.ms):.4f} ms of kernels, critical "
+                  f"path {kd.critical_path_ms():.4f} ms, widest level {width}")
+    # Eager timing charges each kernel its event's cost as well; the one-stream program's replay has the kernels'
+    # true total, so every time is scaled by it before it is scheduled on, stored, or summed into the critical path.
+    single = _with_kernels(base_plan, one_stream(kd), blob, cache_key(device))
+    kd = calibrated(kd, measure_rounds({"single": single}, weights, [device], rounds=1, repeats=5,
+                                       replays=20)["single"])
+    schedules = {"single": one_stream(kd)}
+    for streams, order, cap in KERNEL_CANDIDATES:
+        ks = kernel_schedule(kd, streams, order, cap)
+        if ks.stream not in {s.stream for s in schedules.values()}:
+            schedules[ks.algorithm] = ks
+    plans = {name: _with_kernels(base_plan, ks, blob, cache_key(device)) for name, ks in schedules.items()}
+    times = measure_rounds(plans, weights, [device], rounds=FINAL_ROUNDS, repeats=5, replays=20)
+    best = min(times, key=lambda name: (times[name], name != "single"))  # a tie keeps one stream
+    progress.note("fuse: kernel schedules " + ", ".join(
+        f"{name} ({max(ks.stream) + 1} streams) {times[name]:.4f} ms" for name, ks in schedules.items()))
+    candidates = tuple(Candidate(streams=f"{name}+kernels", order=ks.algorithm.split("/")[1] if "/" in ks.algorithm
+                                 else "", max_streams=0, predicted_ms=ks.predicted_ms, measured_ms=times[name],
+                                 chosen=name == best) for name, ks in schedules.items())
+    winner = plans[best]
+    guard = (f"guard: kernel schedules measured, kept {best} ({max(schedules[best].stream) + 1} streams): "
+             + ", ".join(f"{name} {times[name]:.4f} ms" for name in schedules))
+    profile = dataclasses.replace(winner.profile, candidates=winner.profile.candidates + candidates, guard=guard)
+    return dataclasses.replace(winner, profile=profile), times[best]
+
+
+def _with_kernels(plan: Plan, ks: KernelStreams, blob: bytes, key: str) -> Plan:
+    seg = dataclasses.replace(plan.fusion.segments[0], program=0)
+    fusion = dataclasses.replace(plan.fusion, segments=(seg,), programs=(blob,), cache_key=key, kernels=ks)
+    return dataclasses.replace(plan, fusion=fusion)
+
+
+def _max_width(dag: Dag) -> int:
+    level: dict[int, int] = {}
+    for k in dag.ops:
+        level[k] = 1 + max((level[p] for p in dag.preds[k]), default=0)
+    counts: dict[int, int] = {}
+    for v in level.values():
+        counts[v] = counts.get(v, 0) + 1
+    return max(counts.values(), default=0)

@@ -1,0 +1,132 @@
+"""The kernel-level fused mode on the GPU: the whole graph compiled once, its kernels put on streams, captured in
+one CUDA graph; every schedule gives the one-stream program's outputs bit for bit."""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import pytest
+import torch
+
+import opara_runtime
+import oparac
+from opara_plan import load_plan
+from oparac.fuse.kernels import compile_whole, kernel_dag, kernel_schedule, whole_graph
+from oparac.models import zoo
+from oparac.pipeline import bind_weights
+
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]
+
+
+class Branches(torch.nn.Module):
+    """Four independent GEMM chains: a kernel DAG several kernels wide."""
+
+    def __init__(self):
+        super().__init__()
+        self.branches = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 256))
+            for _ in range(4))
+
+    def forward(self, x):
+        return sum(torch.tanh(b(x)) for b in self.branches)
+
+
+def _cuda(model, inputs):
+    return model.cuda().eval(), tuple(x.cuda() for x in inputs)
+
+
+def test_kernel_plan_matches_eager_and_round_trips(tmp_path):
+    model, inputs = _cuda(Branches(), (torch.randn(8, 256),))
+    plan = oparac.compile(model, inputs, device="cuda", fuse="inductor", fuse_mode="kernels")
+    assert plan.fusion.mode == "kernels" and len(plan.fusion.segments) == 1
+    k = plan.fusion.kernels
+    assert len(k.stream) == len(k.ms) > 8 and k.critical_path_ms > 0
+    assert "kernel schedules measured" in plan.profile.guard
+    plan.save(tmp_path / "k.plan")
+    loaded = load_plan(tmp_path / "k.plan")
+    assert loaded == plan
+    runner = opara_runtime.load(loaded, model, trust_compiled_code=True)
+    with torch.no_grad():
+        want = model(*inputs)
+    torch.testing.assert_close(runner(*inputs), want, rtol=1e-4, atol=1e-4)
+
+
+def test_every_stream_schedule_gives_the_one_stream_outputs_bitwise():
+    model, inputs = _cuda(Branches(), (torch.randn(8, 256),))
+    device = torch.device("cuda")
+    base_plan = oparac.compile(model, inputs, device="cuda", guard=False)
+    weights = bind_weights(model, base_plan, device)
+    one = whole_graph(base_plan, "inductor")
+    programs, base = compile_whole(one, weights, device)
+    kd = kernel_dag(programs, base, device)
+    assert kd.dag.ops and max(len(ps) for ps in kd.dag.preds.values()) >= 1
+    from opara_runtime.fused import artifact_bytes, cache_key
+    from oparac.fuse.kernels import _with_kernels, one_stream
+
+    blob = artifact_bytes(programs[0].fn)
+    outs = []
+    schedules = [one_stream(kd)] + [kernel_schedule(kd, "opara", "opara", cap) for cap in (0, 2, 3)]
+    assert max(schedules[1].stream) >= 1, "the four branches go on more than one stream"
+    for ks in schedules:
+        plan = _with_kernels(one, ks, blob, cache_key(device))
+        runner = opara_runtime.load(plan, model, trust_compiled_code=True)
+        for _ in range(3):
+            outs.append(runner(*inputs).clone())
+    for o in outs[1:]:
+        assert torch.equal(o, outs[0])
+
+
+def test_a_schedule_for_another_program_runs_on_one_stream_with_a_warning():
+    model, inputs = _cuda(Branches(), (torch.randn(8, 256),))
+    plan = oparac.compile(model, inputs, device="cuda", fuse="inductor", fuse_mode="kernels")
+    other = dataclasses.replace(plan.fusion.kernels, call_digest="0" * 64)
+    tampered = dataclasses.replace(plan, fusion=dataclasses.replace(plan.fusion, kernels=other))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runner = opara_runtime.load(tampered, model, trust_compiled_code=True)
+    assert any("made for another compiled program" in str(w.message) for w in caught)
+    with torch.no_grad():
+        want = model(*inputs)
+    torch.testing.assert_close(runner(*inputs), want, rtol=1e-4, atol=1e-4)
+
+
+def test_an_order_against_the_dependencies_is_refused_at_load():
+    model, inputs = _cuda(Branches(), (torch.randn(8, 256),))
+    plan = oparac.compile(model, inputs, device="cuda", fuse="inductor", fuse_mode="kernels")
+    k = plan.fusion.kernels
+    backwards = dataclasses.replace(k, launch_order=tuple(reversed(k.launch_order)))
+    tampered = dataclasses.replace(plan, fusion=dataclasses.replace(plan.fusion, kernels=backwards))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runner = opara_runtime.load(tampered, model, trust_compiled_code=True)
+    assert any("is launched before kernel" in str(w.message) for w in caught)
+    with torch.no_grad():
+        want = model(*inputs)
+    torch.testing.assert_close(runner(*inputs), want, rtol=1e-4, atol=1e-4)
+
+
+def test_llama_style_decoder_in_kernel_mode_matches_eager():
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=1000, hidden_size=256, intermediate_size=704, num_hidden_layers=2,
+                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256)
+    model, inputs = _cuda(zoo.HiddenStates(LlamaModel(config)), (torch.randint(0, 1000, (1, 64)),))
+    plan = oparac.compile(model, inputs, device="cuda", fuse="inductor", fuse_mode="kernels")
+    runner = opara_runtime.load(plan, model, trust_compiled_code=True)
+    with torch.no_grad():
+        want = model(*inputs)
+    torch.testing.assert_close(runner(*inputs), want, rtol=1e-3, atol=1e-3)
+
+
+def test_default_fused_plan_keeps_the_faster_of_segments_and_the_whole_graph():
+    model, inputs = _cuda(*zoo.gpt2(1, 64))
+    plan = oparac.compile(model, inputs, device="cuda", fuse="inductor")
+    assert plan.profile.guard.startswith("guard:")
+    if "clearly pay" in plan.profile.guard:
+        return
+    segments, whole = plan.profile.candidates[-2:]  # the guard's two records, last
+    assert "+kernels" in whole.streams
+    winner, loser = (segments, whole) if segments.chosen else (whole, segments)
+    assert winner.chosen and not loser.chosen and winner.measured_ms <= loser.measured_ms
+    assert (plan.fusion.mode == "kernels") == whole.chosen

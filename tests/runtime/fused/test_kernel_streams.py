@@ -1,0 +1,213 @@
+"""The kernel-level mode on the CPU: inductor-shaped wrappers parsed into kernel DAGs, rewritten onto streams, and
+run with a launcher that checks every dependency is synchronised; the outputs equal the original call's."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from helpers.wrappers import SimLauncher, World, inputs, random_wrapper
+from opara_runtime.fused.kernel_streams import (KernelScheduleError, build_call, check_schedule, cross_stream_waits,
+                                                streamed_source)
+from opara_runtime.fused.wrapper_ir import WrapperFormatError, parse_wrapper
+
+GPT2_LIKE = '''
+import torch
+triton_poi_0 = async_compile.triton('triton_poi_0', """
+@triton.jit
+def triton_poi_0(in_ptr0, out_ptr0, xnumel, XBLOCK : tl.constexpr):
+    pass
+""", device_str='cuda')
+triton_per_1 = async_compile.triton('triton_per_1', """
+@triton.jit
+def triton_per_1(in_out_ptr0, in_ptr0, xnumel, r0_numel, XBLOCK : tl.constexpr):
+    pass
+""", device_str='cuda')
+
+class Runner:
+    def __init__(self, partitions):
+        self.partitions = partitions
+
+    def call(self, args):
+        arg0_1, arg1_1, arg2_1 = args
+        args.clear()
+        assert_size_stride(arg0_1, (4, ), (1, ))
+        with torch.cuda._DeviceGuard(0):
+            torch.cuda.set_device(0)
+            buf0 = empty_strided_cuda((4, ), (1, ), torch.float32)
+            stream0 = get_raw_stream(0)
+            triton_poi_0.run(arg0_1, buf0, 4, stream=stream0)
+            buf1 = empty_strided_cuda((4, ), (1, ), torch.float32)
+            extern_kernels.add(arg1_1, arg2_1, out=buf1)
+            buf2 = reinterpret_tensor(buf1, (4, ), (1, ), 0); del buf1  # reuse
+            stream0 = get_raw_stream(0)
+            triton_per_1.run(buf2, buf0, 4, 4, stream=stream0)
+            del buf0
+        return (buf2, )
+'''
+
+
+def test_statements_are_classified_and_kernels_depend_through_storages():
+    prog = parse_wrapper(GPT2_LIKE)
+    kinds = [s.kind for s in prog.statements]
+    assert kinds == ["host", "alloc", "drop", "kernel", "alloc", "kernel", "alias", "drop", "drop", "kernel", "drop"]
+    assert [s.launch for s in prog.kernels] == ["triton", "torch", "triton"]
+    assert prog.arg_names == ("arg0_1", "arg1_1", "arg2_1")
+    # kernel 2 updates buf2 (buf1's storage, written by kernel 1) in place and reads buf0 (kernel 0)
+    assert prog.preds == {0: (), 1: (), 2: (0, 1)}
+    assert len(prog.digest) == 64
+
+
+def test_write_after_read_orders_an_in_place_update_after_earlier_readers():
+    src = GPT2_LIKE.replace("triton_per_1.run(buf2, buf0, 4, 4, stream=stream0)",
+                            "triton_per_1.run(buf2, buf0, 4, 4, stream=stream0)\n"
+                            "            buf3 = empty_strided_cuda((4, ), (1, ), torch.float32)\n"
+                            "            triton_poi_0.run(arg0_1, buf3, 4, stream=stream0)\n"
+                            "            triton_per_1.run(arg0_1, buf3, 4, 4, stream=stream0)")
+    prog = parse_wrapper(src)
+    # kernel 4 writes arg0_1 in place: after kernels 0 and 3, which read it
+    assert set(prog.preds[4]) >= {0, 3}
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), streams=st.integers(1, 4), order_seed=st.integers(0, 1000))
+def test_any_stream_assignment_is_synchronised_and_matches_the_original(seed, streams, order_seed):
+    source = random_wrapper(seed)
+    prog = parse_wrapper(source)
+    rng = random.Random(order_seed)
+    stream = tuple(rng.randrange(streams) for _ in range(prog.num_kernels))
+    order = _random_topological_order(prog, rng)
+    world = World()
+    want = world.load(source)["call"](inputs())
+    launcher = SimLauncher(prog.preds, stream, order)
+    world.launcher = launcher
+    call = build_call(prog, world.load(source), stream, order, launcher)
+    got = call(inputs())
+    assert launcher.violations == []
+    assert launcher.launched == prog.num_kernels
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_waits_are_only_those_not_implied():
+    prog = parse_wrapper(random_wrapper(3, kernels=16))
+    order = tuple(range(prog.num_kernels))
+    one = cross_stream_waits(prog, (0,) * prog.num_kernels, order)
+    assert one == {}
+    alternating = tuple(k % 2 for k in range(prog.num_kernels))
+    waits = cross_stream_waits(prog, alternating, order)
+    cross = sum(1 for c, ps in prog.preds.items() for p in ps if alternating[p] != alternating[c])
+    assert sum(map(len, waits.values())) <= cross
+
+
+def test_an_order_breaking_a_dependency_is_refused():
+    prog = parse_wrapper(GPT2_LIKE)
+    with pytest.raises(KernelScheduleError, match="kernel 2 is launched before kernel 0"):
+        check_schedule(prog, (0, 1, 0), (2, 0, 1))
+    with pytest.raises(KernelScheduleError, match="one stream per kernel"):
+        check_schedule(prog, (0, 1), (0, 1, 2))
+    with pytest.raises(KernelScheduleError, match="permutation"):
+        check_schedule(prog, (0, 1, 0), (0, 0, 1))
+    with pytest.raises(KernelScheduleError, match="0..63"):
+        check_schedule(prog, (0, 99, 0), (0, 1, 2))
+
+
+def test_timed_source_ticks_after_every_kernel():
+    prog = parse_wrapper(GPT2_LIKE)
+    src = streamed_source(prog, (0, 0, 0), (0, 1, 2), timed=True)
+    assert src.count("_L.tick(") == 3
+    with pytest.raises(KernelScheduleError, match="one stream"):
+        streamed_source(prog, (0, 1, 0), (0, 1, 2), timed=True)
+
+
+def test_a_call_using_its_runner_state_is_refused():
+    src = GPT2_LIKE.replace("args.clear()", "args.clear()\n        self.partitions[0](args)")
+    with pytest.raises(WrapperFormatError, match="runner's state"):
+        parse_wrapper(src)
+
+
+def test_unknown_statements_become_barriers():
+    src = GPT2_LIKE.replace("            buf1 = empty_strided_cuda(",
+                            "            for _ in range(1):\n                pass\n            buf1 = empty_strided_cuda(")
+    prog = parse_wrapper(src)
+    barrier = [s for s in prog.kernels if s.kind == "barrier"]
+    assert len(barrier) == 1
+    b = barrier[0].kernel
+    assert all(b in prog.preds[k] for k in range(b + 1, prog.num_kernels))
+    assert set(prog.preds[b]) == set(range(b))
+
+
+def _random_topological_order(prog, rng: random.Random) -> tuple[int, ...]:
+    indegree = {k: len(ps) for k, ps in prog.preds.items()}
+    succs: dict[int, list[int]] = {k: [] for k in prog.preds}
+    for c, ps in prog.preds.items():
+        for p in ps:
+            succs[p].append(c)
+    ready = [k for k, d in indegree.items() if d == 0]
+    order = []
+    while ready:
+        k = ready.pop(rng.randrange(len(ready)))
+        order.append(k)
+        for c in succs[k]:
+            indegree[c] -= 1
+            if indegree[c] == 0:
+                ready.append(c)
+    return tuple(order)
+
+
+def test_a_real_inductor_program_is_opened_and_its_streamed_call_matches():
+    """CPU inductor's own wrapper: found inside the compiled artifact, parsed, rewritten onto two (simulated)
+    streams, installed in place of its call and restored."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from opara_runtime.fused.compile import INDUCTOR_KERNEL_CONFIG, compile_one
+    from opara_runtime.fused.kernel_mode import KernelProgram
+
+    def f(x, w, v):
+        return (torch.relu(x @ w) + 1, torch.tanh(x @ v) * 2)
+
+    x, w, v = torch.randn(8, 8), torch.randn(8, 8), torch.randn(8, 8)
+    gm = make_fx(f)(x, w, v)
+    compiled = compile_one(gm, [x, w, v], INDUCTOR_KERNEL_CONFIG)
+    want = compiled(x, w, v)
+    opened = KernelProgram(compiled)
+    prog = opened.wrapper
+    assert prog.num_kernels >= 2
+    stream = tuple(k % 2 for k in range(prog.num_kernels))
+    order = tuple(range(prog.num_kernels))
+    sim = _CpuLauncher()
+    opened._set(build_call(prog, opened.namespace, stream, order, sim))
+    got = compiled(x, w, v)
+    opened.restore()
+    assert sim.forks == 1 and sim.joins == 1
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(compiled(x, w, v), want))
+
+
+class _CpuLauncher:
+    """A launcher for CPU kernels: no streams to switch; counts the fork and join of each call."""
+
+    def __init__(self):
+        self.forks = self.joins = 0
+
+    def fork(self):
+        self.forks += 1
+
+    def join(self):
+        self.joins += 1
+
+    def on(self, k):
+        import contextlib
+        return contextlib.nullcontext()
+
+    def raw(self, k):
+        return 0
+
+    def record(self, s, k):
+        pass
+
+    def wait(self, s, k):
+        pass
