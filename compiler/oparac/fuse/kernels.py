@@ -26,6 +26,7 @@ from oparac.schedule.dag import Dag
 # Schedules tried on the kernel DAG: (streams, order, max_streams); one stream is always measured too.
 KERNEL_CANDIDATES = (("opara", "opara", 0), ("opara", "opara", 4), ("opara", "opara", 2))
 TIMING_RUNS = 5
+REPRODUCE_CALLS = 3  # calls of each schedule compared with the one-stream program's outputs
 SLEEP_CYCLES = 50_000_000  # ~25 ms on a 2 GHz GPU: more than the host takes to queue a large model's kernels
 
 
@@ -166,6 +167,8 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
         if ks.stream not in {s.stream for s in schedules.values()}:
             schedules[ks.algorithm] = ks
     plans = {name: _with_kernels(base_plan, ks, blob, cache_key(device)) for name, ks in schedules.items()}
+    plans = reproducing(plans, weights, device, progress)
+    schedules = {name: schedules[name] for name in plans}
     times = measure_rounds(plans, weights, [device], rounds=FINAL_ROUNDS, repeats=5, replays=20)
     best = min(times, key=lambda name: (times[name], name != "single"))  # a tie keeps one stream
     progress.note("fuse: kernel schedules " + ", ".join(
@@ -178,6 +181,36 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
              + ", ".join(f"{name} {times[name]:.4f} ms" for name in schedules))
     profile = dataclasses.replace(winner.profile, candidates=winner.profile.candidates + candidates, guard=guard)
     return dataclasses.replace(winner, profile=profile), times[best]
+
+
+def reproducing(plans: dict[str, Plan], weights: dict, device: torch.device, progress: Progress) -> dict[str, Plan]:
+    """The schedules whose outputs equal the one-stream program's ("single") bit for bit, over REPRODUCE_CALLS
+    calls on the same inputs. Every schedule runs the same kernels on the same data, so any difference means an
+    ordering the kernel DAG missed: such a schedule is dropped (and said), never written."""
+    import torch.utils._pytree as pytree
+
+    from opara_runtime.runner import Runner
+    from oparac.verify import inputs_for
+
+    inputs = inputs_for(plans["single"], device)
+
+    def outputs(plan: Plan) -> list[list[torch.Tensor]]:
+        runner = Runner(plan, weights, device, trust_compiled_code=True)
+        outs = [[t.clone() for t in pytree.tree_leaves(runner(*inputs))] for _ in range(REPRODUCE_CALLS)]
+        del runner
+        return outs
+
+    want = outputs(plans["single"])[0]
+    kept = {"single": plans["single"]}
+    for name, plan in plans.items():
+        if name == "single":
+            continue
+        if all(len(o) == len(want) and all(torch.equal(a, b) for a, b in zip(o, want)) for o in outputs(plan)):
+            kept[name] = plan
+        else:
+            progress.note(f"fuse: kernel schedule {name} dropped: its outputs differ from the one-stream program's")
+    gc.collect()
+    return kept
 
 
 def _with_kernels(plan: Plan, ks: KernelStreams, blob: bytes, key: str) -> Plan:

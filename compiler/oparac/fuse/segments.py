@@ -10,7 +10,7 @@ import torch
 from opara_plan import Fusion, Graph, Plan, cut_segments
 from oparac.options import CUTS, FUSE_BACKENDS
 from oparac.schedule.coarsen import coarsen_streams
-from oparac.profile.measure import time_graph_replays, timed_runner
+from oparac.profile.measure import time_graph_replays, time_in_graph, timed_runner
 
 
 def fuse_plan(plan: Plan, backend: str, *, cut: str = "maximal", max_ops: int = 0) -> Plan:
@@ -69,13 +69,8 @@ def segment_times(runner, device: torch.device) -> list[float]:
     times = []
     stream = torch.cuda.Stream(device=device)
     for program in runner.programs:
-        g = torch.cuda.CUDAGraph()
         scratch = list(values)
-        with torch.cuda.graph(g, stream=stream):
-            for _ in range(10):
-                program(scratch)
-        times.append(time_graph_replays(g, device) / 10)
-        del g
+        times.append(time_in_graph(lambda: program(scratch), device, stream, 10))
     return times
 
 

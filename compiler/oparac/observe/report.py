@@ -31,7 +31,13 @@ def print_summary(info: dict, console: Console | None = None) -> None:
         stored = (f"{fusion['compiled_segments']} compiled as {fusion['compiled_programs']} distinct programs "
                   f"({fusion['compiled_bytes'] / 2**20:.1f} MiB, for {fusion['compiled_for']})"
                   if fusion["compiled_segments"] else "none compiled (compiled at load)")
-        rows.insert(5, ("fusion", f"{fusion['backend']}: {fusion['segments']} segments, {stored}"))
+        if fusion.get("mode") == "kernels":
+            rows.insert(5, ("fusion", f"{fusion['backend']}, kernel-level: the whole graph as one program, "
+                                      f"{fusion['kernels']} kernels on {fusion['kernel_streams']} streams "
+                                      f"({fusion['kernel_schedule']}; critical path {fusion['critical_path_ms']:.4f} "
+                                      f"ms, predicted {fusion['kernel_predicted_ms']:.4f} ms), {stored}"))
+        else:
+            rows.insert(5, ("fusion", f"{fusion['backend']}: {fusion['segments']} segments, {stored}"))
     if s["devices"] > 1:
         rows.insert(3, ("devices", f"{s['devices']} GPUs ({s['device_algorithm']}), {s['copies']} copies between them"))
     if p["guard"]:

@@ -53,4 +53,13 @@ def _fusion(plan: Plan) -> dict:
     return {"backend": f.backend, "segments": len(f.segments),
             "compiled_segments": sum(seg.program >= 0 for seg in f.segments), "compiled_programs": len(f.programs),
             "compiled_bytes": sum(len(a) for a in f.programs), "compiled_for": f.cache_key,
-            "segments_ms": sum(measured) if measured else None}
+            "segments_ms": sum(measured) if measured else None, "mode": f.mode, **_kernels(plan)}
+
+
+def _kernels(plan: Plan) -> dict:
+    """The kernel-level mode's schedule: kernels, streams, what made it, its critical path and prediction."""
+    if plan.fusion.mode != "kernels":
+        return {}
+    k = plan.fusion.kernels
+    return {"kernels": len(k.stream), "kernel_streams": max(k.stream, default=0) + 1, "kernel_schedule": k.algorithm,
+            "critical_path_ms": k.critical_path_ms, "kernel_predicted_ms": k.predicted_ms}

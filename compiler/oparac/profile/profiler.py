@@ -11,7 +11,7 @@ import torch
 from opara_plan import Graph, KernelInfo, OpProfile, Profile, Target
 from oparac.profile import cost_model
 from oparac.profile.gpus import gpu_spec
-from oparac.profile.measure import time_graph_replays
+from oparac.profile.measure import time_in_graph
 from oparac.models.reference import random_input
 from oparac.profile.cache import ProfileCache
 from oparac.progress import Progress
@@ -98,13 +98,7 @@ def time_ops(graph: Graph, values: list, device: torch.device, progress: Progres
 
 
 def _time_one(node, values, device, stream, memory_format: str) -> float:
-    # Each small graph gets its own memory pool, released with it: a pool shared across graphs that
-    # are created and dropped one after another trips the caching allocator's pool bookkeeping.
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.device(device), torch.cuda.graph(g, stream=stream):
-        for _ in range(REPEATS_IN_GRAPH):
-            run_node(node, values, device, memory_format)
-    return time_graph_replays(g, device) / REPEATS_IN_GRAPH
+    return time_in_graph(lambda: run_node(node, values, device, memory_format), device, stream, REPEATS_IN_GRAPH)
 
 
 def kernel_records(graph: Graph, values: list, device: torch.device,

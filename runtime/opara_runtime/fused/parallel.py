@@ -21,10 +21,10 @@ import torch
 
 from opara_plan import Plan
 from opara_runtime.devices import indexed
-from opara_runtime.fused.compile import load_artifact
+from opara_runtime.fused.compile import compile_one, load_artifact
 from opara_runtime.fused.pool import WorkerPool, python_env, run_one_shot
 from opara_runtime.fused.private_cache import private_inductor_cache
-from opara_runtime.fused.programs import SegmentProgram, input_meta, program_key, run_once, value_of
+from opara_runtime.fused.programs import SegmentProgram, input_meta, program_key, value_of
 from opara_runtime.lifetimes import release_points
 from opara_runtime.ops import run_node
 
@@ -123,9 +123,30 @@ def compile_in_workers(plan: Plan, programs: list[SegmentProgram], base_values: 
     index = {key: u for u, key in enumerate(first)}
     with private_inductor_cache():
         fns = {key: load_artifact(blobs[k]) for key, k in first.items()}
+        _bind_checked(programs, keys, base_values, lambda key: (index[key], fns[key], blobs[first[key]]))
+
+
+def _bind_checked(programs: list[SegmentProgram], keys: list[tuple], base_values: list, compiled) -> None:
+    """Run every segment once in launch order with the program compiled for `keys[k]` (compiled(key): its index,
+    fn and bytes), except where a segment's real inputs are laid out otherwise than the eager pass recorded:
+    inductor may pad the strides of a compiled producer's output (Swin-T's windows on the H200: 56 for eager's
+    49), and a program specialised to eager strides would then fail its size and stride checks. Such a segment
+    is compiled here, on its real inputs, as compile_here would."""
+    values = list(base_values)
+    here: dict[tuple, tuple[int, object]] = {}
+    extra = 1 + max((compiled(key)[0] for key in keys), default=-1)
+    with torch.no_grad():
         for prog, key in zip(programs, keys):
-            prog.program, prog.fn, prog.blob = index[key], fns[key], blobs[first[key]]
-        run_once(programs, base_values)
+            example = [value_of(values, k) for k in prog.inputs]
+            actual = program_key(prog, map(input_meta, example))
+            if actual == key:
+                prog.program, prog.fn, prog.blob = compiled(key)
+            else:
+                if actual not in here:
+                    here[actual] = (extra + len(here), compile_one(prog.module, example))
+                prog.program, prog.fn = here[actual]
+                prog.blob = None
+            prog(values)
 
 
 def _run_one_shot(plan: Plan, device: torch.device, jobs: list[Job]) -> dict[int, bytes]:

@@ -106,11 +106,3 @@ def input_meta(x) -> tuple:
 def program_key(prog: SegmentProgram, metas) -> tuple:
     """Segments with equal keys share one compiled program: the same code on inputs of the same layout."""
     return (prog.module.code, tuple(metas))
-
-
-def run_once(programs: list[SegmentProgram], base_values: list) -> None:
-    """Every segment once, in launch order, on a copy of the base values."""
-    values = list(base_values)
-    with torch.no_grad():
-        for prog in programs:
-            prog(values)

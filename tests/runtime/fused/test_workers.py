@@ -154,3 +154,26 @@ def test_a_worker_that_errs_hangs_or_dies_fails_its_job_and_is_replaced(branches
         replaced = pool.pids
         assert first not in replaced and second not in replaced
     assert all(_gone(pid) for pid in replaced)
+
+
+@pytest.mark.slow
+def test_a_segment_whose_inputs_differ_from_the_eager_layout_is_compiled_here(branches, monkeypatch):
+    """Workers compile on the layouts of an eager pass; where a compiled producer lays its output out otherwise
+    (inductor's stride padding), that segment is compiled on its real inputs instead of failing its checks."""
+    from opara_runtime.fused import parallel
+
+    plan, base, expected = branches
+    real = parallel._input_metas
+
+    def skewed(plan_, programs, base_values, device):
+        metas = real(plan_, programs, base_values, device)
+        last = programs[-1].inputs[0]  # the final segment's first input: recorded with other strides
+        kind, shape, stride, offset, dtype, dev = metas[last]
+        metas[last] = (kind, shape, tuple(s * 2 for s in stride), offset, dtype, dev)
+        return metas
+
+    monkeypatch.setattr(parallel, "_input_metas", skewed)
+    programs = _compile(plan, base, workers=2)
+    assert all(p.blob for p in programs[:-1]) and programs[-1].blob is None
+    assert programs[-1].program not in {p.program for p in programs[:-1]}
+    torch.testing.assert_close(run_segments(plan, programs, base), expected)

@@ -1,0 +1,77 @@
+"""Schema 1.4's kernel-level fields: written only for such a plan, read back equal, and refused when malformed."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from opara_plan import KernelStreams, PlanFormatError, plan_from_bytes, plan_to_bytes, validate
+from oparac.fuse.kernels import whole_graph
+
+
+def _kernel_plan(plan, n: int = 5) -> object:
+    one = whole_graph(plan, "inductor")
+    ks = KernelStreams(call_digest="ab" * 32, stream=(0, 1, 0, 2, 1)[:n], launch_order=tuple(range(n)),
+                       ms=(0.01,) * n, algorithm="opara/opara", critical_path_ms=0.03, predicted_ms=0.04)
+    return dataclasses.replace(one, fusion=dataclasses.replace(one.fusion, kernels=ks))
+
+
+def test_a_kernel_plan_round_trips_and_validates(tiny_plan):
+    plan = _kernel_plan(tiny_plan)
+    validate(plan)
+    assert plan.fusion.mode == "kernels" and len(plan.fusion.segments) == 1
+    assert plan_from_bytes(plan_to_bytes(plan)) == plan
+
+
+def test_a_segments_plan_writes_neither_field(tiny_plan):
+    from oparac.fuse.segments import fuse_plan
+
+    from opara_plan.canonical import canonical_value
+
+    fusion = canonical_value(fuse_plan(tiny_plan, "inductor"))["fusion"]
+    assert "kernels" not in fusion and "mode" not in fusion
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(stream=(0, 99, 0, 0, 0)), "streams 0..63"),
+    (dict(launch_order=(0, 0, 1, 2, 3)), "permutation"),
+    (dict(launch_order=(0, 1, 2)), "permutation"),
+    (dict(ms=(0.1,)), "one time per kernel"),
+    (dict(ms=(float("nan"),) * 5), "finite, non-negative"),
+    (dict(critical_path_ms=float("inf")), "finite number"),
+    (dict(call_digest="not a digest"), "sha256 hex digest"),
+])
+def test_malformed_kernel_streams_are_refused(tiny_plan, change, message):
+    plan = _kernel_plan(tiny_plan)
+    bad = dataclasses.replace(plan, fusion=dataclasses.replace(
+        plan.fusion, kernels=dataclasses.replace(plan.fusion.kernels, **change)))
+    with pytest.raises(PlanFormatError, match=message):
+        validate(bad)
+    with pytest.raises(PlanFormatError, match=message):
+        validate(plan_from_bytes(plan_to_bytes(bad)))
+
+
+def test_a_mode_outside_the_schema_or_kernels_on_a_segments_plan_are_refused(tiny_plan):
+    plan = _kernel_plan(tiny_plan)
+    with pytest.raises(PlanFormatError, match="fusion.mode"):
+        validate(dataclasses.replace(plan, fusion=dataclasses.replace(plan.fusion, mode="threads")))
+    with pytest.raises(PlanFormatError, match="only a plan of fusion.mode 'kernels'"):
+        validate(dataclasses.replace(plan, fusion=dataclasses.replace(plan.fusion, mode="segments")))
+
+
+def test_a_kernel_plan_has_one_segment(two_device_plan, tiny_plan):
+    from opara_plan import Segment
+
+    plan = _kernel_plan(tiny_plan)
+    seg = plan.fusion.segments[0]
+    split = (Segment(0, seg.ops[:1]), Segment(0, seg.ops[1:], (0,)))
+    with pytest.raises(PlanFormatError, match="one segment"):
+        validate(dataclasses.replace(plan, fusion=dataclasses.replace(plan.fusion, segments=split)))
+
+
+def test_inspect_shows_the_kernel_schedule(tiny_plan):
+    from oparac.observe.summary import summarize
+
+    fusion = summarize(_kernel_plan(tiny_plan))["fusion"]
+    assert fusion["mode"] == "kernels" and fusion["kernels"] == 5 and fusion["kernel_streams"] == 3
+    assert fusion["kernel_schedule"] == "opara/opara" and fusion["critical_path_ms"] == 0.03
