@@ -18,7 +18,7 @@ def main(argv=None) -> int:
     import opara_runtime
     import oparac
     from opara_runtime.fused import artifact_bytes, cache_key
-    from oparac.fuse.kernels import _with_kernels, compile_whole, kernel_dag, kernel_schedule, one_stream, whole_graph
+    from oparac.search.kernels import compile_whole, kernel_dag, kernel_schedule, one_stream, whole_graph, with_kernels
     from oparac.models import zoo
     from oparac.pipeline import bind_weights
 
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     schedules = [one_stream(kd)] + [kernel_schedule(kd, "opara", "opara", cap) for cap in (0, 4)]
     records, first = [], None
     for ks in schedules:
-        runner = opara_runtime.load(_with_kernels(one, ks, blob, cache_key(device)), model, trust_compiled_code=True)
+        runner = opara_runtime.load(with_kernels(one, ks, blob, cache_key(device)), model, trust_compiled_code=True)
         outs = [runner(*inputs).float().clone() for _ in range(args.calls)]
         first = outs[0] if first is None else first
         records.append({"schedule": ks.algorithm, "streams": max(ks.stream) + 1,

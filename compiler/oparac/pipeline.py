@@ -154,7 +154,7 @@ def fuse_stage(plan: Plan, weights: dict | None, dev: torch.device, opts: Compil
                              "on a GPU (or use fuse_mode 'segments' for a preview plan)")
         return fuse_plan(plan, opts.fuse, cut=opts.cut)
     if opts.fuse_mode == "kernels" and not opts.tune:
-        from oparac.fuse.kernels import kernel_fused
+        from oparac.search.kernels import kernel_fused
 
         return kernel_fused(plan, weights, dev, opts.fuse, progress)[0]
     if opts.tune:

@@ -52,7 +52,7 @@ def test_inspect_shows_fused_segments_and_the_code_they_store(plan_path, tmp_pat
     info = json.loads(CliRunner().invoke(main, ["inspect", str(path), "--json"]).output)
     assert info["fusion"] == {"backend": "inductor", "segments": len(segments), "compiled_segments": len(segments),
                               "compiled_programs": 2, "compiled_bytes": 3072, "compiled_for": "torch 9.9 | some GPU",
-                              "segments_ms": None}
+                              "segments_ms": None, "mode": "segments"}
 
 
 def test_verify_ok(plan_path):

@@ -92,7 +92,8 @@ def test_a_tuned_fused_plan_starts_nchw_and_its_tuner_tries_nhwc_only_under_auto
     from oparac.progress import Progress
     from oparac.search import fused as fuse
     given = []
-    monkeypatch.setattr(fuse, "tune_fused", lambda plan, weights, dev, backend, say, nhwc: given.append(nhwc) or plan)
+    monkeypatch.setattr(fuse, "tune_fused",
+                        lambda plan, weights, dev, backend, say, nhwc, mode: given.append(nhwc) or plan)
     plan = oparac.compile(model, inputs, device="cpu")
     for memory_format in ("auto", "contiguous"):
         opts = CompileOptions(fuse="inductor", tune=True, memory_format=memory_format)

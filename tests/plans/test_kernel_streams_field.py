@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from opara_plan import KernelStreams, PlanFormatError, plan_from_bytes, plan_to_bytes, validate
-from oparac.fuse.kernels import whole_graph
+from oparac.search.kernels import whole_graph
 
 
 def _kernel_plan(plan, n: int = 5) -> object:

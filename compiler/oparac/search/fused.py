@@ -39,7 +39,7 @@ def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, pr
     chosen from them carries it.
 
     mode: 'segments' tries segment-level candidates only, 'kernels' only the kernel-level plan (the whole graph
-    fused, its kernels on streams, oparac.fuse.kernels), 'auto' both."""
+    fused, its kernels on streams, oparac.search.kernels), 'auto' both."""
     from opara_runtime.fused import compile_pool
     from oparac.search.tune import FINAL_ROUNDS, measure_rounds
 
@@ -63,7 +63,7 @@ def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, pr
                 plans.append(fused)
                 candidates.append(candidate)
     if mode != "segments":
-        from oparac.fuse.kernels import kernel_fused
+        from oparac.search.kernels import kernel_fused
 
         kernel_plan, _ = kernel_fused(plan, weights, device, backend, progress)
         plans.append(kernel_plan)

@@ -8,7 +8,7 @@ plan's profile (`Profile.candidates`, `Profile.guard`), which `oparac inspect` s
 
 Unfused plans: a few interleaved replays of two captured graphs (about a second). Fused plans: the alternative is
 the whole graph compiled by inductor as one program, which is what torch.compile fuses: with fuse_mode 'auto' its
-kernels are put on streams too (oparac.fuse.kernels, which keeps one stream where that is faster), with
+kernels are put on streams too (oparac.search.kernels, which keeps one stream where that is faster), with
 'segments' it runs as one segment on one stream. Compiling it costs about as much as torch.compile's own compile,
 so it is done only when the fused plan's streams do not clearly pay: when its replay is not at least CLEAR_WIN
 faster than its segments run one after another (their measured times, which `measure_fused` records). Where
@@ -70,7 +70,7 @@ def guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.devic
     if say:
         say("guard: compiling the whole graph as one program (the plan's streams do not clearly pay)")
     if kernels:
-        from oparac.fuse.kernels import kernel_fused
+        from oparac.search.kernels import kernel_fused
 
         one, _ = kernel_fused(fused, weights, device, backend, say)
     else:

@@ -36,7 +36,7 @@ def fake(monkeypatch, tiny_plan):
 
 
 def _tune(plan):
-    return fuse.tune_fused(plan, {"w": torch.randn(3, 3)}, CPU, "inductor")
+    return fuse.tune_fused(plan, {"w": torch.randn(3, 3)}, CPU, "inductor", mode="segments")
 
 
 def _chosen(plan):
@@ -119,7 +119,8 @@ def test_convolution_models_are_also_tried_in_channels_last(fake, tiny_plan):
 
     n = len(fuse.FUSED_CANDIDATES) + len(fuse.NHWC_CANDIDATES)
     fake([None] + [1.0] * n, [1.0] * n + [0.6])  # the NHWC candidate (last) wins the rounds
-    out = fuse.tune_fused(plan, {"w": torch.randn(3, 3, 1, 1)}, CPU, "inductor", nhwc_profile=nhwc_profile)
+    out = fuse.tune_fused(plan, {"w": torch.randn(3, 3, 1, 1)}, CPU, "inductor", nhwc_profile=nhwc_profile,
+                          mode="segments")
     assert asked == [True]
     assert _chosen(out).streams == "opara+inductor+channels_last"
     assert out.model.memory_format == "channels_last" and out.fusion.backend == "inductor"
@@ -134,11 +135,35 @@ def test_channels_last_is_not_tried_without_4d_weights_or_when_already_chosen(fa
 
     n = len(fuse.FUSED_CANDIDATES)
     fake([None] + [1.0] * n, [1.0] * (n + 1))
-    out = fuse.tune_fused(tiny_plan, {"w": torch.randn(3, 3)}, CPU, "inductor", nhwc_profile=nhwc_profile)
+    out = fuse.tune_fused(tiny_plan, {"w": torch.randn(3, 3)}, CPU, "inductor", nhwc_profile=nhwc_profile,
+                          mode="segments")
     assert out.model.memory_format == "contiguous"  # 2-D weights only: the layout changes nothing
     conv = _with_conv_weight(tiny_plan)
     already = dataclasses.replace(conv, model=dataclasses.replace(conv.model, memory_format="channels_last"))
     fake([None] + [1.0] * n, [1.0] * (n + 1))
-    out = fuse.tune_fused(already, {"w": torch.randn(3, 3, 1, 1)}, CPU, "inductor", nhwc_profile=nhwc_profile)
+    out = fuse.tune_fused(already, {"w": torch.randn(3, 3, 1, 1)}, CPU, "inductor", nhwc_profile=nhwc_profile,
+                          mode="segments")
     assert out.model.memory_format == "channels_last" and all("channels_last" not in c.streams
                                                              for c in out.profile.candidates)
+
+
+def test_the_kernel_level_plan_is_a_candidate_in_auto_and_the_only_one_in_kernels_mode(monkeypatch, tiny_plan):
+    from opara_plan import KernelStreams
+    from oparac.search import kernels
+    from oparac.search.kernels import whole_graph
+
+    ks = KernelStreams(call_digest="ab" * 32, stream=(0, 1, 0), launch_order=(0, 1, 2), ms=(0.1,) * 3,
+                       algorithm="opara/opara", critical_path_ms=0.2, predicted_ms=0.25)
+    one = whole_graph(tiny_plan, "inductor")
+    kernel_plan = dataclasses.replace(one, fusion=dataclasses.replace(one.fusion, kernels=ks))
+    monkeypatch.setattr(kernels, "kernel_fused", lambda plan, w, d, b, p: (kernel_plan, 0.3))
+    monkeypatch.setattr(fuse, "measure_fused", lambda plan, weights, device: (plan, 1.0))
+    monkeypatch.setattr(tune, "measure_rounds", lambda plans, *a, **k: {n: 0.3 if n == len(plans) - 1 else 1.0
+                                                                        for n in plans})
+    auto = fuse.tune_fused(tiny_plan, {"w": torch.randn(3, 3)}, CPU, "inductor", mode="auto")
+    assert auto.fusion.mode == "kernels"
+    assert len(auto.profile.candidates) == 1 + len(fuse.FUSED_CANDIDATES) + 1
+    assert _chosen(auto).streams == "kernels opara/opara+inductor"
+    only = fuse.tune_fused(tiny_plan, {"w": torch.randn(3, 3)}, CPU, "inductor", mode="kernels")
+    assert only.fusion.mode == "kernels" and len(only.profile.candidates) == 2
+    validate(only)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import opara_runtime.fused
 
-ORDER = ["programs", "compile", "private_cache", "pool", "jobs", "worker", "parallel", "prepare", "__init__"]
+ORDER = ["programs", "compile", "private_cache", "pool", "jobs", "worker", "parallel", "wrapper_ir", "kernel_streams",
+         "kernel_mode", "prepare", "__init__"]
 PACKAGE = "opara_runtime.fused"
 HERE = Path(opara_runtime.fused.__file__).parent
 

@@ -1,4 +1,5 @@
-"""The kernel-level fused mode: inductor fuses the whole graph, then Opara puts inductor's kernels on streams.
+"""The kernel-level fused mode: inductor fuses the whole graph, then Opara puts inductor's kernels on streams (a
+search stage: it measures several schedules of one compiled program).
 
 Segment-level fusion (fuse.segments) cuts the schedule into stream segments first, so every stream boundary is
 also a fusion boundary; on transformers and chain models that costs more than the streams win. Here the graph is
@@ -158,7 +159,7 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
                   f"path {kd.critical_path_ms():.4f} ms, widest level {width}")
     # Eager timing charges each kernel its event's cost as well; the one-stream program's replay has the kernels'
     # true total, so every time is scaled by it before it is scheduled on, stored, or summed into the critical path.
-    single = _with_kernels(base_plan, one_stream(kd), blob, cache_key(device))
+    single = with_kernels(base_plan, one_stream(kd), blob, cache_key(device))
     kd = calibrated(kd, measure_rounds({"single": single}, weights, [device], rounds=1, repeats=5,
                                        replays=20)["single"])
     schedules = {"single": one_stream(kd)}
@@ -166,7 +167,7 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
         ks = kernel_schedule(kd, streams, order, cap)
         if ks.stream not in {s.stream for s in schedules.values()}:
             schedules[ks.algorithm] = ks
-    plans = {name: _with_kernels(base_plan, ks, blob, cache_key(device)) for name, ks in schedules.items()}
+    plans = {name: with_kernels(base_plan, ks, blob, cache_key(device)) for name, ks in schedules.items()}
     plans = reproducing(plans, weights, device, progress)
     schedules = {name: schedules[name] for name in plans}
     times = measure_rounds(plans, weights, [device], rounds=FINAL_ROUNDS, repeats=5, replays=20)
@@ -189,10 +190,12 @@ def reproducing(plans: dict[str, Plan], weights: dict, device: torch.device, pro
     ordering the kernel DAG missed: such a schedule is dropped (and said), never written."""
     import torch.utils._pytree as pytree
 
+    from opara_runtime.ops import torch_dtype
     from opara_runtime.runner import Runner
-    from oparac.verify import inputs_for
+    from oparac.models.reference import random_input
 
-    inputs = inputs_for(plans["single"], device)
+    g = torch.Generator().manual_seed(0)
+    inputs = [random_input(s.shape, torch_dtype(s.dtype), g).to(device) for s in plans["single"].model.inputs]
 
     def outputs(plan: Plan) -> list[list[torch.Tensor]]:
         runner = Runner(plan, weights, device, trust_compiled_code=True)
@@ -200,20 +203,32 @@ def reproducing(plans: dict[str, Plan], weights: dict, device: torch.device, pro
         del runner
         return outs
 
-    want = outputs(plans["single"])[0]
     kept = {"single": plans["single"]}
+    try:
+        want = outputs(plans["single"])[0]
+    except Exception as e:  # nothing to check against: only the one-stream program is kept
+        progress.note(f"fuse: kernel schedules dropped: the one-stream program could not be run to check them "
+                      f"({type(e).__name__}: {e})")
+        return kept
     for name, plan in plans.items():
         if name == "single":
             continue
-        if all(len(o) == len(want) and all(torch.equal(a, b) for a, b in zip(o, want)) for o in outputs(plan)):
+        try:
+            same = all(len(o) == len(want) and all(torch.equal(a, b) for a, b in zip(o, want))
+                       for o in outputs(plan))
+        except Exception as e:
+            same, why = False, f"it failed to run ({type(e).__name__}: {e})"
+        else:
+            why = "its outputs differ from the one-stream program's"
+        if same:
             kept[name] = plan
         else:
-            progress.note(f"fuse: kernel schedule {name} dropped: its outputs differ from the one-stream program's")
+            progress.note(f"fuse: kernel schedule {name} dropped: {why}")
     gc.collect()
     return kept
 
 
-def _with_kernels(plan: Plan, ks: KernelStreams, blob: bytes, key: str) -> Plan:
+def with_kernels(plan: Plan, ks: KernelStreams, blob: bytes, key: str) -> Plan:
     seg = dataclasses.replace(plan.fusion.segments[0], program=0)
     fusion = dataclasses.replace(plan.fusion, segments=(seg,), programs=(blob,), cache_key=key, kernels=ks)
     return dataclasses.replace(plan, fusion=fusion)
