@@ -121,6 +121,11 @@ class Runner:
             return tuple(self.captured.static_inputs)
         return tuple(self._base[i] for i in self._input_ids)
 
+    @property
+    def base_values(self) -> list:
+        """Every node's starting value (weights, constants, zeroed inputs; None for ops), as a new list."""
+        return list(self._base)
+
     def __call__(self, *inputs, zero_copy: bool = False):
         """Run the plan on `inputs`; outputs in the model's structure. They are copies, except that on CUDA
         zero_copy=True returns the captured graph's static output buffers (valid until the next call); in a

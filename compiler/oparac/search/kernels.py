@@ -66,11 +66,9 @@ def compile_whole(plan: Plan, weights: dict, device: torch.device):
     from opara_runtime.fused import segment_programs
     from opara_runtime.fused.compile import INDUCTOR_KERNEL_CONFIG, compile_here
     from opara_runtime.runner import Runner
-
-    unfused = dataclasses.replace(plan, fusion=NO_FUSION)
-    base = list(Runner(unfused, weights, device, capture=False)._base)
     from oparac.profile.measure import fill_random
 
+    base = Runner(dataclasses.replace(plan, fusion=NO_FUSION), weights, device, capture=False).base_values
     fill_random([v for i, v in enumerate(base) if plan.graph.nodes[i].kind == "input"])
     programs = segment_programs(plan, device)
     compile_here(programs, base, INDUCTOR_KERNEL_CONFIG)
@@ -173,12 +171,12 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
     times = measure_rounds(plans, weights, [device], rounds=FINAL_ROUNDS, repeats=5, replays=20)
     best = min(times, key=lambda name: (times[name], name != "single"))  # a tie keeps one stream
     progress.note("fuse: kernel schedules " + ", ".join(
-        f"{name} ({max(ks.stream) + 1} streams) {times[name]:.4f} ms" for name, ks in schedules.items()))
+        f"{name} ({max(ks.stream, default=0) + 1} streams) {times[name]:.4f} ms" for name, ks in schedules.items()))
     candidates = tuple(Candidate(streams=f"{name}+kernels", order=ks.algorithm.split("/")[1] if "/" in ks.algorithm
                                  else "", max_streams=0, predicted_ms=ks.predicted_ms, measured_ms=times[name],
                                  chosen=name == best) for name, ks in schedules.items())
     winner = plans[best]
-    guard = (f"guard: kernel schedules measured, kept {best} ({max(schedules[best].stream) + 1} streams): "
+    guard = (f"guard: kernel schedules measured, kept {best} ({max(schedules[best].stream, default=0) + 1} streams): "
              + ", ".join(f"{name} {times[name]:.4f} ms" for name in schedules))
     profile = dataclasses.replace(winner.profile, candidates=winner.profile.candidates + candidates, guard=guard)
     return dataclasses.replace(winner, profile=profile), times[best]
