@@ -1,5 +1,5 @@
 """Inductor's wrapper code as a DAG of kernel launches: which statements launch GPU work, and what each reads and
-writes, so that the launches can be put on several streams (the kernel-level fused mode, docs/design.md 5.3).
+writes, so that the launches can be put on several streams (the kernel-level fused mode, docs/design.md section 6.1).
 
 Inductor compiles a graph into a Python module whose `call(args)` allocates buffers and launches its fused
 Triton kernels and extern calls (cuBLAS, cuDNN, attention) one after another on one stream. The statements of
