@@ -15,6 +15,7 @@ the runtime refuses.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 from pathlib import Path
@@ -317,37 +318,58 @@ def decoder_cases():
     return [("tiny_gpt2", gpt2, (ids,)), ("tiny_llama", llama, (ids,))]
 
 
-def model_cases(quick: bool):
-    """(name, model, example inputs) for the zoo, the test models and the layer probes."""
-    from oparac.models import zoo
-
+def model_cases():
+    """(name, model, example inputs) for the test models, the layer probes and the tiny decoders."""
     from helpers import fused, models
 
     cases = [("small_cnn", *models.small_cnn()), ("multi_device_two_branches", *models.two_branches()),
              ("fused_two_branches", fused.TwoBranches().eval(), (torch.randn(4, 16),))]
     cases += [(f"probe:{name}", model, inputs) for name, model, inputs in layer_probes()]
-    cases += decoder_cases()
-    names = ("squeezenet", "mobilenet_v3") if quick else tuple(zoo.MODELS) + ("mobilenet_v3_large", "bert_model")
-    for name in names:
-        if name in ("bert", "bert_model", "gpt2", "llama"):  # short sequences: the same ops, sooner
-            cases.append((name, *getattr(zoo, name)(1, 16)))
-        else:
-            cases.append((name, *getattr(zoo, name)(1)))
-    return cases
+    return cases + decoder_cases()
+
+
+def zoo_names(quick: bool) -> tuple[str, ...]:
+    from oparac.models import zoo
+
+    return ("squeezenet", "mobilenet_v3") if quick else tuple(zoo.MODELS) + ("mobilenet_v3_large", "bert_model")
+
+
+def zoo_case(name: str):
+    """A zoo model and its example inputs as the list is built from them (transformers at short sequences: the
+    same ops, sooner)."""
+    from oparac.models import zoo
+
+    return getattr(zoo, name)(1, 16) if name in ("bert", "bert_model", "gpt2", "llama") else getattr(zoo, name)(1)
+
+
+def emitted_ops(model, inputs) -> frozenset[str]:
+    """The ATen targets Opara's front end emits for a model, in both attention forms."""
+    from oparac.pipeline import ingest
+
+    found = set()
+    for attention in ("sdpa", "math"):
+        builder, _ = ingest(model, inputs, "float32", attention=attention)
+        found |= {node.target for node in builder.nodes if node.kind == "op"}
+    return frozenset(found)
+
+
+@functools.lru_cache(maxsize=None)
+def zoo_ops(name: str) -> frozenset[str]:
+    """emitted_ops of a zoo model, computed once per process: the test suite asks for each model twice (its own
+    test, and regenerating the list), and the large ones take half a minute each to export on two cores."""
+    return emitted_ops(*zoo_case(name))
 
 
 def exported_by_models(quick: bool = False, say=print) -> dict[str, set[str]]:
     """target -> the models whose plans hold it, through Opara's own front end, in both attention forms."""
-    from oparac.pipeline import ingest
-
-    seen: dict[str, set[str]] = {}
-    for name, model, inputs in model_cases(quick):
-        for attention in ("sdpa", "math"):
-            builder, _ = ingest(model, inputs, "float32", attention=attention)
-            for node in builder.nodes:
-                if node.kind == "op":
-                    seen.setdefault(node.target, set()).add(name)
+    found = [(name, emitted_ops(model, inputs)) for name, model, inputs in model_cases()]
+    for name in zoo_names(quick):
+        found.append((name, zoo_ops(name)))
         say(f"  exported {name}")
+    seen: dict[str, set[str]] = {}
+    for name, targets in found:
+        for target in targets:
+            seen.setdefault(target, set()).add(name)
     return seen
 
 

@@ -97,23 +97,13 @@ def test_every_string_argument_of_a_listed_op_has_a_fixed_rule():
     assert ("aten.gelu.default", "approximate", ("none", "tanh")) in STRING_VALUES
 
 
-def _emitted(model, inputs) -> set[str]:
-    from oparac.pipeline import ingest
-
-    found = set()
-    for attention in ("sdpa", "math"):
-        builder, _ = ingest(model, inputs, "float32", attention=attention)
-        found |= {n.target for n in builder.nodes if n.kind == "op"}
-    return found
-
-
 def test_the_test_models_emit_only_listed_ops(tiny_plan, two_device_plan):
     from helpers import fused, models
 
     emitted = {n.target for p in (tiny_plan, two_device_plan) for n in p.graph.nodes if n.kind == "op"}
-    emitted |= _emitted(*models.small_cnn())
-    emitted |= _emitted(*models.two_branches())
-    emitted |= _emitted(fused.TwoBranches().eval(), (torch.randn(4, 16),))
+    emitted |= gen_allowlist.emitted_ops(*models.small_cnn())
+    emitted |= gen_allowlist.emitted_ops(*models.two_branches())
+    emitted |= gen_allowlist.emitted_ops(fused.TwoBranches().eval(), (torch.randn(4, 16),))
     assert emitted - ALLOWED_OPS == set()
 
 
@@ -124,10 +114,8 @@ ZOO_QUICK = ("squeezenet", "bert")
                                   for n in ("squeezenet", "bert", "googlenet", "inception_v3", "resnet50",
                                             "densenet121", "mobilenet_v3", "inception_timm", "nasnet")])
 def test_the_zoo_emits_only_listed_ops(name):
-    from oparac.models import zoo
-
-    model, inputs = zoo.bert(1, 16) if name == "bert" else getattr(zoo, name)(1)
-    assert _emitted(model, inputs) - ALLOWED_OPS == set()
+    # gen_allowlist.zoo_ops is cached per process: regenerating the list below reuses these exports.
+    assert gen_allowlist.zoo_ops(name) - ALLOWED_OPS == set()
 
 
 @pytest.mark.slow
