@@ -32,6 +32,11 @@ ALLOC_FUNCS = frozenset({"empty_strided_cuda", "empty_strided", "empty_strided_c
 ALIAS_FUNCS = frozenset({"reinterpret_tensor"})
 CHECK_FUNCS = frozenset({"assert_size_stride", "assert_alignment"})
 STREAM_FUNCS = frozenset({"get_raw_stream"})
+# Ops and tensor methods whose result may share its input's storage: treated as that storage.
+VIEW_OPS = frozenset({"view", "_unsafe_view", "alias", "as_strided", "reshape", "permute", "transpose", "t", "expand",
+                      "squeeze", "unsqueeze", "select", "slice", "narrow", "unfold", "diagonal", "split", "chunk",
+                      "unbind", "detach", "view_as", "expand_as", "flatten", "unflatten", "movedim", "real", "imag",
+                      "view_as_real", "view_as_complex", "contiguous", "__getitem__"})
 
 
 class WrapperFormatError(ValueError):
@@ -211,10 +216,15 @@ def _classify(prog: WrapperProgram, inner: list[ast.stmt], params: dict[str, tup
                     st.alias(name, base)
                     out.append(Statement(node, "alias", defines=(name,), uses=st.used(value)))
                     continue
-                if isinstance(value, ast.Call):  # a call returning a new tensor (or tuple of tensors)
+                if isinstance(value, ast.Call):
                     uses = st.used(value)
                     reads = st.ids(uses)
-                    sid = st.new(name)
+                    viewed = _viewed(value, st)
+                    if viewed is not None:  # a view: the result is the viewed storage; ordered as a write to it
+                        st.alias(name, viewed)
+                        sid = st.of[name]
+                    else:  # a call returning a new tensor (or tuple of tensors)
+                        sid = st.new(name)
                     out.append(Statement(node, "kernel", defines=(name,), uses=uses, reads=reads,
                                          writes=frozenset({sid}), launch="torch"))
                     continue
@@ -264,6 +274,22 @@ def _alias_base(value: ast.expr) -> str | None:
     if isinstance(value, ast.Call) and _call_name(value) in ALIAS_FUNCS and value.args \
             and isinstance(value.args[0], ast.Name):
         return value.args[0].id
+    return None
+
+
+def _viewed(call: ast.Call, st: _Storages) -> str | None:
+    """The tensor name a view-making call views (`x.view(...)`, `torch.ops.aten.view.dtype(x, ...)`, ...), or
+    None. Inductor writes its views as reinterpret_tensor; these are the other spellings a wrapper may hold."""
+    f = call.func
+    if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id in st.of:
+        return f.value.id if f.attr in VIEW_OPS else None
+    text = ast.unparse(f)
+    parts = text.split(".")
+    if text.startswith(("torch.ops.aten.", "aten.")) and len(parts) >= 2:
+        op = parts[-2] if parts[-1] in ("default", "dtype", "int", "Tensor", "self") or parts[-1][0].isupper() \
+            else parts[-1]
+        if op in VIEW_OPS and call.args and isinstance(call.args[0], ast.Name) and call.args[0].id in st.of:
+            return call.args[0].id
     return None
 
 

@@ -211,3 +211,27 @@ class _CpuLauncher:
 
     def wait(self, s, k):
         pass
+
+
+@pytest.mark.parametrize("view", ["buf1.view(torch.int32)", "torch.ops.aten.view.dtype(buf1, torch.int32)",
+                                  "buf1.as_strided((4, ), (1, ))", "torch.ops.aten.permute.default(buf1, [0])"])
+def test_a_view_by_any_spelling_shares_its_storage(view):
+    """An in-place update through a view is ordered after the readers of the viewed buffer."""
+    src = GPT2_LIKE.replace("            buf2 = reinterpret_tensor(buf1, (4, ), (1, ), 0); del buf1  # reuse",
+                            "            buf9 = empty_strided_cuda((4, ), (1, ), torch.float32)\n"
+                            "            triton_poi_0.run(buf1, buf9, 4, stream=stream0)\n"
+                            f"            buf2 = {view}")
+    prog = parse_wrapper(src)
+    reader = next(s.kernel for s in prog.kernels if "buf9" in s.uses)
+    inplace = prog.kernels[-1].kernel  # triton_per_1 writes buf2 in place
+    assert reader in _ancestors(prog, inplace)
+
+
+def _ancestors(prog, k: int) -> set[int]:
+    seen, todo = set(), list(prog.preds[k])
+    while todo:
+        p = todo.pop()
+        if p not in seen:
+            seen.add(p)
+            todo.extend(prog.preds[p])
+    return seen
