@@ -10,7 +10,8 @@ its device block are classified here:
   existing storage; host only.
 - kernel a Triton launch (`k.run(..., stream=stream0)`: what it writes comes from the kernel's parameter names,
   in_ptr / out_ptr / in_out_ptr), an extern call writing its `out=`, or a call whose result is a new storage (an
-  ATen fallback such as attention). Any other call is taken to read and write every tensor it names.
+  ATen fallback such as attention) or, for a view spelled as a method or an ATen view op, the viewed storage
+  (ordered as a write to it). Any other call is taken to read and write every tensor it names.
 - check  `assert_size_stride(...)`, `assert_alignment(...)`: host only, after the names it checks.
 - drop   `stream0 = get_raw_stream(0)` and `del x`: the streams are ours, and every buffer lives to the end of
   the call, so a buffer is never handed back to the allocator while another stream may still use it.
