@@ -61,3 +61,34 @@ def vector_clocks(launch_order, stream, num_streams: int, waits) -> tuple[dict[i
     for i, k, clock in iter_clocks(launch_order, stream, num_streams, waits):
         seq[i], start[i] = k, clock.tolist()
     return seq, start
+
+
+def needed_waits(preds, stream, order) -> tuple[tuple[int, int], ...]:
+    """The cross-stream waits a launch order needs: (consumer, producer) pairs, sorted, only those that same-stream
+    order and earlier waits do not already imply. preds[i]: what op i depends on; stream[i]: its stream (a mapping
+    or a sequence indexed by op).
+
+    Vector clocks in launch order: clock[t] is how many ops of stream t are known finished when an op starts. A
+    cross-stream producer needs a wait only if the clock does not already cover it; producers are taken latest
+    first, since waiting on a later op of a stream covers its earlier ones. The compiler's schedules and the
+    runtime's kernel streams both derive their waits here."""
+    streams = max((stream[i] for i in order), default=0) + 1
+    position = {i: k for k, i in enumerate(order)}
+    last: dict[int, list[int]] = {}
+    done: dict[int, list[int]] = {}
+    seq: dict[int, int] = {}
+    count = [0] * streams
+    waits = []
+    for i in order:
+        s = stream[i]
+        clock = list(last.get(s, [0] * streams))
+        for p in sorted(preds[i], key=lambda p: -position[p]):
+            if stream[p] != s and clock[stream[p]] < seq[p]:
+                waits.append((i, p))
+                clock = [max(a, b) for a, b in zip(clock, done[p])]
+        count[s] += 1
+        seq[i] = count[s]
+        clock[s] = seq[i]
+        done[i] = clock
+        last[s] = clock
+    return tuple(sorted(waits))

@@ -21,7 +21,7 @@ import torch
 
 from opara_plan import NO_FUSION, Candidate, Fusion, KernelStreams, Plan, Segment
 from oparac.progress import Progress, as_progress
-from oparac.schedule import Costs, assign_streams, critical_path, order_launches, simulate
+from oparac.schedule import Costs, assign_streams, critical_path, order_launches, reduce_waits, simulate
 from oparac.schedule.dag import Dag
 
 # Schedules tried on the kernel DAG: (streams, order, max_streams); one stream is always measured too.
@@ -118,17 +118,11 @@ def kernel_schedule(kd: KernelDag, streams: str, order: str, max_streams: int) -
     assignment = assign_streams(kd.dag, costs, algorithm=streams, max_streams=max_streams)
     launch = order_launches(kd.dag, assignment, costs, algorithm=order)
     stream = tuple(assignment.stream[k] for k in range(len(kd.ms)))
-    waits = _waits(kd, stream, launch)
+    waits = reduce_waits(kd.dag, assignment.stream, launch)
     predicted = simulate(kd.dag, assignment.stream, launch, waits, costs).makespan_ms
     return KernelStreams(call_digest=kd.digest, stream=stream, launch_order=tuple(launch), ms=kd.ms,
                          algorithm=f"{streams}/{order}" + (f"/cap {max_streams}" if max_streams else ""),
                          critical_path_ms=kd.critical_path_ms(), predicted_ms=float(predicted))
-
-
-def _waits(kd: KernelDag, stream: tuple[int, ...], launch) -> list[tuple[int, int]]:
-    from oparac.schedule import reduce_waits
-
-    return list(reduce_waits(kd.dag, dict(enumerate(stream)), launch))
 
 
 def one_stream(kd: KernelDag) -> KernelStreams:

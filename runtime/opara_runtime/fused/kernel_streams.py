@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import contextlib
 
+from opara_plan.clocks import needed_waits
 from opara_runtime.fused.wrapper_ir import Statement, WrapperProgram
 
 MAX_KERNEL_STREAMS = 64
@@ -46,26 +47,10 @@ def check_schedule(prog: WrapperProgram, stream: tuple[int, ...], order: tuple[i
 
 def cross_stream_waits(prog: WrapperProgram, stream: tuple[int, ...], order: tuple[int, ...]) -> dict[int, list[int]]:
     """kernel -> the kernels on other streams whose events it waits for, only those that same-stream order and
-    earlier waits do not already imply."""
-    streams = max(stream, default=0) + 1
-    position = {k: i for i, k in enumerate(order)}
-    seq: dict[int, int] = {}
-    done: dict[int, list[int]] = {}
-    last: dict[int, list[int]] = {}
-    count = [0] * streams
+    earlier waits do not already imply (opara_plan.clocks.needed_waits over the program's dependencies)."""
     waits: dict[int, list[int]] = {}
-    for k in order:
-        s = stream[k]
-        clock = list(last.get(s, [0] * streams))
-        for p in sorted(prog.preds[k], key=lambda p: -position[p]):
-            if stream[p] != s and clock[stream[p]] < seq[p]:
-                waits.setdefault(k, []).append(p)
-                clock = [max(a, b) for a, b in zip(clock, done[p])]
-        count[s] += 1
-        seq[k] = count[s]
-        clock[s] = seq[k]
-        done[k] = clock
-        last[s] = clock
+    for consumer, producer in needed_waits(prog.preds, stream, order):
+        waits.setdefault(consumer, []).append(producer)
     return waits
 
 

@@ -134,7 +134,7 @@ def _bind_checked(programs: list[SegmentProgram], keys: list[tuple], base_values
     is compiled here, on its real inputs, as compile_here would."""
     values = list(base_values)
     here: dict[tuple, tuple[int, object]] = {}
-    extra = 1 + max((compiled(key)[0] for key in keys), default=-1)
+    extra = len(set(keys))  # the distinct programs are numbered 0..extra-1; those compiled here come after
     with torch.no_grad():
         for prog, key in zip(programs, keys):
             example = [value_of(values, k) for k in prog.inputs]
