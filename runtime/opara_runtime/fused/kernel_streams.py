@@ -1,8 +1,8 @@
 """The kernel-level fused mode's launches: inductor's compiled call rewritten to put its kernels on streams.
 
 Given a parsed wrapper (wrapper_ir) and a stream per kernel with a launch order (the plan's KernelStreams, or one
-stream for profiling), `streamed_call` writes a new `call(args)` from the wrapper's own statements: host
-statements (allocations, views, checks) where their names are first needed, each kernel on its stream (Triton
+stream for profiling), `streamed_source` writes a new `call(args)` from the wrapper's own statements: every
+allocation before the first launch, other host statements (views, checks) where their names are first needed, each kernel on its stream (Triton
 launches get that stream's raw handle, extern and ATen calls run under `torch.cuda.stream`), and an event wait
 wherever a kernel depends on one from another stream that the stream has not already waited for (vector
 clocks, latest producer first). The waits come from the program's own dependencies, never from the plan: a
@@ -85,6 +85,17 @@ def streamed_source(prog: WrapperProgram, stream: tuple[int, ...], order: tuple[
 
     for s in prog.statements:  # set_device and friends first, as in the original
         if s.kind == "host":
+            emit_host(s)
+    # Every buffer is allocated before the first launch. An allocation made later, on the host while stream 0 is
+    # current, may be handed memory that an earlier stream-0 call used as scratch and freed (a cuDNN attention's
+    # workspace); that is safe for stream-0 work, which runs after the call, but not for a kernel on another
+    # stream, which could write the buffer while the call still runs (seen on Llama in fp16 on an H200).
+    for s in prog.statements:
+        if s.kind == "alloc":
+            late = [n for n in s.uses if n in defining and defining[n].kind in ("kernel", "barrier")]
+            if late:
+                raise KernelScheduleError(f"an allocation depends on {late[0]}, which a kernel computes; kernel "
+                                          f"streams need every buffer allocated before the first launch")
             emit_host(s)
     body.extend(_parse("_L.fork()"))
     for k in order:
