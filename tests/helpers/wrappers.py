@@ -181,6 +181,9 @@ class World:
 
     def launcher_for_run(self, stream) -> None:
         if self.launcher is not None:
+            if stream != self.launcher.current:  # what the launch allocates comes from the current stream's pool
+                self.launcher.violations.append(f"a Triton launch on stream {stream} while stream "
+                                                f"{self.launcher.current} is current")
             self.launcher.launch(stream)
 
     def launch_current(self) -> None:

@@ -2,9 +2,9 @@
 
 Given a parsed wrapper (wrapper_ir) and a stream per kernel with a launch order (the plan's KernelStreams, or one
 stream for profiling), `streamed_source` writes a new `call(args)` from the wrapper's own statements: every
-allocation before the first launch, other host statements (views, checks) where their names are first needed, each kernel on its stream (Triton
-launches get that stream's raw handle, extern and ATen calls run under `torch.cuda.stream`), and an event wait
-wherever a kernel depends on one from another stream that the stream has not already waited for (vector
+allocation before the first launch, other host statements (views, checks) where their names are first needed,
+each kernel on its stream (made current while it launches; Triton launches also get that stream's raw handle),
+and an event wait wherever a kernel depends on one from another stream that the stream has not already waited for (vector
 clocks, latest producer first). The waits come from the program's own dependencies, never from the plan: a
 stream assignment or launch order from a plan can make the program slower, never wrong, and an order that
 breaks a dependency is refused.
@@ -131,12 +131,16 @@ def streamed_source(prog: WrapperProgram, stream: tuple[int, ...], order: tuple[
 
 
 def _launch(s: Statement, stream: int) -> list[ast.stmt]:
+    """The statement launching on `stream`, with that stream current while it launches, as stream0 is in the
+    original: whatever the launch allocates (an extern call's workspace, a Triton kernel's scratch) then comes
+    from that stream's pool, which hands a freed block only to later work of the same stream."""
     node = _copy(s.node)
     if s.launch == "triton":
         call = node.value
         for kw in call.keywords:
             if kw.arg == "stream":
                 kw.value = _parse(f"_L.raw({stream})")[0].value
+    if stream == 0:  # the caller's current stream already
         return [node]
     return [ast.With(items=[ast.withitem(context_expr=_parse(f"_L.on({stream})")[0].value)], body=[node])]
 
