@@ -142,8 +142,8 @@ def never_lose(result: dict) -> str:
             by.setdefault((r["model"], r["batch"], r["dtype"]), {})[r["method"]] = r
     lines = [f"GPU **{result['gpu']}**, torch {result['torch']}, CUDA {result['cuda']}, run {result['date']}.", "",
              "| model | batch | dtype | torch.compile ms | default plan ms | vs torch.compile | vs cudagraph | "
-             "default latency vs torch.compile | kernel-level ms | critical path ms | reached | what the default "
-             "plan is |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "default latency vs torch.compile | kernel-level ms | critical path ms | reached | max abs diff: "
+             "default, torch.compile | what the default plan is |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (model, batch, dtype), m in sorted(by.items()):
         d, tc, seq, k = (m.get(x) for x in ("opara_default", "torch_compile", "cudagraph", "opara_fused_kernels"))
         if d is None:
@@ -155,7 +155,8 @@ def never_lose(result: dict) -> str:
         best = min(x["ms_b2b"] for x in (d, k) if x)
         lines.append(f"| {model} | {batch} | {dtype} | {_fmt(tc and tc['ms_b2b'])} | {d['ms_b2b']:.3f} | "
                      f"{ratio(tc)} | {ratio(seq)} | {ratio(tc, 'ms_latency')} | {_fmt(k and k['ms_b2b'])} | "
-                     f"{_fmt(cp)} | {f'{cp / best:.0%}' if cp else '-'} | {d.get('plan', '')} |")
+                     f"{_fmt(cp)} | {f'{cp / best:.0%}' if cp else '-'} | {_fmt(d.get('max_abs_diff'), '.1e')}, "
+                     f"{_fmt(tc and tc.get('max_abs_diff'), '.1e')} | {d.get('plan', '')} |")
     return "\n".join(lines)
 
 
@@ -186,10 +187,12 @@ def write_markdown(paths: list[Path], out: Path) -> None:
                  "the guard measures the segment-level plan against the whole graph compiled once with its kernels "
                  "on streams (or on one stream) and keeps the faster. *kernel-level* is `--fuse-mode kernels` "
                  "(*opara_fused_kernels*); *critical path* is the longest path of its compiled program's measured "
-                 "kernel times, and *reached* is that bound over the best Opara plan's time. The runs of 2026-12-01 "
-                 "did not measure it validly (their kernel times were taken eagerly, each with its timing event's "
-                 "cost, which overstated the path beyond the replay time); the compiler now scales them to the "
-                 "one-stream replay, and this column fills in from the next run.", "",
+                 "kernel times, and *reached* is that bound over the best Opara plan's time. It is shown only where the "
+                 "kernel times were scaled to the one-stream replay (runs from 2026-12-01T14:00); earlier runs took "
+                 "them eagerly, each with its timing event's cost, which overstated the path. *max abs diff* is "
+                 "against eager in the same precision. Each model, batch and precision comes whole from the newest "
+                 "file that measured it: Llama fp16 from the run after the kernel-streams memory fix (its earlier "
+                 "kernel-level plans were 0.5 off, design.md section 6.1).", "",
                  never_lose(merge(h200)), ""]
     served = sorted((Path(__file__).resolve().parent / "results").glob("serve-load-*.json"))
     if served:

@@ -1,0 +1,47 @@
+"""benchmarks/report.py: the never-lose table is built from the newest run of each group, shows each plan's error
+against eager, and a critical path only where its kernel times were calibrated."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "report.py"
+_spec = importlib.util.spec_from_file_location("bench_report", _PATH)
+report = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(report)
+
+
+def _rec(method, ms, diff, **extra):
+    return {"model": "llama", "batch": 1, "dtype": "float16", "method": method, "ms_b2b": ms, "ms_latency": ms * 1.1,
+            "max_abs_diff": diff, **extra}
+
+
+def _run(path: Path, date: str, records) -> Path:
+    path.write_text(json.dumps({"gpu": "NVIDIA H200", "torch": "2.11", "cuda": "13.0", "date": date,
+                                "records": records}))
+    return path
+
+
+def test_the_newest_run_of_a_group_replaces_it_whole_and_errors_are_shown(tmp_path):
+    old = _run(tmp_path / "suite-20261201T114826.json", "2026-12-01T11:48:26", [
+        _rec("torch_compile", 0.53, 7.8e-3), _rec("opara_default", 0.466, 0.5),
+        _rec("opara_fused_kernels", 0.46, 0.5, critical_path_ms=0.6, critical_path_calibrated=False)])
+    new = _run(tmp_path / "suite-20261201T142026.json", "2026-12-01T14:20:26", [
+        _rec("torch_compile", 0.539, 7.8e-3), _rec("cudagraph", 1.102, 0.0), _rec("opara_default", 0.468, 7.8e-3),
+        _rec("opara_fused_kernels", 0.464, 7.8e-3, critical_path_ms=0.340, critical_path_calibrated=True)])
+    table = report.never_lose(report.merge([old, new]))
+    row = next(line for line in table.splitlines() if line.startswith("| llama"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3:6] == ["0.539", "0.468", "1.15x"]
+    assert cells[9:12] == ["0.340", "73%", "7.8e-03, 7.8e-03"]
+    assert "5.0e-01" not in table
+
+
+def test_an_uncalibrated_critical_path_is_not_shown(tmp_path):
+    only = _run(tmp_path / "suite-20261201T114826.json", "2026-12-01T11:48:26", [
+        _rec("torch_compile", 0.53, 7.8e-3), _rec("opara_default", 0.466, 7.8e-3),
+        _rec("opara_fused_kernels", 0.46, 7.8e-3, critical_path_ms=0.6, critical_path_calibrated=False)])
+    row = next(line for line in report.never_lose(report.merge([only])).splitlines() if line.startswith("| llama"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[9:11] == ["-", "-"]
