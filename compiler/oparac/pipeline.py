@@ -156,7 +156,7 @@ def fuse_stage(plan: Plan, weights: dict | None, dev: torch.device, opts: Compil
     if opts.fuse_mode == "kernels" and not opts.tune:
         from oparac.search.kernels import kernel_fused
 
-        return kernel_fused(plan, weights, dev, opts.fuse, progress)[0]
+        return kernel_fused(plan, weights, dev, opts.fuse, progress).plan
     if opts.tune:
         def nhwc_profile():
             progress.note("fuse: profiling the ops in channels_last for the NHWC candidates")

@@ -65,7 +65,7 @@ def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, pr
     if mode != "segments":
         from oparac.search.kernels import kernel_fused
 
-        kernel_plan, _ = kernel_fused(plan, weights, device, backend, progress)
+        kernel_plan = kernel_fused(plan, weights, device, backend, progress).plan
         plans.append(kernel_plan)
         candidates.append(Candidate(streams=f"kernels {kernel_plan.fusion.kernels.algorithm}+{backend}", order="",
                                     max_streams=0, predicted_ms=kernel_plan.fusion.kernels.predicted_ms))

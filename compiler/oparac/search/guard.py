@@ -8,8 +8,9 @@ plan's profile (`Profile.candidates`, `Profile.guard`), which `oparac inspect` s
 
 Unfused plans: a few interleaved replays of two captured graphs (about a second). Fused plans: the alternative is
 the whole graph compiled by inductor as one program, which is what torch.compile fuses: with fuse_mode 'auto' its
-kernels are put on streams too (oparac.search.kernels, which keeps one stream where that is faster), with
-'segments' it runs as one segment on one stream. Compiling it costs about as much as torch.compile's own compile,
+kernels are put on streams too (oparac.search.kernels, which keeps one stream where that is faster, and times the
+fused plan against its pick on the runners it has already captured), with 'segments' it runs as one segment on
+one stream. Compiling it costs about as much as torch.compile's own compile,
 so it is done only when the fused plan's streams do not clearly pay: when its replay is not at least CLEAR_WIN
 faster than its segments run one after another (their measured times, which `measure_fused` records). Where
 streams buy that much, merging the segments could only win back the fusion lost at segment boundaries, which on
@@ -72,9 +73,10 @@ def guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.devic
     if kernels:
         from oparac.search.kernels import kernel_fused
 
-        one, _ = kernel_fused(fused, weights, device, backend, say)
-    else:
-        one, _ = measure_fused(fuse_plan(single_stream(fused), backend), weights, device)
+        # The head-to-head runs inside the kernel search, on runners it has already captured.
+        search = kernel_fused(fused, weights, device, backend, say, rivals={"chosen": fused})
+        return _decide(fused, search.plan, search.head_to_head["chosen"], search.head_to_head["kernels"], say)
+    one, _ = measure_fused(fuse_plan(single_stream(fused), backend), weights, device)
     times = measure_rounds({"chosen": fused, "single": one}, weights, [device], rounds=FINAL_ROUNDS, repeats=5,
                            replays=20)
     return _decide(fused, one, times["chosen"], times["single"], say)

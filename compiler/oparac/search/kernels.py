@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import statistics
+from typing import NamedTuple
 
 import torch
 
@@ -132,12 +133,27 @@ def one_stream(kd: KernelDag) -> KernelStreams:
                          predicted_ms=float(sum(kd.ms)))
 
 
+class KernelSearch(NamedTuple):
+    """What kernel_fused found: the fastest kernel-level plan (its profile records every schedule tried), its
+    replay time in the final rounds, and a head-to-head of it ('kernels') against each rival plan the caller
+    passed (timed against each other only, so that picking the fastest of several schedules does not favour
+    the kernel-level side)."""
+
+    plan: Plan
+    ms: float
+    head_to_head: dict[str, float]
+
+
 def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
-                 progress: Progress | None = None) -> tuple[Plan, float]:
-    """The fastest kernel-level plan of `plan`'s graph (its streams or one stream, measured) and its replay ms.
-    Its profile records every schedule tried as a candidate."""
+                 progress: Progress | None = None, *, rivals: dict[str, Plan] | None = None) -> KernelSearch:
+    """The fastest kernel-level plan of `plan`'s graph (its streams or one stream, measured); with `rivals`
+    (name -> plan, e.g. the guard's segment-level plan) also each rival's time against it.
+
+    Every plan is captured once: the one-stream program's runner serves the calibration, the bit-for-bit check
+    and the timing, each schedule's runner the check and the timing, and a rival's runner the head-to-head."""
     from opara_runtime.fused import artifact_bytes, cache_key
-    from oparac.search.tune import FINAL_ROUNDS, measure_rounds
+    from oparac.profile.measure import timed_runner
+    from oparac.search.tune import FINAL_ROUNDS, time_rounds
 
     progress = as_progress(progress)
     base_plan = whole_graph(plan, backend)
@@ -149,21 +165,47 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
     width = _max_width(kd.dag)
     progress.note(f"fuse: whole graph compiled, {len(kd.ms)} kernels, {sum(kd.ms):.4f} ms of kernels, critical "
                   f"path {kd.critical_path_ms():.4f} ms, widest level {width}")
-    # Eager timing charges each kernel its event's cost as well; the one-stream program's replay has the kernels'
-    # true total, so every time is scaled by it before it is scheduled on, stored, or summed into the critical path.
-    single = with_kernels(base_plan, one_stream(kd), blob, cache_key(device))
-    kd = calibrated(kd, measure_rounds({"single": single}, weights, [device], rounds=1, repeats=5,
-                                       replays=20)["single"])
-    schedules = {"single": one_stream(kd)}
-    for streams, order, cap in KERNEL_CANDIDATES:
-        ks = kernel_schedule(kd, streams, order, cap)
-        if ks.stream not in {s.stream for s in schedules.values()}:
-            schedules[ks.algorithm] = ks
-    plans = {name: with_kernels(base_plan, ks, blob, cache_key(device)) for name, ks in schedules.items()}
-    plans = reproducing(plans, weights, device, progress)
-    schedules = {name: schedules[name] for name in plans}
-    times = measure_rounds(plans, weights, [device], rounds=FINAL_ROUNDS, repeats=5, replays=20)
-    best = min(times, key=lambda name: (times[name], name != "single"))  # a tie keeps one stream
+    key = cache_key(device)
+    # The one-stream runner is built before calibration; calibrating changes the recorded times only, not what
+    # the program runs, so the same runner stands for the calibrated plan.
+    runners = {"single": timed_runner(with_kernels(base_plan, one_stream(kd), blob, key), weights, device)}
+    try:
+        # Eager timing charges each kernel its event's cost as well; the one-stream program's replay has the
+        # kernels' true total, so every time is scaled by it before it is scheduled on, stored, or summed into
+        # the critical path.
+        kd = calibrated(kd, time_rounds({"single": runners["single"]}, device, rounds=1, repeats=5,
+                                        replays=20)["single"])
+        schedules = {"single": one_stream(kd)}
+        for streams, order, cap in KERNEL_CANDIDATES:
+            ks = kernel_schedule(kd, streams, order, cap)
+            if ks.stream not in {s.stream for s in schedules.values()}:
+                schedules[ks.algorithm] = ks
+        plans = {name: with_kernels(base_plan, ks, blob, key) for name, ks in schedules.items()}
+        for name, p in plans.items():
+            if name not in runners:
+                try:
+                    runners[name] = timed_runner(p, weights, device)
+                except Exception as e:  # a schedule that cannot be captured is one fewer candidate
+                    progress.note(f"fuse: kernel schedule {name} dropped: it failed to run ({type(e).__name__}: {e})")
+        kept = reproducing(runners, plans["single"], progress)
+        for name in [n for n in runners if n not in kept]:
+            del runners[name]
+        gc.collect()
+        schedules = {name: schedules[name] for name in kept}
+        times = time_rounds(runners, device, rounds=FINAL_ROUNDS, repeats=5, replays=20)
+        best = min(times, key=lambda name: (times[name], name != "single"))  # a tie keeps one stream
+        head_to_head: dict[str, float] = {}
+        if rivals:
+            if "kernels" in rivals:
+                raise ValueError("a rival plan may not be named 'kernels': that name is the kernel-level plan's")
+            pair = {f"rival {name}": timed_runner(p, weights, device) for name, p in rivals.items()}
+            pair["kernels"] = runners[best]
+            timed = time_rounds(pair, device, rounds=FINAL_ROUNDS, repeats=5, replays=20)
+            head_to_head = {name.removeprefix("rival "): ms for name, ms in timed.items()}
+            del pair
+    finally:
+        del runners
+        gc.collect()
     progress.note("fuse: kernel schedules " + ", ".join(
         f"{name} ({max(ks.stream, default=0) + 1} streams) {times[name]:.4f} ms" for name, ks in schedules.items()))
     candidates = tuple(Candidate(streams=f"{name}+kernels", order=ks.algorithm.split("/")[1] if "/" in ks.algorithm
@@ -173,50 +215,48 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
     guard = (f"guard: kernel schedules measured, kept {best} ({max(schedules[best].stream, default=0) + 1} streams): "
              + ", ".join(f"{name} {times[name]:.4f} ms" for name in schedules))
     profile = dataclasses.replace(winner.profile, candidates=winner.profile.candidates + candidates, guard=guard)
-    return dataclasses.replace(winner, profile=profile), times[best]
+    return KernelSearch(dataclasses.replace(winner, profile=profile), times[best], head_to_head)
 
 
-def reproducing(plans: dict[str, Plan], weights: dict, device: torch.device, progress: Progress) -> dict[str, Plan]:
-    """The schedules whose outputs equal the one-stream program's ("single") bit for bit, over REPRODUCE_CALLS
-    calls on the same inputs. Every schedule runs the same kernels on the same data, so any difference means an
-    ordering the kernel DAG missed: such a schedule is dropped (and said), never written."""
+def reproducing(runners: dict, single: Plan, progress: Progress) -> list[str]:
+    """The names of the runners whose outputs equal the one-stream program's ("single") bit for bit, over
+    REPRODUCE_CALLS calls on the same inputs (random, for `single`'s model inputs). Every schedule runs the same
+    kernels on the same data, so any difference means an ordering the kernel DAG missed, or memory changing
+    hands between streams (opara_runtime.fused.kernel_streams): such a schedule is dropped (and said), never
+    written."""
     import torch.utils._pytree as pytree
 
     from opara_runtime.ops import torch_dtype
-    from opara_runtime.runner import Runner
     from oparac.models.reference import random_input
 
     g = torch.Generator().manual_seed(0)
-    inputs = [random_input(s.shape, torch_dtype(s.dtype), g).to(device) for s in plans["single"].model.inputs]
+    device = runners["single"].device
+    inputs = [random_input(s.shape, torch_dtype(s.dtype), g).to(device) for s in single.model.inputs]
 
-    def outputs(plan: Plan) -> list[list[torch.Tensor]]:
-        runner = Runner(plan, weights, device, trust_compiled_code=True)
-        outs = [[t.clone() for t in pytree.tree_leaves(runner(*inputs))] for _ in range(REPRODUCE_CALLS)]
-        del runner
-        return outs
+    def outputs(runner) -> list[list[torch.Tensor]]:
+        return [[t.clone() for t in pytree.tree_leaves(runner(*inputs))] for _ in range(REPRODUCE_CALLS)]
 
-    kept = {"single": plans["single"]}
     try:
-        want = outputs(plans["single"])[0]
+        want = outputs(runners["single"])[0]
     except Exception as e:  # nothing to check against: only the one-stream program is kept
         progress.note(f"fuse: kernel schedules dropped: the one-stream program could not be run to check them "
                       f"({type(e).__name__}: {e})")
-        return kept
-    for name, plan in plans.items():
+        return ["single"]
+    kept = ["single"]
+    for name, runner in runners.items():
         if name == "single":
             continue
         try:
             same = all(len(o) == len(want) and all(torch.equal(a, b) for a, b in zip(o, want))
-                       for o in outputs(plan))
+                       for o in outputs(runner))
         except Exception as e:
             same, why = False, f"it failed to run ({type(e).__name__}: {e})"
         else:
             why = "its outputs differ from the one-stream program's"
         if same:
-            kept[name] = plan
+            kept.append(name)
         else:
             progress.note(f"fuse: kernel schedule {name} dropped: {why}")
-    gc.collect()
     return kept
 
 

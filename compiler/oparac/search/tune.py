@@ -114,12 +114,19 @@ def measure_rounds(plans: dict[tuple, Plan], weights: dict, devices: list[torch.
     """The median replay time of each plan over `rounds` rounds that time every plan in turn (all captured at
     once, so each round sees the same GPU state); a plan for N GPUs runs on the first N of `devices`."""
     runners = {sig: timed_runner(p, weights, devices[0], devices[:p.schedule.num_devices]) for sig, p in plans.items()}
-    samples: dict[tuple, list[float]] = {sig: [] for sig in runners}
+    try:
+        return time_rounds(runners, devices[0], rounds=rounds, repeats=repeats, replays=replays)
+    finally:
+        del runners
+        gc.collect()
+
+
+def time_rounds(runners: dict, device: torch.device, *, rounds: int, repeats: int, replays: int) -> dict:
+    """measure_rounds for runners already captured (a caller that has used them for something else first)."""
+    samples: dict = {sig: [] for sig in runners}
     for _ in range(rounds):
         for sig, runner in runners.items():
-            samples[sig].append(time_graph_replays(runner.captured.graph, devices[0], repeats=repeats, replays=replays))
-    del runners
-    gc.collect()
+            samples[sig].append(time_graph_replays(runner.captured.graph, device, repeats=repeats, replays=replays))
     return {sig: statistics.median(times) for sig, times in samples.items()}
 
 

@@ -1,0 +1,128 @@
+"""The kernel-level search without a GPU: compiling, capturing and timing are faked; what is tested is that every
+plan is captured once and its runner serves the calibration, the bit-for-bit check and the timing, that a schedule
+which does not reproduce the one-stream program (or cannot be captured) is dropped, and that the guard's
+head-to-head against the segment-level plan runs on those runners."""
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+import pytest
+import torch
+
+import opara_runtime.fused as fused_pkg
+from oparac.fuse.segments import fuse_plan
+from oparac.profile import measure
+from oparac.schedule.dag import Dag
+from oparac.search import guard, kernels, tune
+
+CPU = torch.device("cpu")
+# A diamond and a tail: 0 -> {1, 2} -> 3, and 4 on its own, so the uncapped schedule uses several streams.
+EDGES = [(0, 1), (0, 2), (1, 3), (2, 3)]
+MS = (0.2, 0.3, 0.3, 0.1, 0.4)
+
+
+class FakeRunner:
+    """What the search uses of a captured runner: its device, a call returning outputs, a graph to time."""
+
+    def __init__(self, label: str, ms: float, output: torch.Tensor) -> None:
+        self.device, self.label, self.output = CPU, label, output
+        self.captured = type("Captured", (), {"graph": (label, ms)})()
+
+    def __call__(self, *inputs):
+        return (self.output.clone(),)
+
+
+@pytest.fixture
+def world(monkeypatch):
+    """Fakes for compile_whole, kernel_dag, the artifact, timed_runner and replay timing; returns the record of
+    what was built and timed, and the knobs (per-schedule replay ms, outputs, failures)."""
+    rec = {"built": Counter(), "timed": [], "ms": {}, "differs": set(), "fails": set()}
+
+    def label(plan) -> str:
+        if plan.fusion.mode != "kernels":
+            return "segments"
+        return plan.fusion.kernels.algorithm
+
+    def timed_runner(plan, weights, device, devices=None):
+        name = label(plan)
+        rec["built"][name] += 1
+        if name in rec["fails"]:
+            raise RuntimeError("capture failed")
+        out = torch.ones(2) * (2.0 if name in rec["differs"] else 1.0)
+        return FakeRunner(name, rec["ms"].get(name, 1.0), out)
+
+    def replays(graph, device, *, repeats, replays):
+        rec["timed"].append(graph[0])
+        return graph[1]
+
+    monkeypatch.setattr(kernels, "compile_whole", lambda plan, weights, device: ([type("P", (), {"fn": None})()], []))
+    monkeypatch.setattr(kernels, "kernel_dag", lambda programs, base, device: kernels.KernelDag(
+        dag=Dag.from_edges(len(MS), EDGES), ms=MS, launch=("triton",) * len(MS), digest="ab" * 32))
+    monkeypatch.setattr(fused_pkg, "artifact_bytes", lambda fn: b"program")
+    monkeypatch.setattr(fused_pkg, "cache_key", lambda device: "cpu-test")
+    monkeypatch.setattr(measure, "timed_runner", timed_runner)
+    monkeypatch.setattr(tune, "time_graph_replays", replays)
+    return rec
+
+
+def test_every_schedule_is_captured_once_and_the_fastest_kept(world, tiny_plan):
+    world["ms"] = {"single/program": 1.0, "opara/opara": 0.7, "opara/opara/cap 4": 0.8, "opara/opara/cap 2": 0.9}
+    search = kernels.kernel_fused(tiny_plan, {}, CPU, "inductor")
+    assert search.plan.fusion.mode == "kernels" and search.plan.fusion.kernels.algorithm == "opara/opara"
+    assert search.ms == 0.7 and search.head_to_head == {}
+    assert set(world["built"].values()) == {1}, world["built"]
+    assert "single/program" in world["built"] and "segments" not in world["built"]
+    chosen = [c for c in search.plan.profile.candidates if c.chosen]
+    assert len(chosen) == 1 and chosen[0].measured_ms == 0.7
+
+
+def test_calibration_scales_the_times_to_the_one_stream_replay(world, tiny_plan):
+    world["ms"] = {"single/program": 2.6}  # the kernels sum to 1.3 eagerly
+    search = kernels.kernel_fused(tiny_plan, {}, CPU, "inductor")
+    assert sum(search.plan.fusion.kernels.ms) == pytest.approx(2.6)
+
+
+def test_a_schedule_that_does_not_reproduce_or_capture_is_dropped(world, tiny_plan):
+    # on this DAG the schedules are one stream, uncapped (its cap of 4 is the same schedule) and a cap of 2
+    world["ms"] = {"single/program": 1.0, "opara/opara": 0.5, "opara/opara/cap 2": 0.6}
+    world["differs"] = {"opara/opara"}
+    world["fails"] = {"opara/opara/cap 2"}
+    notes = []
+    search = kernels.kernel_fused(tiny_plan, {}, CPU, "inductor", notes.append)
+    assert search.plan.fusion.kernels.algorithm == "single/program" and search.ms == 1.0
+    assert {c.streams for c in search.plan.profile.candidates} == {"single+kernels"}
+    assert any("opara/opara dropped: its outputs differ" in n for n in notes)
+    assert any("cap 2 dropped: it failed to run" in n for n in notes)
+    # what was dropped is never timed; the final rounds time only what was kept
+    assert "opara/opara" not in world["timed"] and set(world["timed"]) == {"single/program"}
+
+
+def test_the_guard_measures_the_segment_plan_against_the_kernel_plan_on_captured_runners(world, tiny_plan):
+    world["ms"] = {"single/program": 1.0, "opara/opara": 0.7, "opara/opara/cap 4": 0.8, "opara/opara/cap 2": 0.9,
+                   "segments": 1.2}
+    fused = _measured(tiny_plan, 0.5)
+    out = guard.guard_fused(fused, 1.9, {}, CPU, "inductor", kernels=True)  # 1.9 > 0.85 * 2.0: not clear
+    assert out.fusion.mode == "kernels" and "whole graph's kernels" in out.profile.guard
+    assert world["built"]["segments"] == 1 and world["built"]["opara/opara"] == 1
+    pair = [c for c in out.profile.candidates[-2:]]
+    assert {c.measured_ms for c in pair} == {1.2, 0.7} and [c.chosen for c in pair] == [False, True]
+
+
+def test_the_guard_keeps_the_segment_plan_when_it_wins_the_head_to_head(world, tiny_plan):
+    world["ms"] = {"single/program": 1.0, "opara/opara": 0.9, "segments": 0.6}
+    fused = _measured(tiny_plan, 0.5)
+    out = guard.guard_fused(fused, 1.9, {}, CPU, "inductor", kernels=True)
+    assert out.fusion.mode == "segments" and out.fusion.segments == fused.fusion.segments
+    assert out.profile.guard.startswith("guard: kept")
+
+
+def test_a_rival_may_not_take_the_kernel_plans_name(world, tiny_plan):
+    with pytest.raises(ValueError, match="may not be named 'kernels'"):
+        kernels.kernel_fused(tiny_plan, {}, CPU, "inductor", rivals={"kernels": tiny_plan})
+
+
+def _measured(plan, seg_ms):
+    fused = fuse_plan(plan, "inductor")
+    segs = tuple(dataclasses.replace(s, ms=seg_ms) for s in fused.fusion.segments)
+    return dataclasses.replace(fused, fusion=dataclasses.replace(fused.fusion, segments=segs))
