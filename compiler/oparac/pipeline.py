@@ -154,9 +154,13 @@ def fuse_stage(plan: Plan, weights: dict | None, dev: torch.device, opts: Compil
                              "on a GPU (or use fuse_mode 'segments' for a preview plan)")
         return fuse_plan(plan, opts.fuse, cut=opts.cut)
     if opts.fuse_mode == "kernels" and not opts.tune:
-        from oparac.search.kernels import kernel_fused
+        from opara_runtime.fused.wrapper_ir import WrapperFormatError
+        from oparac.search.kernels import kernel_fused, unreadable_program
 
-        return kernel_fused(plan, weights, dev, opts.fuse, progress).plan
+        try:
+            return kernel_fused(plan, weights, dev, opts.fuse, progress).plan
+        except WrapperFormatError as e:
+            raise unreadable_program(e) from e
     if opts.tune:
         def nhwc_profile():
             progress.note("fuse: profiling the ops in channels_last for the NHWC candidates")

@@ -63,12 +63,20 @@ def tune_fused(plan: Plan, weights: dict, device: torch.device, backend: str, pr
                 plans.append(fused)
                 candidates.append(candidate)
     if mode != "segments":
-        from oparac.search.kernels import kernel_fused
+        from opara_runtime.fused.wrapper_ir import WrapperFormatError
+        from oparac.search.kernels import kernel_fused, unreadable_program
 
-        kernel_plan = kernel_fused(plan, weights, device, backend, progress).plan
-        plans.append(kernel_plan)
-        candidates.append(Candidate(streams=f"kernels {kernel_plan.fusion.kernels.algorithm}+{backend}", order="",
-                                    max_streams=0, predicted_ms=kernel_plan.fusion.kernels.predicted_ms))
+        try:
+            kernel_plan = kernel_fused(plan, weights, device, backend, progress).plan
+        except WrapperFormatError as e:
+            if mode == "kernels":
+                raise unreadable_program(e) from e
+            progress.note(f"tune: no kernel-level candidate: {e}")
+        else:
+            plans.append(kernel_plan)
+            candidates.append(Candidate(streams=f"kernels {kernel_plan.fusion.kernels.algorithm}+{backend}",
+                                        order="", max_streams=0,
+                                        predicted_ms=kernel_plan.fusion.kernels.predicted_ms))
     final = measure_rounds(dict(enumerate(plans)), weights, [device], rounds=FINAL_ROUNDS, repeats=5, replays=20)
     candidates = [dataclasses.replace(c, measured_ms=final[k]) for k, c in enumerate(candidates)]
     progress.note("tune: fused finalists " + ", ".join(f"{_label(c)} {c.measured_ms:.4f} ms" for c in candidates))

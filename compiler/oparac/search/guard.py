@@ -71,11 +71,17 @@ def guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.devic
     if say:
         say("guard: compiling the whole graph as one program (the plan's streams do not clearly pay)")
     if kernels:
+        from opara_runtime.fused.wrapper_ir import WrapperFormatError
         from oparac.search.kernels import kernel_fused
 
-        # The head-to-head runs inside the kernel search, on runners it has already captured.
-        search = kernel_fused(fused, weights, device, backend, say, rivals={"chosen": fused})
-        return _decide(fused, search.plan, search.head_to_head["chosen"], search.head_to_head["kernels"], say)
+        try:
+            # The head-to-head runs inside the kernel search, on runners it has already captured.
+            search = kernel_fused(fused, weights, device, backend, say, rivals={"chosen": fused})
+        except WrapperFormatError as e:  # a program the kernel-level mode cannot read: the plain one segment
+            if say:
+                say(f"guard: the whole graph's kernels cannot be put on streams ({e}); measuring it as one segment")
+        else:
+            return _decide(fused, search.plan, search.head_to_head["chosen"], search.head_to_head["kernels"], say)
     one, _ = measure_fused(fuse_plan(single_stream(fused), backend), weights, device)
     times = measure_rounds({"chosen": fused, "single": one}, weights, [device], rounds=FINAL_ROUNDS, repeats=5,
                            replays=20)

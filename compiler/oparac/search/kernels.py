@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import torch
 
-from opara_plan import NO_FUSION, Candidate, Fusion, KernelStreams, Plan, Segment
+from opara_plan import NO_FUSION, Candidate, Fusion, KernelStreams, ModelError, Plan, Segment
 from oparac.progress import Progress, as_progress
 from oparac.schedule import Costs, assign_streams, critical_path, order_launches, reduce_waits, simulate
 from oparac.schedule.dag import Dag
@@ -40,6 +40,7 @@ class KernelDag:
     ms: tuple[float, ...]
     launch: tuple[str, ...]  # 'triton' or 'torch' per kernel
     digest: str
+    wrapper: object = dataclasses.field(default=None, repr=False, compare=False)  # the parsed WrapperProgram
 
     def costs(self) -> Costs:
         # Extern calls (GEMMs, convolutions, attention) are the compute-bound kernels; inductor's Triton kernels
@@ -103,7 +104,8 @@ def kernel_dag(programs, base: list, device: torch.device) -> KernelDag:
         opened.restore()
     ms = tuple(max(0.0, statistics.median(s)) for s in samples)
     dag = Dag.from_edges(n, wrapper.edges())
-    return KernelDag(dag=dag, ms=ms, launch=tuple(s.launch for s in wrapper.kernels), digest=wrapper.digest)
+    return KernelDag(dag=dag, ms=ms, launch=tuple(s.launch for s in wrapper.kernels), digest=wrapper.digest,
+                     wrapper=wrapper)
 
 
 def calibrated(kd: KernelDag, single_ms: float) -> KernelDag:
@@ -178,7 +180,7 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
         schedules = {"single": one_stream(kd)}
         for streams, order, cap in KERNEL_CANDIDATES:
             ks = kernel_schedule(kd, streams, order, cap)
-            if ks.stream not in {s.stream for s in schedules.values()}:
+            if ks.stream not in {s.stream for s in schedules.values()} and _streamable(kd, ks, progress):
                 schedules[ks.algorithm] = ks
         plans = {name: with_kernels(base_plan, ks, blob, key) for name, ks in schedules.items()}
         for name, p in plans.items():
@@ -258,6 +260,27 @@ def reproducing(runners: dict, single: Plan, progress: Progress) -> list[str]:
         else:
             progress.note(f"fuse: kernel schedule {name} dropped: {why}")
     return kept
+
+
+def unreadable_program(e: Exception) -> ModelError:
+    """The error for fuse_mode 'kernels' on a compiled program whose wrapper wrapper_ir cannot read."""
+    return ModelError(f"fuse_mode 'kernels': {e}; the kernel-level mode cannot read this compiled program "
+                      f"(use fuse_mode 'segments' or 'auto')")
+
+
+def _streamable(kd: KernelDag, ks: KernelStreams, progress: Progress) -> bool:
+    """Whether the runtime can write the program's streamed call for `ks` (it refuses, for one, a program that
+    sizes a buffer by a kernel's result); a schedule it would refuse is not tried."""
+    from opara_runtime.fused.kernel_streams import KernelScheduleError, streamed_source
+
+    if kd.wrapper is None:
+        return True
+    try:
+        streamed_source(kd.wrapper, ks.stream, ks.launch_order)
+    except KernelScheduleError as e:
+        progress.note(f"fuse: kernel schedule {ks.algorithm} not tried: {e}")
+        return False
+    return True
 
 
 def with_kernels(plan: Plan, ks: KernelStreams, blob: bytes, key: str) -> Plan:

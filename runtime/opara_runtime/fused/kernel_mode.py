@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 
 from opara_plan import KernelStreams
-from opara_runtime.fused.kernel_streams import CudaLauncher, KernelScheduleError, build_call, check_schedule
+from opara_runtime.fused.kernel_streams import CudaLauncher, KernelScheduleError, check_schedule, streamed_maker
 from opara_runtime.fused.wrapper_ir import WrapperFormatError, WrapperProgram, parse_wrapper
 
 _MAX_DEPTH = 12
@@ -70,8 +70,9 @@ class KernelProgram:
 
     def install(self, stream: tuple[int, ...], order: tuple[int, ...], device, *, timed: bool = False):
         """Make the compiled graph launch on these streams; returns the launcher (its ticks, when timed)."""
+        make = streamed_maker(self.wrapper, self.namespace, stream, order, timed=timed)
         launcher = CudaLauncher(max(stream, default=0) + 1, device, timed=timed)
-        self._set(build_call(self.wrapper, self.namespace, stream, order, launcher, timed=timed))
+        self._set(make(launcher))
         return launcher
 
     def restore(self) -> None:
@@ -127,8 +128,8 @@ def apply_kernel_streams(programs, kernels: KernelStreams, device) -> KernelProg
                                       f"(digest {kernels.call_digest[:12]}, this one is "
                                       f"{opened.wrapper.digest[:12]})")
         check_schedule(opened.wrapper, kernels.stream, kernels.launch_order)
+        opened.install(kernels.stream, kernels.launch_order, device)
     except (WrapperFormatError, KernelScheduleError) as e:
         warnings.warn(f"kernel streams not applied, the program runs on one stream: {e}", stacklevel=3)
         return None
-    opened.install(kernels.stream, kernels.launch_order, device)
     return opened

@@ -2,10 +2,10 @@
 
 Given a parsed wrapper (wrapper_ir) and a stream per kernel with a launch order (the plan's KernelStreams, or one
 stream for profiling), `streamed_source` writes a new `call(args)` from the wrapper's own statements: every
-allocation before the first launch, other host statements (views, checks) where their names are first needed,
+allocation before the first launch (on several streams), other host statements (views, checks) where their names are first needed,
 each kernel on its stream (made current while it launches; Triton launches also get that stream's raw handle),
-and an event wait wherever a kernel depends on one from another stream that the stream has not already waited for (vector
-clocks, latest producer first). The waits come from the program's own dependencies, never from the plan: a
+and an event wait wherever a kernel depends on one from another stream that the stream has not already waited
+for (vector clocks, latest producer first). The waits come from the program's own dependencies, never from the plan: a
 stream assignment or launch order from a plan can make the program slower, never wrong, and an order that
 breaks a dependency is refused.
 
@@ -86,11 +86,12 @@ def streamed_source(prog: WrapperProgram, stream: tuple[int, ...], order: tuple[
     for s in prog.statements:  # set_device and friends first, as in the original
         if s.kind == "host":
             emit_host(s)
-    # Every buffer is allocated before the first launch. An allocation made later, on the host while stream 0 is
-    # current, may be handed memory that an earlier stream-0 call used as scratch and freed (a cuDNN attention's
-    # workspace); that is safe for stream-0 work, which runs after the call, but not for a kernel on another
-    # stream, which could write the buffer while the call still runs (seen on Llama in fp16 on an H200).
-    for s in prog.statements:
+    # With several streams every buffer is allocated before the first launch. An allocation made later, on the
+    # host while stream 0 is current, may be handed memory that an earlier stream-0 call used as scratch and freed
+    # (a cuDNN attention's workspace); that is safe for stream-0 work, which runs after the call, but not for a
+    # kernel on another stream, which could write the buffer while the call still runs (seen on Llama in fp16 on
+    # an H200). One stream keeps the original's allocation points.
+    for s in prog.statements if any(stream) else ():
         if s.kind == "alloc":
             late = [n for n in s.uses if n in defining and defining[n].kind in ("kernel", "barrier")]
             if late:
@@ -158,13 +159,20 @@ def _args(name: str) -> ast.arguments:
                          kwarg=None, defaults=[])
 
 
-def build_call(prog: WrapperProgram, namespace: dict, stream: tuple[int, ...], order: tuple[int, ...],
-               launcher, *, timed: bool = False):
-    """The streamed call, compiled in the wrapper module's namespace (its globals: kernels and helpers)."""
+def streamed_maker(prog: WrapperProgram, namespace: dict, stream: tuple[int, ...], order: tuple[int, ...], *,
+                   timed: bool = False):
+    """`_opara_make(launcher)`, compiled in the wrapper module's namespace (its globals: kernels and helpers);
+    a schedule the program cannot take is refused here (KernelScheduleError), before any stream exists."""
     source = streamed_source(prog, stream, order, timed=timed)
     local: dict = {}
     exec(compile(source, "<opara kernel streams>", "exec"), namespace, local)  # noqa: S102 - trusted program
-    return local["_opara_make"](launcher)
+    return local["_opara_make"]
+
+
+def build_call(prog: WrapperProgram, namespace: dict, stream: tuple[int, ...], order: tuple[int, ...],
+               launcher, *, timed: bool = False):
+    """The streamed call on `launcher`."""
+    return streamed_maker(prog, namespace, stream, order, timed=timed)(launcher)
 
 
 class CudaLauncher:

@@ -126,3 +126,70 @@ def _measured(plan, seg_ms):
     fused = fuse_plan(plan, "inductor")
     segs = tuple(dataclasses.replace(s, ms=seg_ms) for s in fused.fusion.segments)
     return dataclasses.replace(fused, fusion=dataclasses.replace(fused.fusion, segments=segs))
+
+
+def test_a_schedule_the_runtime_would_refuse_is_not_tried(world, monkeypatch, tiny_plan):
+    from opara_runtime.fused.wrapper_ir import parse_wrapper
+
+    # kernel 1 computes a size that kernel 2's buffer is allocated with: several streams are refused
+    prog = parse_wrapper(SIZED_BY_A_KERNEL)
+    assert prog.num_kernels == 4
+    monkeypatch.setattr(kernels, "kernel_dag", lambda programs, base, device: kernels.KernelDag(
+        dag=Dag.from_edges(prog.num_kernels, prog.edges()), ms=(0.3, 0.1, 0.3, 0.3),
+        launch=tuple(s.launch for s in prog.kernels), digest=prog.digest, wrapper=prog))
+    notes = []
+    search = kernels.kernel_fused(tiny_plan, {}, CPU, "inductor", notes.append)
+    assert any("not tried: an allocation depends on n0" in n for n in notes), notes
+    assert set(world["built"]) == {"single/program"} and search.plan.fusion.kernels.algorithm == "single/program"
+
+
+def test_the_guard_falls_back_to_one_segment_when_the_program_cannot_be_read(monkeypatch, tiny_plan):
+    from opara_runtime.fused.wrapper_ir import WrapperFormatError
+
+    def unreadable(*a, **k):
+        raise WrapperFormatError("the compiled call uses its runner's state (graph partitions)")
+    one_segment = []
+    monkeypatch.setattr(kernels, "kernel_fused", unreadable)
+    monkeypatch.setattr(guard, "measure_fused", lambda plan, w, d: (one_segment.append(plan) or plan, 1.0))
+    monkeypatch.setattr(guard, "measure_rounds", lambda plans, *a, **k: {"chosen": 1.0, "single": 1.5})
+    notes = []
+    fused = _measured(tiny_plan, 0.5)
+    out = guard.guard_fused(fused, 1.9, {}, CPU, "inductor", notes.append, kernels=True)
+    assert one_segment and len(one_segment[0].fusion.segments) == 1
+    assert out.fusion.segments == fused.fusion.segments and "kept" in out.profile.guard
+    assert any("cannot be put on streams (the compiled call uses its runner's state" in n for n in notes)
+
+
+SIZED_BY_A_KERNEL = '''
+import torch
+triton_poi_0 = async_compile.triton('triton_poi_0', """
+@triton.jit
+def triton_poi_0(in_ptr0, out_ptr0, xnumel, XBLOCK : tl.constexpr):
+    pass
+""", device_str='cuda')
+
+def call(args):
+    arg0_1, arg1_1 = args
+    args.clear()
+    with torch.cuda._DeviceGuard(0):
+        buf0 = empty_strided_cuda((4, ), (1, ), torch.float32)
+        triton_poi_0.run(arg0_1, buf0, 4, stream=stream0)
+        n0 = buf0.sum().item()
+        buf1 = empty_strided_cuda((n0, ), (1, ), torch.float32)
+        triton_poi_0.run(arg1_1, buf1, 4, stream=stream0)
+        buf2 = empty_strided_cuda((4, ), (1, ), torch.float32)
+        triton_poi_0.run(arg1_1, buf2, 4, stream=stream0)
+    return (buf0, buf1, buf2)
+'''
+
+
+def test_kernels_mode_on_an_unreadable_program_is_a_clear_error(monkeypatch, tiny_plan):
+    from opara_plan import ModelError
+    from opara_runtime.fused.wrapper_ir import WrapperFormatError
+    from oparac.search import fused as fused_search
+
+    def unreadable(*a, **k):
+        raise WrapperFormatError("no compiled inductor graph found in the program")
+    monkeypatch.setattr(kernels, "kernel_fused", unreadable)
+    with pytest.raises(ModelError, match="fuse_mode 'kernels': no compiled inductor graph.*use fuse_mode 'segments'"):
+        fused_search.tune_fused(tiny_plan, {}, CPU, "inductor", mode="kernels")

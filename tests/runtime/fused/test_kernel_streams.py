@@ -253,5 +253,34 @@ def test_an_allocation_sized_by_a_kernel_result_is_refused():
     src = GPT2_LIKE.replace("buf1 = empty_strided_cuda((4, ), (1, ), torch.float32)",
                             "n0 = buf0.sum().item()\n            buf1 = empty_strided_cuda((n0, ), (1, ), torch.float32)")
     prog = parse_wrapper(src)
+    order = tuple(range(prog.num_kernels))
     with pytest.raises(KernelScheduleError, match="allocated before the first launch"):
-        streamed_source(prog, (0,) * prog.num_kernels, tuple(range(prog.num_kernels)))
+        streamed_source(prog, tuple(k % 2 for k in range(prog.num_kernels)), order)
+    # on one stream nothing changes hands between streams: the original's allocation points are kept
+    one = streamed_source(prog, (0,) * prog.num_kernels, order)
+    assert one.index("n0 = ") < one.index("empty_strided_cuda((n0")
+
+
+def test_a_schedule_the_program_cannot_take_runs_it_on_one_stream_with_a_warning(monkeypatch):
+    """The runtime's refusal covers writing the streamed call too (not only the order check)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from opara_plan import KernelStreams
+    from opara_runtime.fused import kernel_mode
+    from opara_runtime.fused.compile import INDUCTOR_KERNEL_CONFIG, compile_one
+
+    x, w = torch.randn(8, 8), torch.randn(8, 8)
+    compiled = compile_one(make_fx(lambda x, w: (torch.relu(x @ w),))(x, w), [x, w], INDUCTOR_KERNEL_CONFIG)
+    want = compiled(x, w)
+    prog = kernel_mode.KernelProgram(compiled).wrapper
+    n = prog.num_kernels
+    ks = KernelStreams(call_digest=prog.digest, stream=(0,) * n, launch_order=tuple(range(n)), ms=(0.1,) * n,
+                       algorithm="opara/opara", critical_path_ms=0.1, predicted_ms=0.1)
+
+    def refuse(*a, **k):
+        raise KernelScheduleError("an allocation depends on n0, which a kernel computes")
+    monkeypatch.setattr(kernel_mode, "streamed_maker", refuse)
+    program = type("Program", (), {"fn": compiled})()
+    with pytest.warns(UserWarning, match="runs on one stream: an allocation depends on n0"):
+        assert kernel_mode.apply_kernel_streams([program], ks, torch.device("cpu")) is None
+    assert all(torch.equal(a, b) for a, b in zip(compiled(x, w), want))
