@@ -1,6 +1,7 @@
 """Inductor-shaped wrapper modules for the kernel-level mode's CPU tests: random programs of Triton-style launches
 (in_ptr / out_ptr / in_out_ptr parameters), extern calls with out= and ATen-style calls returning new tensors,
-plus a namespace of CPU stand-ins and a launcher that checks every cross-stream dependency is synchronised."""
+plus a namespace of CPU stand-ins and a launcher that checks every cross-stream dependency is synchronised and
+that no memory changes hands between streams without ordering (a model of the caching allocator's pools)."""
 from __future__ import annotations
 
 import random
@@ -87,6 +88,25 @@ class SimLauncher:
         self.events: dict[int, list[int]] = {}
         self.waits = 0
         self.violations: list[str] = []
+        # The caching allocator's rule that matters across streams: a freed block goes back to the pool of the
+        # stream that was current when it was allocated, and the next allocation there may get it at once.
+        self.pools: dict[int, list[int]] = {}
+        self.block: dict[int, int] = {}        # storage address -> block
+        self.generation: dict[int, int] = {}   # block -> how many times it has been handed out
+        self.uses: dict[int, list[tuple[int, int, int]]] = {}  # block -> (generation, stream, seq) of each use
+        self.blocks = 0
+
+    def allocate(self, t: torch.Tensor) -> int:
+        """`t`'s storage gets a block from the current stream's pool (or a new one)."""
+        pool = self.pools.setdefault(self.current, [])
+        block = pool.pop() if pool else self._fresh()
+        self.block[t.untyped_storage().data_ptr()] = block
+        self.generation[block] = self.generation.get(block, -1) + 1
+        return block
+
+    def _fresh(self) -> int:
+        self.blocks += 1
+        return self.blocks - 1
 
     # what the streamed call uses
     def fork(self) -> None:
@@ -117,7 +137,9 @@ class SimLauncher:
         self.clock[s] = [max(a, b) for a, b in zip(self.clock[s], self.events[kernel])]
 
     # called by the stand-in kernels
-    def launch(self, s: int) -> None:
+    def launch(self, s: int, tensors=(), scratch: bool = False) -> None:
+        """Kernel launch on stream `s` touching `tensors` (and, with scratch, a workspace it allocates from the
+        current stream's pool and frees as soon as it is queued, as an extern call does)."""
         k = self.order[self.launched]
         self.launched += 1
         if s != self.stream[k]:
@@ -126,8 +148,23 @@ class SimLauncher:
             ps = self.stream[p]
             if self.clock[s][ps] < self.seq[p]:
                 self.violations.append(f"kernel {k} on stream {s} may start before kernel {p} on stream {ps}")
+        blocks = {self.block[t.untyped_storage().data_ptr()] for t in tensors
+                  if t.untyped_storage().data_ptr() in self.block}
+        workspace = None
+        if scratch:
+            workspace = self.allocate(torch.empty(1))
+            blocks.add(workspace)
+        for b in blocks:  # an earlier holder of the block must be done with it before this kernel starts
+            for gen, t, q in self.uses.get(b, ()):
+                if gen < self.generation[b] and self.clock[s][t] < q:
+                    self.violations.append(f"kernel {k} on stream {s} uses memory that a kernel on stream {t} may "
+                                           f"still be using (freed and handed on without ordering)")
         self.clock[s][s] += 1
         self.seq[k] = self.clock[s][s]
+        for b in blocks:
+            self.uses.setdefault(b, []).append((self.generation[b], s, self.seq[k]))
+        if workspace is not None:
+            self.pools.setdefault(self.current, []).append(workspace)
 
 
 class _Kernel:
@@ -140,7 +177,7 @@ class _Kernel:
         self.world = world
 
     def run(self, *args, stream):
-        self.world.launcher_for_run(stream)
+        self.world.launcher_for_run(stream, [a for a in args if isinstance(a, torch.Tensor)])
         tensors = [(p, a) for p, a in zip(self.params, args) if isinstance(a, torch.Tensor)]
         total = sum(a for p, a in tensors if p.startswith("in_ptr")) if any(
             p.startswith("in_ptr") for p, _ in tensors) else torch.zeros(SHAPE)
@@ -164,31 +201,41 @@ class World:
 
         class Extern:
             def add(self, a, b, out):
-                world.launch_current()
+                world.launch_current((a, b, out), scratch=True)
                 torch.add(a, b, out=out)
 
         def fake_pair(x):
-            world.launch_current()
-            return (x * 2 + 1, x - 1)
+            outs = (x * 2 + 1, x - 1)
+            if world.launcher is not None:  # outputs come from the current stream's pool, then the kernel runs
+                for t in outs:
+                    world.launcher.allocate(t)
+            world.launch_current((x, *outs), scratch=True)
+            return outs
 
         self.fake_pair = fake_pair
         self.namespace = {
             "torch": _TorchShim(self), "async_compile": AsyncCompile(), "extern_kernels": Extern(),
-            "empty_strided_cuda": lambda size, stride, dtype: torch.full(size, float("nan")),
+            "empty_strided_cuda": self.empty,
             "reinterpret_tensor": lambda t, size, stride, offset: t.as_strided(size, stride, offset),
             "get_raw_stream": lambda index: 0, "assert_size_stride": lambda *a: None,
         }
 
-    def launcher_for_run(self, stream) -> None:
+    def empty(self, size, stride=None, dtype=None) -> torch.Tensor:
+        t = torch.full(size, float("nan"))
+        if self.launcher is not None:
+            self.launcher.allocate(t)
+        return t
+
+    def launcher_for_run(self, stream, tensors=()) -> None:
         if self.launcher is not None:
             if stream != self.launcher.current:  # what the launch allocates comes from the current stream's pool
                 self.launcher.violations.append(f"a Triton launch on stream {stream} while stream "
                                                 f"{self.launcher.current} is current")
-            self.launcher.launch(stream)
+            self.launcher.launch(stream, tensors)
 
-    def launch_current(self) -> None:
+    def launch_current(self, tensors=(), scratch: bool = False) -> None:
         if self.launcher is not None:
-            self.launcher.launch(self.launcher.current)
+            self.launcher.launch(self.launcher.current, tensors, scratch=scratch)
 
     def load(self, source: str) -> dict:
         ns = dict(self.namespace)
