@@ -2,12 +2,12 @@
 
 Given a parsed wrapper (wrapper_ir) and a stream per kernel with a launch order (the plan's KernelStreams, or one
 stream for profiling), `streamed_source` writes a new `call(args)` from the wrapper's own statements: every
-allocation before the first launch (on several streams), other host statements (views, checks) where their names are first needed,
-each kernel on its stream (made current while it launches; Triton launches also get that stream's raw handle),
-and an event wait wherever a kernel depends on one from another stream that the stream has not already waited
-for (vector clocks, latest producer first). The waits come from the program's own dependencies, never from the plan: a
-stream assignment or launch order from a plan can make the program slower, never wrong, and an order that
-breaks a dependency is refused.
+allocation before the first launch (on several streams), other host statements (views, checks) where their
+names are first needed, each kernel on its stream (made current while it launches; Triton launches also get
+that stream's raw handle), and an event wait wherever a kernel depends on one from another stream that the
+stream has not already waited for (vector clocks, latest producer first). The waits come from the program's own
+dependencies, never from the plan: a stream assignment or launch order from a plan can make the program slower,
+never wrong, and an order that breaks a dependency is refused.
 
 The new code is compiled in the wrapper module's namespace (its kernels, allocators and helpers) and replaces
 the compiled graph's `current_callable`, so inductor's runtime wrapper around it is unchanged.
