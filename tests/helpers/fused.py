@@ -1,6 +1,8 @@
 """Small fused-plan cases on the CPU, shared by the tests of compiled segments and of their compile workers."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from oparac.fuse.segments import fuse_plan
@@ -41,3 +43,10 @@ def run_segments(plan, programs, base) -> torch.Tensor:
             prog(values)
     out = plan.graph.nodes[-1].args[0]
     return values[out.node]
+
+
+def measured_fused(plan, seg_ms: float):
+    """The fused plan of `plan` with every segment measured at seg_ms (what measure_fused records)."""
+    fused = fuse_plan(plan, "inductor")
+    segs = tuple(dataclasses.replace(s, ms=seg_ms) for s in fused.fusion.segments)
+    return dataclasses.replace(fused, fusion=dataclasses.replace(fused.fusion, segments=segs))

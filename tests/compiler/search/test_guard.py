@@ -2,13 +2,11 @@
 the one-segment fused plan is compiled at all, and what the plan records."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
+from helpers.fused import measured_fused
 from opara_plan import validate
-from oparac.fuse.segments import fuse_plan
 from oparac.search import guard
 
 CPU = torch.device("cpu")
@@ -64,17 +62,10 @@ def test_a_single_stream_plan_is_not_measured(timings, tiny_plan):
     assert not seen and out.schedule == single.schedule and "already is one stream" in out.profile.guard
 
 
-def _measured(plan, seg_ms):
-    """The fused plan of `plan` with every segment measured at seg_ms."""
-    fused = fuse_plan(plan, "inductor")
-    segs = tuple(dataclasses.replace(s, ms=seg_ms) for s in fused.fusion.segments)
-    return dataclasses.replace(fused, fusion=dataclasses.replace(fused.fusion, segments=segs))
-
-
 def test_fused_plan_whose_streams_clearly_pay_compiles_nothing_more(monkeypatch, timings, tiny_plan):
     seen = timings({})
     monkeypatch.setattr(guard, "measure_fused", lambda *a: pytest.fail("the one-segment plan was compiled"))
-    fused = _measured(tiny_plan, 0.5)
+    fused = measured_fused(tiny_plan, 0.5)
     assert len(fused.fusion.segments) == 4
     out = guard.guard_fused(fused, 1.0, {}, CPU, "inductor")  # 1.0 <= 0.85 * 2.0
     assert out.fusion == fused.fusion and not seen and "clearly pay" in out.profile.guard
@@ -90,7 +81,7 @@ def test_fused_plan_close_to_serial_is_measured_against_one_segment(monkeypatch,
         return plan, one_ms
     monkeypatch.setattr(guard, "measure_fused", measure_fused)
     timings({"chosen": 1.0, "single": one_ms})
-    fused = _measured(tiny_plan, 0.25)  # 1.0 > 0.85 * 4 * 0.25: close, so measured
+    fused = measured_fused(tiny_plan, 0.25)  # 1.0 > 0.85 * 4 * 0.25: close, so measured
     out = guard.guard_fused(fused, 1.0, {}, CPU, "inductor")
     [one] = compiled
     assert len(one.fusion.segments) == 1 and one.schedule.num_streams == 1

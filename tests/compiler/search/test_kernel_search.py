@@ -4,14 +4,13 @@ which does not reproduce the one-stream program (or cannot be captured) is dropp
 head-to-head against the segment-level plan runs on those runners."""
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 
 import pytest
 import torch
 
 import opara_runtime.fused as fused_pkg
-from oparac.fuse.segments import fuse_plan
+from helpers.fused import measured_fused
 from oparac.profile import measure
 from oparac.schedule.dag import Dag
 from oparac.search import guard, kernels, tune
@@ -101,7 +100,7 @@ def test_a_schedule_that_does_not_reproduce_or_capture_is_dropped(world, tiny_pl
 def test_the_guard_measures_the_segment_plan_against_the_kernel_plan_on_captured_runners(world, tiny_plan):
     world["ms"] = {"single/program": 1.0, "opara/opara": 0.7, "opara/opara/cap 4": 0.8, "opara/opara/cap 2": 0.9,
                    "segments": 1.2}
-    fused = _measured(tiny_plan, 0.5)
+    fused = measured_fused(tiny_plan, 0.5)
     out = guard.guard_fused(fused, 1.9, {}, CPU, "inductor", kernels=True)  # 1.9 > 0.85 * 2.0: not clear
     assert out.fusion.mode == "kernels" and "whole graph's kernels" in out.profile.guard
     assert world["built"]["segments"] == 1 and world["built"]["opara/opara"] == 1
@@ -111,7 +110,7 @@ def test_the_guard_measures_the_segment_plan_against_the_kernel_plan_on_captured
 
 def test_the_guard_keeps_the_segment_plan_when_it_wins_the_head_to_head(world, tiny_plan):
     world["ms"] = {"single/program": 1.0, "opara/opara": 0.9, "segments": 0.6}
-    fused = _measured(tiny_plan, 0.5)
+    fused = measured_fused(tiny_plan, 0.5)
     out = guard.guard_fused(fused, 1.9, {}, CPU, "inductor", kernels=True)
     assert out.fusion.mode == "segments" and out.fusion.segments == fused.fusion.segments
     assert out.profile.guard.startswith("guard: kept")
@@ -120,12 +119,6 @@ def test_the_guard_keeps_the_segment_plan_when_it_wins_the_head_to_head(world, t
 def test_a_rival_may_not_take_the_kernel_plans_name(world, tiny_plan):
     with pytest.raises(ValueError, match="may not be named 'kernels'"):
         kernels.kernel_fused(tiny_plan, {}, CPU, "inductor", rivals={"kernels": tiny_plan})
-
-
-def _measured(plan, seg_ms):
-    fused = fuse_plan(plan, "inductor")
-    segs = tuple(dataclasses.replace(s, ms=seg_ms) for s in fused.fusion.segments)
-    return dataclasses.replace(fused, fusion=dataclasses.replace(fused.fusion, segments=segs))
 
 
 def test_a_schedule_the_runtime_would_refuse_is_not_tried(world, monkeypatch, tiny_plan):
@@ -153,7 +146,7 @@ def test_the_guard_falls_back_to_one_segment_when_the_program_cannot_be_read(mon
     monkeypatch.setattr(guard, "measure_fused", lambda plan, w, d: (one_segment.append(plan) or plan, 1.0))
     monkeypatch.setattr(guard, "measure_rounds", lambda plans, *a, **k: {"chosen": 1.0, "single": 1.5})
     notes = []
-    fused = _measured(tiny_plan, 0.5)
+    fused = measured_fused(tiny_plan, 0.5)
     out = guard.guard_fused(fused, 1.9, {}, CPU, "inductor", notes.append, kernels=True)
     assert one_segment and len(one_segment[0].fusion.segments) == 1
     assert out.fusion.segments == fused.fusion.segments and "kept" in out.profile.guard
