@@ -161,7 +161,7 @@ def compile_cmd(model, output, shapes, batches, streams, order, max_streams, dty
     fused = f"{len(plan.fusion.segments)} fused segments, " if plan.fusion.backend else ""
     if plan.fusion.mode == "kernels":
         k = plan.fusion.kernels
-        fused = f"whole graph fused, {len(k.stream)} kernels on {max(k.stream, default=0) + 1} streams, "
+        fused = f"whole graph fused, {len(k.stream)} kernels on {k.num_streams} streams, "
     click.echo(f"wrote {output}: {gpus}{s.num_streams} streams, {len(s.waits)} waits, {fused}predicted "
                f"{s.predicted_ms:.3f} ms vs {plan.profile.sequential_ms:.3f} ms sequential ({plan.profile.method})"
                f"{signed}")

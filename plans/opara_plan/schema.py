@@ -229,6 +229,10 @@ class KernelStreams:
     critical_path_ms: float = -1.0        # the longest path of measured kernel times
     predicted_ms: float = -1.0            # the simulator's makespan of this schedule
 
+    @property
+    def num_streams(self) -> int:
+        return max(self.stream, default=0) + 1
+
 
 NO_KERNEL_STREAMS = KernelStreams()
 FUSION_MODES = ("segments", "kernels")

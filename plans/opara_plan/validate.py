@@ -1,6 +1,8 @@
 """Semantic checks of a decoded plan: graph well-formed, schedule complete, topological and race-free."""
 from __future__ import annotations
 
+import math
+
 from opara_plan.allowlist import ALLOWED_OPS
 from opara_plan.clocks import iter_clocks
 from opara_plan.errors import PlanFormatError, UnsupportedOpError
@@ -309,7 +311,7 @@ def _check_fusion(plan: Plan) -> None:
     _check_kernel_streams(f)
 
 
-MAX_KERNEL_STREAMS = 64  # as opara_runtime.fused.kernel_streams; far more than any schedule uses
+MAX_KERNEL_STREAMS = 64  # far more than any schedule uses; the runtime's check_schedule applies it too
 
 
 def _check_kernel_streams(f) -> None:
@@ -338,9 +340,9 @@ def _check_kernel_streams(f) -> None:
         raise PlanFormatError(f"plan fusion.kernels.ms: expected one time per kernel ({n}), found {len(k.ms)}")
     for name in ("critical_path_ms", "predicted_ms"):
         v = getattr(k, name)
-        if not (v == v and abs(v) != float("inf")):
+        if not math.isfinite(v):
             raise PlanFormatError(f"plan fusion.kernels.{name}: expected a finite number, found {v}")
-    if any(not (t == t and 0 <= t < float("inf")) for t in k.ms):
+    if any(not (math.isfinite(t) and t >= 0) for t in k.ms):
         raise PlanFormatError("plan fusion.kernels.ms: expected finite, non-negative times")
     if len(k.call_digest) != 64 or any(c not in "0123456789abcdef" for c in k.call_digest):
         raise PlanFormatError(f"plan fusion.kernels.call_digest: expected a sha256 hex digest, found "

@@ -62,7 +62,7 @@ def plan_label(plan) -> str:
         parts.append(f"{s.num_devices} GPUs")
     if plan.fusion.mode == "kernels":
         k = plan.fusion.kernels
-        parts.append(f"{plan.fusion.backend} whole graph, {len(k.stream)} kernels on {max(k.stream, default=0) + 1} "
+        parts.append(f"{plan.fusion.backend} whole graph, {len(k.stream)} kernels on {k.num_streams} "
                      f"streams ({k.algorithm})")
     elif plan.fusion.backend:
         parts.append(f"{plan.fusion.backend} {len(plan.fusion.segments)} segments")

@@ -61,5 +61,5 @@ def _kernels(plan: Plan) -> dict:
     if plan.fusion.mode != "kernels":
         return {}
     k = plan.fusion.kernels
-    return {"kernels": len(k.stream), "kernel_streams": max(k.stream, default=0) + 1, "kernel_schedule": k.algorithm,
+    return {"kernels": len(k.stream), "kernel_streams": k.num_streams, "kernel_schedule": k.algorithm,
             "critical_path_ms": k.critical_path_ms, "kernel_predicted_ms": k.predicted_ms}

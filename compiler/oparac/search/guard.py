@@ -124,7 +124,7 @@ def _record(winner: Plan, chosen: Plan, single: Plan, verdict: Verdict) -> Plan:
 def describe(plan: Plan) -> str:
     """The alternative in a few words: 'one stream', or the whole graph's kernels on N streams."""
     if plan.fusion.mode == "kernels":
-        n = max(plan.fusion.kernels.stream, default=0) + 1
+        n = plan.fusion.kernels.num_streams
         return "the whole graph on one stream" if n == 1 else f"the whole graph's kernels on {n} streams"
     return "one stream"
 

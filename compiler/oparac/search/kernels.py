@@ -209,12 +209,12 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
         del runners
         gc.collect()
     progress.note("fuse: kernel schedules " + ", ".join(
-        f"{name} ({max(ks.stream, default=0) + 1} streams) {times[name]:.4f} ms" for name, ks in schedules.items()))
+        f"{name} ({ks.num_streams} streams) {times[name]:.4f} ms" for name, ks in schedules.items()))
     candidates = tuple(Candidate(streams=f"{name}+kernels", order=ks.algorithm.split("/")[1] if "/" in ks.algorithm
                                  else "", max_streams=0, predicted_ms=ks.predicted_ms, measured_ms=times[name],
                                  chosen=name == best) for name, ks in schedules.items())
     winner = plans[best]
-    guard = (f"guard: kernel schedules measured, kept {best} ({max(schedules[best].stream, default=0) + 1} streams): "
+    guard = (f"guard: kernel schedules measured, kept {best} ({schedules[best].num_streams} streams): "
              + ", ".join(f"{name} {times[name]:.4f} ms" for name in schedules))
     profile = dataclasses.replace(winner.profile, candidates=winner.profile.candidates + candidates, guard=guard)
     return KernelSearch(dataclasses.replace(winner, profile=profile), times[best], head_to_head)

@@ -18,9 +18,8 @@ import ast
 import contextlib
 
 from opara_plan.clocks import needed_waits
+from opara_plan.validate import MAX_KERNEL_STREAMS
 from opara_runtime.fused.wrapper_ir import Statement, WrapperProgram
-
-MAX_KERNEL_STREAMS = 64
 
 
 class KernelScheduleError(ValueError):
