@@ -126,8 +126,10 @@ def serving(paths: list[Path]) -> str:
                   f"torch.compile in mode `{r['compile_mode']}` behind a lock.", "",
                   "| method | callers | calls/s | p50 ms | p99 ms | max abs diff |", "|---|---|---|---|---|---|"]
         for rec in r["records"]:
+            flags = rec.get("max_abs_err_vs_default_flags")
+            diff = f"{rec['max_abs_err']:.1e}" + (f" ({flags:.1e})" if flags is not None else "")
             lines.append(f"| {rec['method']} | {rec['callers']} | {rec['throughput_rps']:.1f} | {rec['p50_ms']:.3f} | "
-                         f"{rec['p99_ms']:.3f} | {rec['max_abs_err']:.1e} |")
+                         f"{rec['p99_ms']:.3f} | {diff} |")
         lines += [""] + [f"- {line}" for line in r["summary"]["lines"]] + [""]
     return "\n".join(lines)
 
@@ -199,7 +201,14 @@ def write_markdown(paths: list[Path], out: Path) -> None:
         text += ["## Serving: concurrent callers on one GPU", "",
                  "*pool-4* is `RunnerPool` with 4 replicas (own graphs and streams, shared weights), *one-replica* a "
                  "pool of one, *runner* a plain `Runner` (one graph behind its lock); each caller is a thread "
-                 "calling back to back with its input already on the GPU.", "", serving(served)]
+                 "calling back to back with its input already on the GPU; *torch-compile* is torch.compile behind a "
+                 "lock, its outputs copied out inside it. *ray-serve* is the Ray Serve deployment "
+                 "(`opara_runtime.serve`, one GPU replica holding a pool of 4 graphs, `@serve.batch`) on a local Ray, "
+                 "each caller a keep-alive HTTP connection over loopback sending and receiving safetensors bodies: its "
+                 "rows include HTTP, Ray's proxy and router, and copies between host and GPU. *max abs diff* is against "
+                 "eager in the benchmark's process, which turns TF32 off; the Ray replica is a fresh process with "
+                 "torch's default flags, and where a run recorded it the diff against eager under those flags follows "
+                 "in brackets.", "", serving(served)]
     out.write_text("\n".join(text))
 
 
