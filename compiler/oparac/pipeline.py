@@ -138,13 +138,18 @@ def fuse_detail(opts: CompileOptions, dev: torch.device) -> str:
         return f"cutting segments for {opts.fuse} ({opts.cut} cut; compiled when the plan is loaded on a GPU)"
     if opts.tune:
         return f"measuring fused candidates ({opts.fuse} compiles each segment)"
+    if guarded(opts, dev) and opts.fuse_mode == "auto":
+        return (f"compiling with {opts.fuse}: segments ({opts.cut} cut), or the whole graph where the profile "
+                f"rules segments out")
     return f"compiling segments with {opts.fuse} ({opts.cut} cut)"
 
 
 def fuse_stage(plan: Plan, weights: dict | None, dev: torch.device, opts: CompileOptions, progress: Progress,
                profile_cache=None) -> Plan:
     """Fusion of `plan`: on the CPU its segments only (they run unfused there); on the GPU compiled and measured,
-    or with opts.tune chosen among fused candidates and the plan itself. weights: bound on `dev` (bind_weights)."""
+    or with opts.tune chosen among fused candidates and the plan itself. An untuned 'auto' plan is guarded
+    (oparac.search.guard): where its profile rules segments out, only the whole graph is compiled and its kernels
+    put on streams. weights: bound on `dev` (bind_weights)."""
     from oparac.fuse.segments import fuse_plan, measure_fused
     from oparac.search.fused import tune_fused
 
@@ -168,6 +173,13 @@ def fuse_stage(plan: Plan, weights: dict | None, dev: torch.device, opts: Compil
         # A layout the caller named is kept; 'auto' lets the tuner try NHWC too.
         return tune_fused(plan, weights, dev, opts.fuse, progress,
                           nhwc_profile if opts.memory_format == "auto" else None, mode=opts.fuse_mode)
+    if guarded(opts, dev) and opts.fuse_mode == "auto":
+        from oparac.search.guard import guard_whole_graph, segments_cannot_pay
+
+        reason = segments_cannot_pay(plan)
+        kept = reason and guard_whole_graph(plan, reason, weights, dev, opts.fuse, progress.note)
+        if kept:
+            return kept
     fused, replay_ms = measure_fused(fuse_plan(plan, opts.fuse, cut=opts.cut), weights, dev)
     if guarded(opts, dev):
         from oparac.search.guard import guard_fused

@@ -6,7 +6,14 @@ streams, 0.86x the sequential CUDA graph). The guard measures the chosen plan ag
 on the GPU before the plan is written, keeps the faster, and records both measurements and the decision in the
 plan's profile (`Profile.candidates`, `Profile.guard`), which `oparac inspect` shows.
 
-Unfused plans: a few interleaved replays of two captured graphs (about a second). Fused plans: the alternative is
+Unfused plans: a few interleaved replays of two captured graphs (about a second). Fused plans (fuse_mode 'auto'):
+first a prediction from the profile, before anything is compiled. Where the unfused schedule is one stream, or the
+simulator (which models no contention, so it errs towards streams) predicts its streams at less than 1/CLEAR_WIN
+times one stream, a segment-level plan cannot clearly pay: it would also lose fusion at every segment boundary.
+Its segments are then not compiled at all, and the plan is the kernel-level search's pick (the whole graph
+compiled once, its kernels on streams or on one stream, oparac.search.kernels), which is what the guard below
+would have compared it with. That saves the segment compile (and its worker processes) on transformers and chain
+CNNs, where the kernel-level plan won every measured head-to-head. Otherwise the alternative is
 the whole graph compiled by inductor as one program, which is what torch.compile fuses: with fuse_mode 'auto' its
 kernels are put on streams too (oparac.search.kernels, which keeps one stream where that is faster, and times the
 fused plan against its pick on the runners it has already captured), with 'segments' it runs as one segment on
@@ -29,6 +36,8 @@ from oparac.search.tune import FINAL_ROUNDS, SINGLE, measure_rounds
 
 # A fused plan whose replay takes at most this fraction of its segments' summed times is kept unmeasured.
 CLEAR_WIN = 0.85
+# Below this predicted speedup of the unfused streams over one stream, segments are not compiled (fuse_mode 'auto').
+SEGMENTS_PREDICTED_GAIN = 1 / CLEAR_WIN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +64,38 @@ def guard_unfused(plan: Plan, weights: dict, device: torch.device, say=None) -> 
     times = measure_rounds({"chosen": plan, "single": single}, weights, [device], rounds=FINAL_ROUNDS, repeats=5,
                            replays=20)
     return _decide(plan, single, times["chosen"], times["single"], say)
+
+
+def segments_cannot_pay(plan: Plan) -> str | None:
+    """Why the unfused `plan`'s profile rules out a segment-level plan that clearly pays, or None where it may."""
+    s = plan.schedule
+    if s.num_streams == 1:
+        return "the schedule is one stream, so its one segment would be the whole graph"
+    gain = plan.profile.sequential_ms / s.predicted_ms if s.predicted_ms > 0 else float("inf")
+    if gain < SEGMENTS_PREDICTED_GAIN:
+        return (f"the profile predicts the {s.num_streams}-stream schedule at {gain:.2f}x one stream, less than the "
+                f"{SEGMENTS_PREDICTED_GAIN:.2f}x its segments would need to clearly pay")
+    return None
+
+
+def guard_whole_graph(plan: Plan, reason: str, weights: dict, device: torch.device, backend: str,
+                      say=None) -> Plan | None:
+    """The kernel-level search's pick for the unfused `plan` (segments not compiled, for `reason`), its guard line
+    saying why; None where the compiled program cannot be put on streams (the caller then fuses segments)."""
+    from opara_runtime.fused.wrapper_ir import WrapperFormatError
+    from oparac.search.kernels import kernel_fused
+
+    if say:
+        say(f"guard: segments not compiled: {reason}; compiling the whole graph once")
+    try:
+        search = kernel_fused(plan, weights, device, backend, say)
+    except WrapperFormatError as e:
+        if say:
+            say(f"guard: the whole graph's kernels cannot be put on streams ({e}); fusing segments instead")
+        return None
+    kept = search.plan
+    line = f"guard: segments not compiled ({reason}); " + kept.profile.guard.removeprefix("guard: ")
+    return dataclasses.replace(kept, profile=dataclasses.replace(kept.profile, guard=line))
 
 
 def guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.device, backend: str, say=None, *,

@@ -13,6 +13,7 @@ import opara_runtime.fused as fused_pkg
 from helpers.fused import measured_fused
 from oparac.profile import measure
 from oparac.schedule.dag import Dag
+from opara_plan import validate
 from oparac.search import guard, kernels, tune
 
 CPU = torch.device("cpu")
@@ -186,3 +187,72 @@ def test_kernels_mode_on_an_unreadable_program_is_a_clear_error(monkeypatch, tin
     monkeypatch.setattr(kernels, "kernel_fused", unreadable)
     with pytest.raises(ModelError, match="fuse_mode 'kernels': no compiled inductor graph.*use fuse_mode 'segments'"):
         fused_search.tune_fused(tiny_plan, {}, CPU, "inductor", mode="kernels")
+
+
+def _predicted(plan, gain: float):
+    """`plan` with its schedule predicted at `gain` times its sequential time."""
+    import dataclasses
+
+    sched = dataclasses.replace(plan.schedule, predicted_ms=plan.profile.sequential_ms / gain)
+    return dataclasses.replace(plan, schedule=sched)
+
+
+def test_the_profile_rules_segments_out_when_streams_are_predicted_not_to_pay(tiny_plan):
+    assert tiny_plan.schedule.num_streams == 2
+    assert "one stream" in guard.segments_cannot_pay(guard.single_stream(tiny_plan))
+    assert "1.10x one stream, less than the 1.18x" in guard.segments_cannot_pay(_predicted(tiny_plan, 1.1))
+    assert guard.segments_cannot_pay(_predicted(tiny_plan, 1.3)) is None
+
+
+def _fuse_default(plan, notes):
+    from oparac import pipeline
+    from oparac.options import CompileOptions
+    from oparac.progress import as_progress
+
+    # device 'cuda' only selects the GPU path; every compile, capture and timing below is faked
+    return pipeline.fuse_stage(plan, {}, torch.device("cuda"), CompileOptions(fuse="inductor"),
+                               as_progress(notes.append))
+
+
+def test_a_default_plan_whose_segments_cannot_pay_compiles_only_the_whole_graph(world, monkeypatch, tiny_plan):
+    from oparac.fuse import segments
+
+    monkeypatch.setattr(segments, "measure_fused", lambda *a: pytest.fail("segments were compiled"))
+    world["ms"] = {"single/program": 1.0, "opara/opara": 0.8, "opara/opara/cap 2": 0.9}
+    notes = []
+    out = _fuse_default(_predicted(tiny_plan, 1.05), notes)
+    assert out.fusion.mode == "kernels" and out.fusion.kernels.algorithm == "opara/opara"
+    assert out.profile.guard.startswith("guard: segments not compiled (the profile predicts the 2-stream schedule "
+                                        "at 1.05x one stream")
+    assert "kept opara/opara" in out.profile.guard and "segments" not in world["built"]
+    assert any("segments not compiled" in n for n in notes)
+    # the plan written is the fastest the search measured, one stream included
+    measured = {c.streams: c.measured_ms for c in out.profile.candidates if c.measured_ms >= 0}
+    assert measured["single+kernels"] == 1.0 and min(measured.values()) == 0.8
+    validate(out)
+
+
+def test_a_default_plan_whose_streams_may_pay_still_compiles_its_segments(world, monkeypatch, tiny_plan):
+    from oparac.fuse import segments
+
+    compiled = []
+    monkeypatch.setattr(segments, "measure_fused", lambda plan, w, d: (compiled.append(plan) or plan, 0.5))
+    monkeypatch.setattr(guard, "guard_fused", lambda fused, ms, *a, **k: fused)
+    out = _fuse_default(_predicted(tiny_plan, 1.5), [])
+    assert compiled and out.fusion.mode == "segments" and not world["built"]
+
+
+def test_segments_are_fused_when_the_whole_graph_cannot_be_read(monkeypatch, tiny_plan):
+    from opara_runtime.fused.wrapper_ir import WrapperFormatError
+    from oparac.fuse import segments
+
+    def unreadable(*a, **k):
+        raise WrapperFormatError("no compiled inductor graph found in the program")
+    monkeypatch.setattr(kernels, "kernel_fused", unreadable)
+    compiled = []
+    monkeypatch.setattr(segments, "measure_fused", lambda plan, w, d: (compiled.append(plan) or plan, 0.5))
+    monkeypatch.setattr(guard, "guard_fused", lambda fused, ms, *a, **k: fused)
+    notes = []
+    out = _fuse_default(guard.single_stream(tiny_plan), notes)
+    assert compiled and out.fusion.mode == "segments"
+    assert any("fusing segments instead" in n for n in notes)
