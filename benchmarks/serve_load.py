@@ -139,7 +139,9 @@ def ray_method(plan_path: Path, weights: str, *, replicas: int, port: int):
 
     ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(opara_app(plan_path, weights, runners=replicas, num_gpus=1, batch_wait_timeout_s=0.001),
+    # tf32=False: the replica computes as this process does (main() turns TF32 off), so its outputs are compared
+    # like for like
+    serve.run(opara_app(plan_path, weights, runners=replicas, num_gpus=1, batch_wait_timeout_s=0.001, tf32=False),
               route_prefix="/")
     local = threading.local()
 

@@ -39,13 +39,18 @@ class OparaDeployment:
     plan: a path to the artifact, a plan or a plan set (or a Plan, a PlanSet); a plan set is batched into its
     buckets. model: what serve.weights.resolve_weights takes; runners: graphs
     in the replica's pool (default 2 on a GPU, 1 on the CPU); max_batch_size: requests per @serve.batch call
-    (default: a full plan batch for every runner); load_options go to opara_runtime.load.
+    (default: a full plan batch for every runner); tf32: where given, whether this replica's float32 matrix
+    products and convolutions may use TF32 (a replica is a fresh process with torch's defaults, under which cuDNN
+    convolutions may: pass False to match an fp32 reference run with TF32 off); load_options go to
+    opara_runtime.load.
     """
 
     def __init__(self, plan, model, *, runners: int | None = None, device=None, max_batch_size: int | None = None,
-                 batch_wait_timeout_s: float = 0.005, **load_options) -> None:
+                 batch_wait_timeout_s: float = 0.005, tf32: bool | None = None, **load_options) -> None:
         import torch
 
+        if tf32 is not None:  # before any graph is captured: a capture fixes the kernels it records
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(tf32)
         if isinstance(plan, (str, Path)):
             plan = load_artifact(plan)
         on_gpu = (torch.cuda.is_available() and _target(plan).device_type == "cuda"
@@ -77,6 +82,16 @@ class OparaDeployment:
             return Response(await asyncio.to_thread(encode, out, kind), media_type=kind)
         except OparaError as e:
             return refusal(e)
+
+    async def infer(self, inputs):
+        """For callers inside the Ray cluster, through a DeploymentHandle (`await handle.infer.remote({"x": x})`):
+        the checks and batching of a POST, without HTTP or the proxy. inputs: tensors by input name, or a list in
+        the model's input order; returns the outputs in the model's structure, on the CPU. A request the
+        deployment cannot serve raises the Opara error that a POST answers with a 4xx."""
+        out = await self.run_batch(self.batcher.admit(inputs))
+        if isinstance(out, Exception):
+            raise out
+        return out
 
     def describe(self) -> dict:
         b = self.batcher
@@ -110,7 +125,8 @@ def opara_app(plan: str | Path | Plan | PlanSet, model, *, num_gpus: float | Non
               num_cpus: float = 1, max_ongoing_requests: int = 64, **options) -> serve.Application:
     """The deployment bound to a plan and weights, ready for serve.run. num_gpus: per replica, default 1 for a
     plan compiled for a GPU and 0 for a CPU plan; num_replicas: as Ray Serve takes it (an int or 'auto').
-    Other options go to OparaDeployment (runners, device, max_batch_size, batch_wait_timeout_s, load options)."""
+    Other options go to OparaDeployment (runners, device, max_batch_size, batch_wait_timeout_s, tf32, load
+    options)."""
     if num_gpus is None:
         artifact = plan if isinstance(plan, (Plan, PlanSet)) else load_artifact(plan)
         num_gpus = 1 if _target(artifact).device_type == "cuda" else 0
@@ -129,6 +145,11 @@ def build_app(args: dict) -> serve.Application:
                       ("max_ongoing_requests", int), ("batch_wait_timeout_s", float)):
         if key in args:
             args[key] = kind(args[key])
+    if "tf32" in args:
+        value = str(args["tf32"]).lower()
+        if value not in ("true", "false", "1", "0"):
+            raise OparaError(f"build_app: tf32={args['tf32']!r}, expected true or false")
+        args["tf32"] = value in ("true", "1")
     if "num_replicas" in args and args["num_replicas"] != "auto":
         args["num_replicas"] = int(args["num_replicas"])
     return opara_app(args.pop("plan"), args.pop("model"), **args)

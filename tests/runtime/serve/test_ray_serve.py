@@ -159,6 +159,21 @@ def test_a_plan_set_batches_requests_into_its_buckets(endpoint):
     assert status == 413 and "more than the largest batch" in json.loads(reply)["message"]
 
 
+def test_a_handle_call_skips_http_and_gets_the_same_checks(endpoint):
+    handle = serve.get_app_handle("default")
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(handle.infer.remote({"x": x}).result(timeout_s=60), endpoint.eager(x), rtol=1e-4,
+                               atol=1e-5)
+    torch.testing.assert_close(handle.infer.remote([x[:1]]).result(timeout_s=60), endpoint.eager(x[:1]), rtol=1e-4,
+                               atol=1e-5)
+    from opara_runtime.serve.codec import TooLargeError
+
+    # Ray re-raises the replica's exception as a subclass of its class
+    with pytest.raises(TooLargeError, match="more than the largest batch this deployment serves"):
+        handle.infer.remote({"x": torch.randn(3, 3, 16, 16)}).result(timeout_s=60)
+
+
 def test_get_describes_the_endpoint(endpoint):
     with urllib.request.urlopen(endpoint.url, timeout=60) as r:
         doc = json.loads(r.read())
