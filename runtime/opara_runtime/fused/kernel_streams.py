@@ -5,7 +5,8 @@ stream for profiling), `streamed_source` writes a new `call(args)` from the wrap
 allocation before the first launch (on several streams), other host statements (views, checks) where their
 names are first needed, each kernel on its stream (made current while it launches; Triton launches also get
 that stream's raw handle), and an event wait wherever a kernel depends on one from another stream that the
-stream has not already waited for (vector clocks, latest producer first). The waits come from the program's own
+stream has not already waited for (vector clocks, latest producer first). On one stream in the program's own
+order the call is the original, statement for statement, its frees included. The waits come from the program's own
 dependencies, never from the plan: a stream assignment or launch order from a plan can make the program slower,
 never wrong, and an order that breaks a dependency is refused.
 
@@ -60,6 +61,8 @@ def streamed_source(prog: WrapperProgram, stream: tuple[int, ...], order: tuple[
     check_schedule(prog, stream, order)
     if timed and any(stream):
         raise KernelScheduleError("timed launches run on one stream")
+    if not any(stream) and tuple(order) == tuple(range(prog.num_kernels)):
+        return _source(prog, _as_compiled(prog, timed))
     waits = cross_stream_waits(prog, stream, order)
     waited = {p for ps in waits.values() for p in ps}
     defining = {name: s for s in prog.statements for name in s.defines}
@@ -115,6 +118,36 @@ def streamed_source(prog: WrapperProgram, stream: tuple[int, ...], order: tuple[
         if s.kind in ("alloc", "alias", "check") and id(s) not in emitted:
             emit_host(s)
     body.extend(_parse("_L.join()"))
+    return _source(prog, body)
+
+
+def _as_compiled(prog: WrapperProgram, timed: bool) -> list[ast.stmt]:
+    """The device block of the one-stream program in its own order, every statement where inductor put it: its
+    `del`s too, so each buffer goes back to the allocator after its last use, as in the original call (on one
+    stream a freed block is only reused by later work of that stream). Only the raw-stream lookups go: Triton
+    launches get the launcher's stream 0."""
+    body: list[ast.stmt] = []
+    forked = False
+    for s in prog.statements:
+        if s.kind == "drop" and not isinstance(s.node, ast.Delete):
+            continue
+        if s.kind in ("kernel", "barrier"):
+            if not forked:
+                body.extend(_parse("_L.fork()"))
+                forked = True
+            body.extend(_launch(s, 0))
+            if timed:
+                body.extend(_parse(f"_L.tick({s.kernel})"))
+            continue
+        body.append(s.node)
+    if not forked:
+        body.extend(_parse("_L.fork()"))
+    body.extend(_parse("_L.join()"))
+    return body
+
+
+def _source(prog: WrapperProgram, body: list[ast.stmt]) -> str:
+    """`_opara_make(_L)` around the device block `body`: the call's prologue, the block, its epilogue."""
     fn_body = list(prog.prologue)
     if prog.device_block is not None:
         block = ast.With(items=prog.device_block.items, body=body)

@@ -284,3 +284,32 @@ def test_a_schedule_the_program_cannot_take_runs_it_on_one_stream_with_a_warning
     with pytest.warns(UserWarning, match="runs on one stream: an allocation depends on n0"):
         assert kernel_mode.apply_kernel_streams([program], ks, torch.device("cpu")) is None
     assert all(torch.equal(a, b) for a, b in zip(compiled(x, w), want))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_one_stream_in_program_order_keeps_the_programs_frees(seed):
+    # The one-stream program is inductor's call as compiled, its `del`s included, so a buffer goes back to the
+    # allocator after its last use (as under torch.compile) instead of living to the end of the call.
+    source = random_wrapper(seed)
+    prog = parse_wrapper(source)
+    n = prog.num_kernels
+    src = streamed_source(prog, (0,) * n, tuple(range(n)))
+    assert src.count("del ") == source.count("del ") and "get_raw_stream" not in src
+    assert src.count("_L.fork()") == 1 and src.count("_L.join()") == 1
+    world = World()
+    want = world.load(source)["call"](inputs())
+    launcher = SimLauncher(prog.preds, (0,) * n, tuple(range(n)))
+    world.launcher = launcher
+    got = build_call(prog, world.load(source), (0,) * n, tuple(range(n)), launcher)(inputs())
+    assert launcher.violations == [] and launcher.launched == n
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    timed = streamed_source(prog, (0,) * n, tuple(range(n)), timed=True)
+    assert timed.count("_L.tick(") == n and timed.count("del ") == source.count("del ")
+
+
+def test_several_streams_or_another_order_free_nothing_during_the_call():
+    prog = parse_wrapper(GPT2_LIKE)
+    assert "del " not in streamed_source(prog, (0, 1, 0), (0, 1, 2))
+    assert "del " not in streamed_source(prog, (0, 0, 0), (1, 0, 2))
+    assert streamed_source(prog, (0, 0, 0), (0, 1, 2)).count("del ") == 2
