@@ -150,7 +150,7 @@ def fuse_stage(plan: Plan, weights: dict | None, dev: torch.device, opts: Compil
     or with opts.tune chosen among fused candidates and the plan itself. An untuned 'auto' plan is guarded
     (oparac.search.guard): where its profile rules segments out, only the whole graph is compiled and its kernels
     put on streams. weights: bound on `dev` (bind_weights)."""
-    from oparac.fuse.segments import fuse_plan, measure_fused
+    from oparac.fuse.segments import fuse_plan, measure_fused, measure_fused_runner
     from oparac.search.fused import tune_fused
 
     if dev.type != "cuda":
@@ -180,13 +180,13 @@ def fuse_stage(plan: Plan, weights: dict | None, dev: torch.device, opts: Compil
         kept = reason and guard_whole_graph(plan, reason, weights, dev, opts.fuse, progress.note)
         if kept:
             return kept
-    fused, replay_ms = measure_fused(fuse_plan(plan, opts.fuse, cut=opts.cut), weights, dev)
-    if guarded(opts, dev):
-        from oparac.search.guard import guard_fused
+    if not guarded(opts, dev):
+        return measure_fused(fuse_plan(plan, opts.fuse, cut=opts.cut), weights, dev)[0]
+    from oparac.search.guard import guard_fused
 
-        return guard_fused(fused, replay_ms, weights, dev, opts.fuse, progress.note,
-                           kernels=opts.fuse_mode == "auto")
-    return fused
+    fused, replay_ms, runner = measure_fused_runner(fuse_plan(plan, opts.fuse, cut=opts.cut), weights, dev)
+    return guard_fused(fused, replay_ms, weights, dev, opts.fuse, progress.note, kernels=opts.fuse_mode == "auto",
+                       runner=runner)
 
 
 def link_stage(gpus, dev: torch.device, target: Target, profile: Profile, links,

@@ -29,6 +29,15 @@ def fuse_plan(plan: Plan, backend: str, *, cut: str = "maximal", max_ops: int = 
 
 def measure_fused(plan: Plan, weights: dict, device: torch.device) -> tuple[Plan, float]:
     """Compile and capture the fused plan; measured segment times, replay latency and compiled programs."""
+    fused, replay_ms, runner = measure_fused_runner(plan, weights, device)
+    del runner
+    gc.collect()
+    return fused, replay_ms
+
+
+def measure_fused_runner(plan: Plan, weights: dict, device: torch.device):
+    """measure_fused, and the captured runner it measured (a caller that times the plan again, such as the
+    guard's head-to-head, uses it rather than loading every compiled segment and capturing a second time)."""
     from opara_runtime.fused import cache_key
 
     runner = timed_runner(plan, weights, device)
@@ -38,9 +47,7 @@ def measure_fused(plan: Plan, weights: dict, device: torch.device) -> tuple[Plan
     segments = tuple(dataclasses.replace(s, ms=ms, program=k)
                      for s, ms, k in zip(plan.fusion.segments, seg_ms, index))
     fusion = dataclasses.replace(plan.fusion, segments=segments, programs=blobs, cache_key=cache_key(device))
-    del runner
-    gc.collect()
-    return dataclasses.replace(plan, fusion=fusion), replay_ms
+    return dataclasses.replace(plan, fusion=fusion), replay_ms, runner
 
 
 def stored_programs(programs) -> tuple[tuple[bytes, ...], list[int]]:

@@ -26,6 +26,7 @@ the models measured cost less than that.
 from __future__ import annotations
 
 import dataclasses
+import gc
 
 import torch
 
@@ -99,9 +100,20 @@ def guard_whole_graph(plan: Plan, reason: str, weights: dict, device: torch.devi
 
 
 def guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.device, backend: str, say=None, *,
-                kernels: bool = False) -> Plan:
+                kernels: bool = False, runner=None) -> Plan:
     """`fused` (already compiled and measured: `fused_ms`) or the whole graph as one fused program: its kernels
-    on streams where that measures faster (kernels=True), else as one segment on one stream."""
+    on streams where that measures faster (kernels=True), else as one segment on one stream. runner: `fused`'s
+    captured runner where the caller has it (measure_fused_runner); the head-to-head then times it instead of
+    capturing `fused` again. It is released here."""
+    try:
+        return _guard_fused(fused, fused_ms, weights, device, backend, say, kernels, runner)
+    finally:
+        del runner
+        gc.collect()
+
+
+def _guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.device, backend: str, say,
+                 kernels: bool, runner) -> Plan:
     serial_ms = sum(s.ms for s in fused.fusion.segments if s.ms > 0)
     if len(fused.fusion.segments) == 1:
         return _record(fused, fused, fused, Verdict("chosen", fused_ms, None, "the plan already is one segment"))
@@ -117,7 +129,8 @@ def guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.devic
 
         try:
             # The head-to-head runs inside the kernel search, on runners it has already captured.
-            search = kernel_fused(fused, weights, device, backend, say, rivals={"chosen": fused})
+            search = kernel_fused(fused, weights, device, backend, say,
+                                  rivals={"chosen": fused if runner is None else runner})
         except WrapperFormatError as e:  # a program the kernel-level mode cannot read: the plain one segment
             if say:
                 say(f"guard: the whole graph's kernels cannot be put on streams ({e}); measuring it as one segment")

@@ -217,7 +217,7 @@ def _fuse_default(plan, notes):
 def test_a_default_plan_whose_segments_cannot_pay_compiles_only_the_whole_graph(world, monkeypatch, tiny_plan):
     from oparac.fuse import segments
 
-    monkeypatch.setattr(segments, "measure_fused", lambda *a: pytest.fail("segments were compiled"))
+    monkeypatch.setattr(segments, "measure_fused_runner", lambda *a: pytest.fail("segments were compiled"))
     world["ms"] = {"single/program": 1.0, "opara/opara": 0.8, "opara/opara/cap 2": 0.9}
     notes = []
     out = _fuse_default(_predicted(tiny_plan, 1.05), notes)
@@ -235,11 +235,23 @@ def test_a_default_plan_whose_segments_cannot_pay_compiles_only_the_whole_graph(
 def test_a_default_plan_whose_streams_may_pay_still_compiles_its_segments(world, monkeypatch, tiny_plan):
     from oparac.fuse import segments
 
-    compiled = []
-    monkeypatch.setattr(segments, "measure_fused", lambda plan, w, d: (compiled.append(plan) or plan, 0.5))
-    monkeypatch.setattr(guard, "guard_fused", lambda fused, ms, *a, **k: fused)
+    compiled, given = [], []
+    measured = FakeRunner("segments", 1.2, torch.ones(2))
+    monkeypatch.setattr(segments, "measure_fused_runner",
+                        lambda plan, w, d: (compiled.append(plan) or plan, 0.5, measured))
+    monkeypatch.setattr(guard, "guard_fused", lambda fused, ms, *a, runner, **k: given.append(runner) or fused)
     out = _fuse_default(_predicted(tiny_plan, 1.5), [])
     assert compiled and out.fusion.mode == "segments" and not world["built"]
+    assert given == [measured]  # the guard gets the runner the segments were measured on
+
+
+def test_the_head_to_head_times_the_runner_the_segments_were_measured_on(world, tiny_plan):
+    world["ms"] = {"single/program": 1.0, "opara/opara": 0.7, "opara/opara/cap 2": 0.9}
+    fused = measured_fused(tiny_plan, 0.5)
+    measured = FakeRunner("segments", 0.6, torch.ones(2))
+    out = guard.guard_fused(fused, 1.9, {}, CPU, "inductor", kernels=True, runner=measured)
+    assert "segments" not in world["built"], "the segment plan was captured again"
+    assert world["timed"].count("segments") > 0 and out.fusion.mode == "segments"
 
 
 def test_segments_are_fused_when_the_whole_graph_cannot_be_read(monkeypatch, tiny_plan):
@@ -250,7 +262,7 @@ def test_segments_are_fused_when_the_whole_graph_cannot_be_read(monkeypatch, tin
         raise WrapperFormatError("no compiled inductor graph found in the program")
     monkeypatch.setattr(kernels, "kernel_fused", unreadable)
     compiled = []
-    monkeypatch.setattr(segments, "measure_fused", lambda plan, w, d: (compiled.append(plan) or plan, 0.5))
+    monkeypatch.setattr(segments, "measure_fused_runner", lambda plan, w, d: (compiled.append(plan) or plan, 0.5, None))
     monkeypatch.setattr(guard, "guard_fused", lambda fused, ms, *a, **k: fused)
     notes = []
     out = _fuse_default(guard.single_stream(tiny_plan), notes)
