@@ -35,6 +35,12 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--tag", default="", help="session name: BENCHMARKS.md merges every result file with this tag")
+    ap.add_argument("--skip-measured", default="", metavar="DIR",
+                    help="skip each model x batch x dtype that a suite-*.json in DIR already measured on this GPU "
+                         "with every requested method (and no error): a matrix run across several device calls")
+    ap.add_argument("--budget", type=float, default=0.0, metavar="S",
+                    help="start no new model x batch x dtype once S seconds have passed, or when the longest one "
+                         "so far would not fit in what is left (0: no limit)")
     ap.add_argument("--progress", action="store_true",
                     help="print the compiler's progress lines (tuning candidates...) with the seconds since each "
                          "method began: where an Opara method's compile time goes")
@@ -46,17 +52,29 @@ def main(argv=None) -> int:
     records = []
     out = Path(args.out)
     path, header = new_result(out, "suite", device, tag=args.tag)
+    methods = args.methods.split(",")
+    done = measured(Path(args.skip_measured), header["gpu"], methods) if args.skip_measured else set()
+    began, longest = time.perf_counter(), 0.0
     for name in args.models.split(","):
         batches = [int(b) for b in args.batches.split(",")] if args.batches else SUITE[name]
         for batch in batches:
             for dtype in args.dtypes.split(","):
+                if (name, batch, dtype) in done:
+                    print(f"{name} b{batch} {dtype}: already measured in {args.skip_measured}", flush=True)
+                    continue
+                left = args.budget - (time.perf_counter() - began)
+                if args.budget and left < longest:
+                    print(f"{name} b{batch} {dtype}: not started, {left:.0f} s of the budget left and the longest "
+                          f"group so far took {longest:.0f} s", flush=True)
+                    continue
+                group_began = time.perf_counter()
                 model, inputs = getattr(zoo, name)(batch)
                 dt = getattr(torch, dtype)
                 model = model.to(device=device, dtype=dt).eval()
                 inputs = tuple((x.to(dt) if x.is_floating_point() else x).to(device) for x in inputs)
                 with torch.no_grad():
                     reference = model(*inputs)
-                for method in args.methods.split(","):
+                for method in methods:
                     t0 = time.perf_counter()
                     options = {"dtype": dtype} if dtype != "float32" else {}
                     if args.progress:
@@ -70,12 +88,31 @@ def main(argv=None) -> int:
                     print(f"{name} b{batch} {dtype} {method}: {shown} ({time.perf_counter() - t0:.0f} s)", flush=True)
                 del model, inputs, reference
                 torch.cuda.empty_cache()
+                longest = max(longest, time.perf_counter() - group_began)
     print(f"wrote {path}")
     from report import write_markdown
 
     same = sorted(out.glob(f"suite-*-{args.tag}.json")) if args.tag else [path]
     write_markdown(same, HERE.parent / "BENCHMARKS.md")
     return 0
+
+
+def measured(results: Path, gpu: str, methods: list[str]) -> set[tuple[str, int, str]]:
+    """(model, batch, dtype) groups that one suite-*.json under `results` measured on `gpu` with every one of
+    `methods` and no error (one file: a comparison is only made within one run)."""
+    import json
+
+    done = set()
+    for f in sorted(results.glob("suite-*.json")):
+        result = json.loads(f.read_text())
+        if result.get("gpu") != gpu:
+            continue
+        seen: dict[tuple[str, int, str], set[str]] = {}
+        for r in result.get("records", []):
+            if r.get("error") is None:
+                seen.setdefault((r["model"], r["batch"], r["dtype"]), set()).add(r["method"])
+        done |= {group for group, got in seen.items() if set(methods) <= got}
+    return done
 
 
 def stamped(prefix: str, t0: float):

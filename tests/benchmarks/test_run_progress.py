@@ -28,3 +28,28 @@ def test_the_compiler_takes_the_progress_option():
     from oparac.pipeline import compile
 
     assert "progress" in inspect.signature(compile).parameters
+
+
+def _suite(path: Path, gpu: str, records: list[tuple]) -> None:
+    import json
+
+    path.write_text(json.dumps({"gpu": gpu, "records": [
+        {"model": m, "batch": b, "dtype": d, "method": method, **({"error": "x"} if err else {})}
+        for m, b, d, method, err in records]}))
+
+
+def test_skip_measured_takes_groups_one_file_measured_whole_on_this_gpu(tmp_path):
+    h200 = "NVIDIA H200"
+    _suite(tmp_path / "suite-1.json", h200, [("gpt2", 1, "float16", "torch_compile", False),
+                                            ("gpt2", 1, "float16", "opara_default", False),
+                                            ("vit_b16", 1, "float16", "torch_compile", False),   # one method only
+                                            ("llama", 8, "float32", "torch_compile", False),
+                                            ("llama", 8, "float32", "opara_default", True)])    # failed
+    _suite(tmp_path / "suite-2.json", h200, [("vit_b16", 1, "float16", "opara_default", False)])  # other run
+    _suite(tmp_path / "suite-3.json", "NVIDIA H100 80GB HBM3", [("resnet50", 1, "float32", "torch_compile", False),
+                                                              ("resnet50", 1, "float32", "opara_default", False)])
+    _suite(tmp_path / "other-4.json", h200, [("bert", 1, "float32", "torch_compile", False)])
+    done = bench_run.measured(tmp_path, h200, ["torch_compile", "opara_default"])
+    assert done == {("gpt2", 1, "float16")}
+    assert bench_run.measured(tmp_path, h200, ["torch_compile"]) == {("gpt2", 1, "float16"), ("vit_b16", 1, "float16"),
+                                                                    ("llama", 8, "float32")}
