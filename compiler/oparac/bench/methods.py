@@ -108,14 +108,7 @@ def build(method: str, model, inputs, device: torch.device, *, plan_options: dic
     if method == "cudagraph":
         return SequentialGraph(model, inputs)
     if method == "torch_compile":
-        compiled = torch.compile(model, mode="reduce-overhead")
-
-        def run(*xs):
-            with torch.no_grad():
-                return compiled(*xs)
-        for _ in range(3):
-            run(*inputs)
-        return run
+        return compiled_runner(model, inputs, mode="reduce-overhead")
     if method == "ort_cuda":
         from oparac.bench.ort_baseline import ort_cuda_runner
 
@@ -149,6 +142,19 @@ def build(method: str, model, inputs, device: torch.device, *, plan_options: dic
         # The plan was compiled in this process a moment ago, so its stored programs are its own.
         return opara_runtime.load(plan, model, device=device, trust_compiled_code=True)
     raise ValueError(f"unknown method {method!r}")
+
+
+def compiled_runner(model, inputs, **compile_kwargs):
+    """torch.compile(model, **compile_kwargs) as a no-grad callable, compiled and warmed up (three calls: a CUDA
+    graph is recorded on the second or third) on `inputs`."""
+    compiled = torch.compile(model, **compile_kwargs)
+
+    def run(*xs):
+        with torch.no_grad():
+            return compiled(*xs)
+    for _ in range(3):
+        run(*inputs)
+    return run
 
 
 def bench_method(method: str, name: str, model, inputs, dtype: str, device: torch.device, reference,

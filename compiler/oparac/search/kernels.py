@@ -63,8 +63,9 @@ def whole_graph(plan: Plan, backend: str) -> Plan:
                                                   mode="kernels"))
 
 
-def compile_whole(plan: Plan, weights: dict, device: torch.device):
-    """Compile the whole-graph program (INDUCTOR_KERNEL_CONFIG); its SegmentProgram and the base values."""
+def compile_whole(plan: Plan, weights: dict, device: torch.device, config: dict | None = None):
+    """Compile the whole-graph program (INDUCTOR_KERNEL_CONFIG, or `config`: benchmarks/program_variants.py
+    compares inductor options); its SegmentProgram and the base values."""
     from opara_runtime.fused import segment_programs
     from opara_runtime.fused.compile import INDUCTOR_KERNEL_CONFIG, compile_here
     from opara_runtime.runner import Runner
@@ -73,7 +74,7 @@ def compile_whole(plan: Plan, weights: dict, device: torch.device):
     base = Runner(dataclasses.replace(plan, fusion=NO_FUSION), weights, device, capture=False).base_values
     fill_random([v for i, v in enumerate(base) if plan.graph.nodes[i].kind == "input"])
     programs = segment_programs(plan, device)
-    compile_here(programs, base, INDUCTOR_KERNEL_CONFIG)
+    compile_here(programs, base, INDUCTOR_KERNEL_CONFIG if config is None else config)
     return programs, base
 
 
@@ -147,20 +148,25 @@ class KernelSearch(NamedTuple):
 
 
 def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
-                 progress: Progress | None = None, *, rivals: dict[str, Plan] | None = None) -> KernelSearch:
+                 progress: Progress | None = None, *, rivals: dict | None = None,
+                 config: dict | None = None) -> KernelSearch:
     """The fastest kernel-level plan of `plan`'s graph (its streams or one stream, measured); with `rivals`
     (name -> plan, e.g. the guard's segment-level plan, or a runner already captured for timing) also each
     rival's time against it.
 
     Every plan is captured once: the one-stream program's runner serves the calibration, the bit-for-bit check
-    and the timing, each schedule's runner the check and the timing, and a rival's runner the head-to-head."""
+    and the timing, each schedule's runner the check and the timing, and a rival's runner the head-to-head.
+
+    config: inductor options for the whole-graph compile instead of INDUCTOR_KERNEL_CONFIG, for measuring only
+    (benchmarks/program_variants.py): a plan's programs are recompiled at load with the mode's own options, so
+    such a plan is only faithful where its stored programs are loaded."""
     from opara_runtime.fused import artifact_bytes, cache_key
     from oparac.profile.measure import timed_runner
     from oparac.search.tune import FINAL_ROUNDS, time_rounds
 
     progress = as_progress(progress)
     base_plan = whole_graph(plan, backend)
-    programs, base = compile_whole(base_plan, weights, device)
+    programs, base = compile_whole(base_plan, weights, device, config)
     kd = kernel_dag(programs, base, device)
     blob = artifact_bytes(programs[0].fn)
     del programs, base

@@ -37,7 +37,7 @@ class FakeRunner:
 def world(monkeypatch):
     """Fakes for compile_whole, kernel_dag, the artifact, timed_runner and replay timing; returns the record of
     what was built and timed, and the knobs (per-schedule replay ms, outputs, failures)."""
-    rec = {"built": Counter(), "timed": [], "ms": {}, "differs": set(), "fails": set()}
+    rec = {"built": Counter(), "timed": [], "ms": {}, "differs": set(), "fails": set(), "configs": []}
 
     def label(plan) -> str:
         if plan.fusion.mode != "kernels":
@@ -56,7 +56,10 @@ def world(monkeypatch):
         rec["timed"].append(graph[0])
         return graph[1]
 
-    monkeypatch.setattr(kernels, "compile_whole", lambda plan, weights, device: ([type("P", (), {"fn": None})()], []))
+    def compile_whole(plan, weights, device, config=None):
+        rec["configs"].append(config)
+        return [type("P", (), {"fn": None})()], []
+    monkeypatch.setattr(kernels, "compile_whole", compile_whole)
     monkeypatch.setattr(kernels, "kernel_dag", lambda programs, base, device: kernels.KernelDag(
         dag=Dag.from_edges(len(MS), EDGES), ms=MS, launch=("triton",) * len(MS), digest="ab" * 32))
     monkeypatch.setattr(fused_pkg, "artifact_bytes", lambda fn: b"program")
@@ -75,6 +78,21 @@ def test_every_schedule_is_captured_once_and_the_fastest_kept(world, tiny_plan):
     assert "single/program" in world["built"] and "segments" not in world["built"]
     chosen = [c for c in search.plan.profile.candidates if c.chosen]
     assert len(chosen) == 1 and chosen[0].measured_ms == 0.7
+
+
+def test_the_whole_graph_compiles_with_the_mode_options_unless_told_otherwise(world, monkeypatch, tiny_plan):
+    from opara_runtime.fused import compile as compile_mod
+
+    kernels.kernel_fused(tiny_plan, {}, CPU, "inductor", config={"combo_kernels": True})
+    assert world["configs"] == [{"combo_kernels": True}]
+    monkeypatch.undo()  # the real compile_whole, with inductor's compile stubbed out
+    seen = []
+    monkeypatch.setattr(compile_mod, "compile_here", lambda programs, base, config: seen.append(config))
+    whole = kernels.whole_graph(tiny_plan, "inductor")
+    w = {"w": torch.randn(3, 3)}
+    kernels.compile_whole(whole, w, CPU)
+    kernels.compile_whole(whole, w, CPU, {"combo_kernels": True})
+    assert seen == [compile_mod.INDUCTOR_KERNEL_CONFIG, {"combo_kernels": True}]
 
 
 def test_calibration_scales_the_times_to_the_one_stream_replay(world, tiny_plan):

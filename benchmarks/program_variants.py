@@ -1,0 +1,115 @@
+"""Inductor options for the whole-graph program: Opara's kernel-level plan and torch.compile, each under a few
+inductor options, timed in one process.
+
+Two open questions of issue 18 are about the program rather than the schedule:
+- GPT-2 small: Opara's whole-graph program replays 12% slower on one stream than torch.compile's (H200, fp16),
+  although the ATen graphs they hand inductor are the same after decomposition. Opara compiles with
+  allow_buffer_reuse off (kernel streams need it); the 'reuse' variants tell whether that is the cost.
+- Combo (horizontal) kernels: inductor can merge small independent kernels into one launch; the 'combo' variants
+  measure them on both sides, against the kernel-level plan's streams.
+
+Each Opara variant is the kernel-level search (oparac.search.kernels.kernel_fused) with that compile's options:
+its one-stream program and its best schedule, as replays of their captured graphs, then the kept plan timed like
+benchmarks/run.py times a method. The torch.compile variants are torch.compile with triton.cudagraphs on (what
+mode='reduce-overhead' sets) plus the variant's options.
+
+    python benchmarks/program_variants.py --models gpt2 --dtype float16 --out $OUT
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+# name -> inductor options on top of each side's own (Opara: INDUCTOR_KERNEL_CONFIG; torch.compile: cudagraphs)
+VARIANTS = {"default": {}, "reuse": {"allow_buffer_reuse": True}, "no-reuse": {"allow_buffer_reuse": False},
+            "combo": {"combo_kernels": True}}
+
+
+def opara_config(variant: str) -> dict:
+    """The kernel-level compile's options for `variant` (buffer reuse stays off unless the variant turns it on)."""
+    from opara_runtime.fused.compile import INDUCTOR_KERNEL_CONFIG
+
+    return {**INDUCTOR_KERNEL_CONFIG, **VARIANTS[variant]}
+
+
+def compile_options(variant: str) -> dict:
+    """torch.compile's options for `variant`: reduce-overhead's CUDA graphs plus the variant's."""
+    return {"triton.cudagraphs": True, **VARIANTS[variant]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="gpt2")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--dtype", default="float16")
+    ap.add_argument("--opara", default="default,reuse,combo", help="Opara variants (of " + ",".join(VARIANTS) + ")")
+    ap.add_argument("--compile", default="default,no-reuse,combo", help="torch.compile variants")
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--out", default=str(HERE / "results"))
+    args = ap.parse_args(argv)
+    for v in args.opara.split(",") + args.compile.split(","):
+        if v and v not in VARIANTS:
+            ap.error(f"unknown variant {v!r}: expected one of {', '.join(VARIANTS)}")
+    if not torch.cuda.is_available():
+        print("the program variants need a CUDA GPU", file=sys.stderr)
+        return 1
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    for name in args.models.split(","):
+        print(f"wrote {measure_model(name, args)}")
+        torch.cuda.empty_cache()
+    return 0
+
+
+def measure_model(name: str, args) -> Path:
+    """Every variant of one model, written to one result file as it goes; the file's path."""
+    import opara_runtime
+    import oparac
+    from oparac.bench.methods import Record, compiled_runner, measure_into
+    from oparac.models import zoo
+    from oparac.pipeline import bind_weights
+    from oparac.search.kernels import kernel_fused
+    from results_io import new_result, write_result
+
+    device = torch.device("cuda")
+    model, inputs = getattr(zoo, name)(args.batch)
+    dt = getattr(torch, args.dtype)
+    model = model.to(device=device, dtype=dt).eval()
+    inputs = tuple((x.to(dt) if x.is_floating_point() else x).to(device) for x in inputs)
+    with torch.no_grad():
+        reference = model(*inputs)
+    path, header = new_result(args.out, "program-variants", device, tag=name)
+    result = dict(header, model=name, batch=args.batch, dtype=args.dtype, variants=VARIANTS, records=[])
+
+    def record(method: str, make, **extra) -> None:
+        rec = measure_into(Record(model=name, batch=args.batch, dtype=args.dtype, method=method), make, inputs,
+                           reference, device, iters=args.iters, warmup=20)
+        result["records"].append(dict(rec.as_dict(), **extra))
+        write_result(path, result)
+        print(f"{name} {method}: {rec.ms_b2b} ms b2b ({rec.plan or rec.error or 'ok'})", flush=True)
+
+    for variant in filter(None, args.compile.split(",")):
+        torch._dynamo.reset()  # each variant compiles afresh
+        record(f"torch_compile[{variant}]", lambda v=variant: compiled_runner(model, inputs,
+                                                                             options=compile_options(v)))
+    plan = oparac.compile(model, inputs, device=device, dtype=args.dtype, guard=False)
+    weights = bind_weights(model, plan, device)
+    for variant in filter(None, args.opara.split(",")):
+        found: dict = {}
+
+        def kernel_plan(variant=variant, found=found):
+            search = kernel_fused(plan, weights, device, "inductor", print, config=opara_config(variant))
+            found["candidates"] = [{"schedule": c.streams, "order": c.order, "measured_ms": c.measured_ms,
+                                    "chosen": c.chosen} for c in search.plan.profile.candidates]
+            found["kernels"] = len(search.plan.fusion.kernels.ms)
+            return opara_runtime.load(search.plan, model, device=device, trust_compiled_code=True)
+        record(f"opara_kernels[{variant}]", kernel_plan, search=found)  # filled in as the plan is built
+    return path
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    sys.exit(main())
