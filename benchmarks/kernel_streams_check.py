@@ -37,9 +37,15 @@ def main(argv=None) -> int:
     ap.add_argument("--probe", action="store_true", help="bisect a schedule that differs; write the wrapper source")
     ap.add_argument("--quick", action="store_true", help="skip the float32, torch.compile and unfused comparisons")
     ap.add_argument("--no-cudnn-sdp", action="store_true", help="keep attention off cuDNN's kernels")
+    ap.add_argument("--free", action="store_true",
+                    help="free buffers during the call on several streams (kernel_streams.FREE_ON_STREAMS)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args(argv)
     device = torch.device("cuda")
+    if args.free:
+        from opara_runtime.fused import kernel_streams
+
+        kernel_streams.FREE_ON_STREAMS = True
     if args.no_cudnn_sdp:
         torch.backends.cuda.enable_cudnn_sdp(False)
     dt = getattr(torch, args.dtype)
@@ -58,13 +64,21 @@ def main(argv=None) -> int:
     blob = artifact_bytes(programs[0].fn)
     opened = KernelProgram(programs[0].fn)
     stamp = time.strftime('%Y%m%dT%H%M%S')
-    name = f"{stamp}-{args.model}-{args.dtype}" + ("-no-cudnn-sdp" if args.no_cudnn_sdp else "")
+    name = (f"{stamp}-{args.model}-{args.dtype}" + ("-no-cudnn-sdp" if args.no_cudnn_sdp else "")
+            + ("-free" if args.free else ""))
     if args.probe:
         (Path(args.out) / f"wrapper-{name}.py").write_text(opened.graph.source_code)
 
+    peaks: dict[str, float] = {}
+
     def outputs(ks):
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
         runner = opara_runtime.load(with_kernels(one, ks, blob, cache_key(device)), model, trust_compiled_code=True)
-        return [runner(*inputs).float().clone() for _ in range(args.calls)]
+        outs = [runner(*inputs).float().clone() for _ in range(args.calls)]
+        peaks[ks.algorithm] = (torch.cuda.max_memory_allocated(device) - before) / 2**20  # capture and calls
+        return outs
 
     schedules = [one_stream(kd)] + [kernel_schedule(kd, "opara", "opara", cap) for cap in (0, 4)]
     records, first = [], None
@@ -75,7 +89,7 @@ def main(argv=None) -> int:
                "bitwise_equal_to_one_stream": all(torch.equal(o, first) for o in outs),
                "max_abs_diff_to_one_stream": max((o - first).abs().max().item() for o in outs),
                "max_abs_diff_to_eager": max((o - eager).abs().max().item() for o in outs),
-               "eager_max_abs": eager.abs().max().item()}
+               "eager_max_abs": eager.abs().max().item(), "peak_mib": peaks.get(ks.algorithm)}
         if truth is not None:
             rec["max_abs_diff_to_float32"] = max((o - truth).abs().max().item() for o in outs)
         print(rec, flush=True)
@@ -87,6 +101,7 @@ def main(argv=None) -> int:
     out = Path(args.out) / f"kernel-streams-check-{name}.json"
     out.write_text(json.dumps({"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__,
                                "model": args.model, "dtype": args.dtype, "cudnn_sdp": not args.no_cudnn_sdp,
+                               "free_on_streams": args.free,
                                "errors_to_float32": errors, "records": records}, indent=1))
     print(f"wrote {out}")
     return 0

@@ -5,6 +5,7 @@ that no memory changes hands between streams without ordering (a model of the ca
 from __future__ import annotations
 
 import random
+import weakref
 
 import torch
 
@@ -95,14 +96,25 @@ class SimLauncher:
         self.generation: dict[int, int] = {}   # block -> how many times it has been handed out
         self.uses: dict[int, list[tuple[int, int, int]]] = {}  # block -> (generation, stream, seq) of each use
         self.blocks = 0
+        self.live = self.peak = 0  # blocks held at once, and the most
 
-    def allocate(self, t: torch.Tensor) -> int:
-        """`t`'s storage gets a block from the current stream's pool (or a new one)."""
+    def allocate(self, t: torch.Tensor, *, track: bool = True) -> int:
+        """`t`'s storage gets a block from the current stream's pool (or a new one). track: the block goes back to
+        that pool when `t` dies (its views keep it alive), as a freed tensor's does; an extern call's workspace is
+        handed back by the caller instead."""
         pool = self.pools.setdefault(self.current, [])
         block = pool.pop() if pool else self._fresh()
         self.block[t.untyped_storage().data_ptr()] = block
         self.generation[block] = self.generation.get(block, -1) + 1
+        self.live += 1
+        self.peak = max(self.peak, self.live)
+        if track:
+            weakref.finalize(t, self._release, block, self.current)
         return block
+
+    def _release(self, block: int, stream: int) -> None:
+        self.live -= 1
+        self.pools.setdefault(stream, []).append(block)
 
     def _fresh(self) -> int:
         self.blocks += 1
@@ -152,7 +164,7 @@ class SimLauncher:
                   if t.untyped_storage().data_ptr() in self.block}
         workspace = None
         if scratch:
-            workspace = self.allocate(torch.empty(1))
+            workspace = self.allocate(torch.empty(1), track=False)
             blocks.add(workspace)
         for b in blocks:  # an earlier holder of the block must be done with it before this kernel starts
             for gen, t, q in self.uses.get(b, ()):
@@ -164,6 +176,7 @@ class SimLauncher:
         for b in blocks:
             self.uses.setdefault(b, []).append((self.generation[b], s, self.seq[k]))
         if workspace is not None:
+            self.live -= 1
             self.pools.setdefault(self.current, []).append(workspace)
 
 

@@ -70,6 +70,7 @@ class WrapperProgram:
     digest: str                     # sha256 of the call's source: what a kernel schedule is made for
     kernels: list[Statement] = field(default_factory=list)
     preds: dict[int, tuple[int, ...]] = field(default_factory=dict)  # kernel -> kernels it must follow
+    storage_of: dict[str, int] = field(default_factory=dict)  # tensor name -> storage (the last binding's)
 
     @property
     def num_kernels(self) -> int:
@@ -265,6 +266,7 @@ def _classify(prog: WrapperProgram, inner: list[ast.stmt], params: dict[str, tup
             s.kernel = k
             prog.kernels.append(s)
             k += 1
+    prog.storage_of = dict(st.of)
 
 
 def _alias_base(value: ast.expr) -> str | None:

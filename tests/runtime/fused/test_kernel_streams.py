@@ -157,9 +157,10 @@ def _random_topological_order(prog, rng: random.Random) -> tuple[int, ...]:
     return tuple(order)
 
 
-def test_a_real_inductor_program_is_opened_and_its_streamed_call_matches():
+@pytest.mark.parametrize("free", [False, True])
+def test_a_real_inductor_program_is_opened_and_its_streamed_call_matches(free):
     """CPU inductor's own wrapper: found inside the compiled artifact, parsed, rewritten onto two (simulated)
-    streams, installed in place of its call and restored."""
+    streams (buffers freed during the call, or held to its end), installed in place of its call and restored."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     from opara_runtime.fused.compile import INDUCTOR_KERNEL_CONFIG, compile_one
@@ -178,7 +179,7 @@ def test_a_real_inductor_program_is_opened_and_its_streamed_call_matches():
     stream = tuple(k % 2 for k in range(prog.num_kernels))
     order = tuple(range(prog.num_kernels))
     sim = _CpuLauncher()
-    opened._set(build_call(prog, opened.namespace, stream, order, sim))
+    opened._set(build_call(prog, opened.namespace, stream, order, sim, free=free))
     got = compiled(x, w, v)
     opened.restore()
     assert sim.forks == 1 and sim.joins == 1
@@ -313,3 +314,76 @@ def test_several_streams_or_another_order_free_nothing_during_the_call():
     assert "del " not in streamed_source(prog, (0, 1, 0), (0, 1, 2))
     assert "del " not in streamed_source(prog, (0, 0, 0), (1, 0, 2))
     assert streamed_source(prog, (0, 0, 0), (0, 1, 2)).count("del ") == 2
+
+
+def _run(source: str, stream, order, *, free: bool):
+    prog = parse_wrapper(source)
+    world = World()
+    launcher = SimLauncher(prog.preds, stream, order)
+    world.launcher = launcher
+    got = build_call(prog, world.load(source), stream, order, launcher, free=free)(inputs())
+    return got, launcher
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 10_000), streams=st.integers(2, 4), order_seed=st.integers(0, 1000))
+def test_freeing_on_several_streams_hands_memory_on_only_in_order(seed, streams, order_seed):
+    # Lazy allocation on the first user's stream and release after a same-stream launch ordered after every
+    # user: the simulated allocator's per-stream pools then never give a block to a kernel while an earlier
+    # holder on another stream may still use it, and the outputs are the original call's.
+    source = random_wrapper(seed, kernels=16)
+    prog = parse_wrapper(source)
+    rng = random.Random(order_seed)
+    stream = tuple(rng.randrange(streams) for _ in range(prog.num_kernels))
+    order = _random_topological_order(prog, rng)
+    want = World().load(source)["call"](inputs())
+    got, launcher = _run(source, stream, order, free=True)
+    assert launcher.violations == []
+    assert launcher.launched == prog.num_kernels
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    _, held = _run(source, stream, order, free=False)
+    assert launcher.peak <= held.peak
+
+
+def test_freeing_lowers_the_memory_a_long_chain_holds():
+    for seed in range(10):
+        source = random_wrapper(seed, kernels=24)
+        prog = parse_wrapper(source)
+        stream = tuple(k % 2 for k in range(prog.num_kernels))
+        order = tuple(range(prog.num_kernels))
+        src = streamed_source(prog, stream, order, free=True)
+        assert "del " in src and "del " not in streamed_source(prog, stream, order, free=False)
+        _, freed = _run(source, stream, order, free=True)
+        _, held = _run(source, stream, order, free=False)
+        assert freed.violations == [] and freed.peak < held.peak, (seed, freed.peak, held.peak)
+
+
+def test_a_buffer_is_allocated_with_its_first_users_stream_current():
+    prog = parse_wrapper(GPT2_LIKE)
+    src = streamed_source(prog, (1, 0, 0), (0, 1, 2), free=True)
+    # buf0's first user, kernel 0, runs on stream 1: its allocation is made there, after the fork
+    assert src.index("_L.fork()") < src.index("buf0 = empty_strided_cuda")
+    assert "with _L.on(1):\n                buf0 = empty_strided_cuda" in src
+
+
+def test_a_simulated_premature_free_is_caught(monkeypatch):
+    # The simulator's model is what the freeing rule is checked against: freeing each buffer as soon as its last
+    # user is launched, whatever the stream and without ordering, must show as a violation.
+    import opara_runtime.fused.kernel_streams as ks
+
+    ordered = ks._Frees.after
+
+    def unordered(self, k):
+        ordered(self, k)
+        out = sorted(x for x in self.ready if x in self.home)
+        self.ready.difference_update(out)
+        return out
+    monkeypatch.setattr(ks._Frees, "after", unordered)
+    found = []
+    for seed in range(40):
+        source = random_wrapper(seed, kernels=16)
+        n = parse_wrapper(source).num_kernels
+        _, launcher = _run(source, tuple((k * 7 + seed) % 3 for k in range(n)), tuple(range(n)), free=True)
+        found += launcher.violations
+    assert any("may still be using" in v for v in found)
