@@ -102,9 +102,9 @@ def streamed_source(prog: WrapperProgram, stream: tuple[int, ...], order: tuple[
         """`del` of every name of `storage`, after the views and checks still to come that name it; nothing where
         one of them could not be written here yet (the buffer then lives to the end of the call)."""
         names = frees.names[storage]
-        pending = [s for s in prog.statements if s.kind in ("alias", "check") and id(s) not in emitted
+        pending = [s for s in prog.statements if s.kind != "drop" and id(s) not in emitted
                    and any(n in names for n in s.uses)]
-        if not all(placeable(s) for s in pending):
+        if not all(s.kind in ("alias", "check") and placeable(s) for s in pending):
             return
         for s in pending:
             emit_host(s)
