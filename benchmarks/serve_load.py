@@ -79,14 +79,12 @@ def methods(model, plan, sample, *, replicas: int, host_io: bool, compile_mode: 
     import torch
 
     import opara_runtime
+    from oparac.bench.methods import compiled_runner
 
     # torch.compile first, warmed up and its CUDA graph recorded on `sample` before any Opara graph is captured,
     # the order benchmarks/run.py uses (the last H200 run saw its capture fail in cuDNN when it came after).
-    compiled = torch.compile(model, mode=compile_mode)
     try:
-        with torch.no_grad():
-            for _ in range(3):
-                compiled(sample.to(next(model.parameters()).device))
+        compiled = compiled_runner(model, (sample.to(next(model.parameters()).device),), mode=compile_mode)
         torch.cuda.synchronize()
     except Exception as e:  # main() records it as the method's failure on its first call
         failure = e

@@ -177,8 +177,8 @@ def fuse_stage(plan: Plan, weights: dict | None, dev: torch.device, opts: Compil
         from oparac.search.guard import guard_whole_graph, segments_cannot_pay
 
         reason = segments_cannot_pay(plan)
-        kept = reason and guard_whole_graph(plan, reason, weights, dev, opts.fuse, progress.note)
-        if kept:
+        kept = guard_whole_graph(plan, reason, weights, dev, opts.fuse, progress.note) if reason else None
+        if kept is not None:
             return kept
     if not guarded(opts, dev):
         return measure_fused(fuse_plan(plan, opts.fuse, cut=opts.cut), weights, dev)[0]
