@@ -38,14 +38,11 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="skip the float32, torch.compile and unfused comparisons")
     ap.add_argument("--no-cudnn-sdp", action="store_true", help="keep attention off cuDNN's kernels")
     ap.add_argument("--free", action="store_true",
-                    help="free buffers during the call on several streams (kernel_streams.FREE_ON_STREAMS)")
+                    help="also run each schedule on several streams with buffers freed during the call "
+                         "(kernel_streams.FREE_ON_STREAMS), against the same schedule without")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args(argv)
     device = torch.device("cuda")
-    if args.free:
-        from opara_runtime.fused import kernel_streams
-
-        kernel_streams.FREE_ON_STREAMS = True
     if args.no_cudnn_sdp:
         torch.backends.cuda.enable_cudnn_sdp(False)
     dt = getattr(torch, args.dtype)
@@ -71,25 +68,46 @@ def main(argv=None) -> int:
 
     peaks: dict[str, float] = {}
 
-    def outputs(ks):
+    def outputs(ks, free: bool = False):
+        from opara_runtime.fused import kernel_streams
+
         torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        runner = opara_runtime.load(with_kernels(one, ks, blob, cache_key(device)), model, trust_compiled_code=True)
+        kernel_streams.FREE_ON_STREAMS = free  # read when the runner writes its call, at load
+        try:
+            runner = opara_runtime.load(with_kernels(one, ks, blob, cache_key(device)), model,
+                                        trust_compiled_code=True)
+        finally:
+            kernel_streams.FREE_ON_STREAMS = False
         outs = [runner(*inputs).float().clone() for _ in range(args.calls)]
-        peaks[ks.algorithm] = (torch.cuda.max_memory_allocated(device) - before) / 2**20  # capture and calls
+        peaks[ks.algorithm + (" free" if free else "")] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+        del runner
         return outs
 
     schedules = [one_stream(kd)] + [kernel_schedule(kd, "opara", "opara", cap) for cap in (0, 4)]
-    records, first = [], None
-    for ks in schedules:
-        outs = outputs(ks)
+    # The one-stream program in its own order is inductor's call verbatim, `del`s and all; every other schedule
+    # is rewritten (all buffers allocated up front). A one-stream schedule in another order (Opara's, capped at
+    # one stream) is rewritten too: it tells a difference of the rewrite from one of the streams.
+    rewritten = dataclasses.replace(kernel_schedule(kd, "opara", "opara", 1), algorithm="single/rewritten")
+    if any(rewritten.stream) or tuple(rewritten.launch_order) == tuple(range(len(kd.ms))):
+        rewritten = None
+    records, first, unfreed = [], None, {}
+    for ks, free in ([(s, False) for s in schedules[:1]] + ([(rewritten, False)] if rewritten else [])
+                     + [(s, f) for s in schedules[1:] for f in ((False, True) if args.free else (False,))]):
+        outs = outputs(ks, free)
         first = outs[0] if first is None else first
-        rec = {"schedule": ks.algorithm, "streams": ks.num_streams,
+        rec = {"schedule": ks.algorithm, "streams": ks.num_streams, "free_on_streams": free,
                "bitwise_equal_to_one_stream": all(torch.equal(o, first) for o in outs),
                "max_abs_diff_to_one_stream": max((o - first).abs().max().item() for o in outs),
                "max_abs_diff_to_eager": max((o - eager).abs().max().item() for o in outs),
-               "eager_max_abs": eager.abs().max().item(), "peak_mib": peaks.get(ks.algorithm)}
+               "eager_max_abs": eager.abs().max().item(),
+               "peak_mib": peaks.get(ks.algorithm + (" free" if free else ""))}
+        if free:  # the same schedule without freeing ran just before
+            rec["bitwise_equal_without_free"] = all(torch.equal(o, u) for o, u in zip(outs, unfreed[ks.algorithm]))
+        else:
+            unfreed[ks.algorithm] = outs
         if truth is not None:
             rec["max_abs_diff_to_float32"] = max((o - truth).abs().max().item() for o in outs)
         print(rec, flush=True)

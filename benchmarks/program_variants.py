@@ -68,19 +68,13 @@ def measure_model(name: str, args) -> Path:
     """Every variant of one model, written to one result file as it goes; the file's path."""
     import opara_runtime
     import oparac
-    from oparac.bench.methods import Record, compiled_runner, measure_into
-    from oparac.models import zoo
+    from oparac.bench.methods import Record, compiled_runner, measure_into, zoo_model
     from oparac.pipeline import bind_weights
     from oparac.search.kernels import kernel_fused
     from results_io import new_result, write_result
 
     device = torch.device("cuda")
-    model, inputs = getattr(zoo, name)(args.batch)
-    dt = getattr(torch, args.dtype)
-    model = model.to(device=device, dtype=dt).eval()
-    inputs = tuple((x.to(dt) if x.is_floating_point() else x).to(device) for x in inputs)
-    with torch.no_grad():
-        reference = model(*inputs)
+    model, inputs, reference = zoo_model(name, args.batch, args.dtype, device)
     path, header = new_result(args.out, "program-variants", device, tag=name)
     result = dict(header, model=name, batch=args.batch, dtype=args.dtype, variants=VARIANTS, records=[])
 

@@ -1,5 +1,9 @@
 """The benchmark suite: every model x batch x dtype x method, timed in one process; writes JSON + BENCHMARKS.md.
 
+Each model x batch x dtype is a group: every method of it is built first, then all are timed together in
+interleaved rounds (--timing sequential: each method timed alone right after it was built, as runs before
+2026-12-01T19:00 did).
+
     python benchmarks/run.py                      # the full suite (GPU)
     python benchmarks/run.py --models googlenet --batches 1 --methods cudagraph,opara
 """
@@ -23,8 +27,7 @@ SUITE = {  # model -> batches
 
 
 def main(argv=None) -> int:
-    from oparac.models import zoo
-    from oparac.bench.methods import METHODS, bench_method
+    from oparac.bench.methods import METHODS
     from results_io import new_result, write_result
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -32,7 +35,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default="", help="override the batches of every model, e.g. 1,8")
     ap.add_argument("--dtypes", default="float32")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--iters", type=int, default=0,
+                    help="back-to-back calls timed (default: 200 sequential, 100 per interleaved round)")
+    ap.add_argument("--timing", choices=("interleaved", "sequential"), default="interleaved")
+    ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--tag", default="", help="session name: BENCHMARKS.md merges every result file with this tag")
     ap.add_argument("--skip-measured", default="", metavar="DIR",
@@ -53,7 +59,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     path, header = new_result(out, "suite", device, tag=args.tag)
     methods = args.methods.split(",")
-    done = measured(Path(args.skip_measured), header["gpu"], methods) if args.skip_measured else set()
+    done = measured(Path(args.skip_measured), header["gpu"], methods, args.timing) if args.skip_measured else set()
+    iters = args.iters or (200 if args.timing == "sequential" else 100)
     began, longest = time.perf_counter(), 0.0
     for name in args.models.split(","):
         batches = [int(b) for b in args.batches.split(",")] if args.batches else SUITE[name]
@@ -68,25 +75,10 @@ def main(argv=None) -> int:
                           f"group so far took {longest:.0f} s", flush=True)
                     continue
                 group_began = time.perf_counter()
-                model, inputs = getattr(zoo, name)(batch)
-                dt = getattr(torch, dtype)
-                model = model.to(device=device, dtype=dt).eval()
-                inputs = tuple((x.to(dt) if x.is_floating_point() else x).to(device) for x in inputs)
-                with torch.no_grad():
-                    reference = model(*inputs)
-                for method in methods:
-                    t0 = time.perf_counter()
-                    options = {"dtype": dtype} if dtype != "float32" else {}
-                    if args.progress:
-                        options["progress"] = stamped(f"{name} b{batch} {dtype} {method}", t0)
-                    rec = bench_method(method, name, model, inputs, dtype, device, reference, iters=args.iters,
-                                       plan_options=options)
+                for rec in run_group(name, batch, dtype, methods, device, args, iters):
                     records.append(rec.as_dict())
                     write_result(path, dict(header, records=records))
-                    shown = f"{rec.ms_b2b:.3f} ms b2b, {rec.ms_latency:.3f} ms latency" if rec.error is None \
-                        else rec.error
-                    print(f"{name} b{batch} {dtype} {method}: {shown} ({time.perf_counter() - t0:.0f} s)", flush=True)
-                del model, inputs, reference
+                    print(f"{name} b{batch} {dtype} {rec.method}: {shown(rec)}", flush=True)
                 torch.cuda.empty_cache()
                 longest = max(longest, time.perf_counter() - group_began)
     print(f"wrote {path}")
@@ -97,9 +89,33 @@ def main(argv=None) -> int:
     return 0
 
 
-def measured(results: Path, gpu: str, methods: list[str]) -> set[tuple[str, int, str]]:
+def run_group(name: str, batch: int, dtype: str, methods: list[str], device: torch.device, args, iters: int):
+    """Each method's Record for one model, batch and dtype: built and timed together (interleaved), or each
+    timed alone right after it was built (sequential: yielded as it is measured)."""
+    from oparac.bench.methods import Record, bench_method, build, measure_group, zoo_model
+
+    model, inputs, reference = zoo_model(name, batch, dtype, device)
+
+    def options(method: str) -> dict:
+        o = {"dtype": dtype} if dtype != "float32" else {}
+        if args.progress:
+            o["progress"] = stamped(f"{name} b{batch} {dtype} {method}", time.perf_counter())
+        return o
+
+    if args.timing == "sequential":
+        for method in methods:
+            yield bench_method(method, name, model, inputs, dtype, device, reference, iters=iters,
+                               plan_options=options(method))
+        return
+    recs = [Record(model=name, batch=batch, dtype=dtype, method=m) for m in methods]
+    makes = [lambda m=m: build(m, model, inputs, device, plan_options=options(m)) for m in methods]
+    yield from measure_group(recs, makes, inputs, reference, device, rounds=args.rounds, iters=iters, warmup=20)
+
+
+def measured(results: Path, gpu: str, methods: list[str], timing: str = "sequential") -> set[tuple[str, int, str]]:
     """(model, batch, dtype) groups that one suite-*.json under `results` measured on `gpu` with every one of
-    `methods` and no error (one file: a comparison is only made within one run)."""
+    `methods`, no error, and `timing` (one file: a comparison is only made within one run; a record without a
+    'timing' was timed sequentially)."""
     import json
 
     done = set()
@@ -109,10 +125,17 @@ def measured(results: Path, gpu: str, methods: list[str]) -> set[tuple[str, int,
             continue
         seen: dict[tuple[str, int, str], set[str]] = {}
         for r in result.get("records", []):
-            if r.get("error") is None:
+            if r.get("error") is None and r.get("timing", "sequential") == timing:
                 seen.setdefault((r["model"], r["batch"], r["dtype"]), set()).add(r["method"])
         done |= {group for group, got in seen.items() if set(methods) <= got}
     return done
+
+
+def shown(rec) -> str:
+    """A record's figures in a line, or its error."""
+    if rec.error is not None:
+        return rec.error
+    return f"{rec.ms_b2b:.3f} ms b2b, {rec.ms_latency:.3f} ms latency, built in {rec.compile_s:.0f} s"
 
 
 def stamped(prefix: str, t0: float):

@@ -45,3 +45,15 @@ def test_an_uncalibrated_critical_path_is_not_shown(tmp_path):
     row = next(line for line in report.never_lose(report.merge([only])).splitlines() if line.startswith("| llama"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[9:11] == ["-", "-"]
+
+
+def test_each_row_says_how_it_was_timed(tmp_path):
+    only = _run(tmp_path / "suite-20261201T191000.json", "2026-12-01T19:10:00", [
+        _rec("torch_compile", 0.50, 7.8e-3, timing="interleaved"), _rec("opara_default", 0.49, 7.8e-3,
+                                                                        timing="interleaved")])
+    older = _run(tmp_path / "suite-20261201T114826.json", "2026-12-01T11:48:26", [
+        dict(_rec("torch_compile", 0.53, 7.8e-3), model="gpt2"), dict(_rec("opara_default", 0.466, 7.8e-3),
+                                                                     model="gpt2")])
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in report.never_lose(report.merge([older, only])).splitlines()[4:]}
+    assert rows["llama"][13] == "interleaved" and rows["gpt2"][13] == "alone"

@@ -53,3 +53,17 @@ def test_skip_measured_takes_groups_one_file_measured_whole_on_this_gpu(tmp_path
     assert done == {("gpt2", 1, "float16")}
     assert bench_run.measured(tmp_path, h200, ["torch_compile"]) == {("gpt2", 1, "float16"), ("vit_b16", 1, "float16"),
                                                                     ("llama", 8, "float32")}
+
+
+def test_skip_measured_counts_only_groups_timed_the_requested_way(tmp_path):
+    import json
+
+    h200 = "NVIDIA H200"
+    recs = [{"model": "gpt2", "batch": 1, "dtype": "float16", "method": m, "timing": "interleaved"}
+            for m in ("torch_compile", "opara_default")]
+    recs += [{"model": "vit_b16", "batch": 1, "dtype": "float16", "method": m} for m in ("torch_compile",
+                                                                                       "opara_default")]
+    (tmp_path / "suite-1.json").write_text(json.dumps({"gpu": h200, "records": recs}))
+    both = ["torch_compile", "opara_default"]
+    assert bench_run.measured(tmp_path, h200, both, "interleaved") == {("gpt2", 1, "float16")}
+    assert bench_run.measured(tmp_path, h200, both, "sequential") == {("vit_b16", 1, "float16")}

@@ -1,13 +1,14 @@
 """Baselines and Opara plans timed the same way in one process (docs/design.md, section 8)."""
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.utils._pytree as pytree
 
-from oparac.profile.measure import time_gpu
+from oparac.profile.measure import time_alternating, time_gpu, time_interleaved
 
 METHODS = ("eager", "cudagraph", "torch_compile", "ort_cuda", "opara", "opara_tuned", "opara_fused",
            "opara_fused_tuned")
@@ -36,6 +37,10 @@ class Record:
     # schedule of those kernels can reach (BENCHMARKS.md reports it as a fraction of the replay time)
     critical_path_ms: float | None = None
     critical_path_calibrated: bool | None = None  # its kernel times were scaled to the one-stream replay
+    # 'interleaved': timed in rounds with the other methods of its group (ms_b2b is the median of ms_b2b_rounds);
+    # absent: timed alone, right after it was built
+    timing: str | None = None
+    ms_b2b_rounds: list[float] | None = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -47,7 +52,7 @@ class Record:
             d.pop("error")
         if self.plan is None:
             d.pop("plan")
-        for k in ("critical_path_ms", "critical_path_calibrated"):
+        for k in ("critical_path_ms", "critical_path_calibrated", "timing", "ms_b2b_rounds"):
             if d.get(k, 0) is None:
                 d.pop(k)
         return d
@@ -144,6 +149,20 @@ def build(method: str, model, inputs, device: torch.device, *, plan_options: dic
     raise ValueError(f"unknown method {method!r}")
 
 
+def zoo_model(name: str, batch: int, dtype: str, device: torch.device):
+    """(model, inputs, reference): oparac.models.zoo's `name` at `batch` in `dtype` on `device`, in eval mode,
+    its floating-point inputs in `dtype` too, and its eager output on them."""
+    from oparac.models import zoo
+
+    model, inputs = getattr(zoo, name)(batch)
+    dt = getattr(torch, dtype)
+    model = model.to(device=device, dtype=dt).eval()
+    inputs = tuple((x.to(dt) if x.is_floating_point() else x).to(device) for x in inputs)
+    with torch.no_grad():
+        reference = model(*inputs)
+    return model, inputs, reference
+
+
 def compiled_runner(model, inputs, **compile_kwargs):
     """torch.compile(model, **compile_kwargs) as a no-grad callable, compiled and warmed up (three calls: a CUDA
     graph is recorded on the second or third) on `inputs`."""
@@ -167,6 +186,53 @@ def bench_method(method: str, name: str, model, inputs, dtype: str, device: torc
 def measure_into(rec: Record, make, inputs, reference, device: torch.device, *, iters: int, warmup: int) -> Record:
     """Fill `rec` from the callable `make()` builds: setup time, timings, peak memory, error vs reference.
     A method that cannot run is recorded with its error, not raised."""
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    fn = build_into(rec, make, inputs, reference, device)
+    if fn is not None:
+        try:
+            timing = time_gpu(lambda: fn(*inputs), device, iters=iters, warmup=warmup)
+            rec.ms_b2b, rec.ms_latency = timing.ms_b2b, timing.ms_latency
+            rec.peak_mem_mb = (torch.cuda.max_memory_allocated(device) - before) / 2**20  # the timed calls too
+        except Exception as e:  # a baseline that cannot run is reported, not fatal
+            rec.error = _error(e)
+    fn = None
+    torch.cuda.empty_cache()
+    return rec
+
+
+def measure_group(recs: list[Record], makes: list, inputs, reference, device: torch.device, *, rounds: int,
+                  iters: int, warmup: int) -> list[Record]:
+    """Build every method of one model, batch and dtype, then time them together (time_interleaved, and the
+    latency by time_alternating): each method's figure is taken at the same moments as the others'. A method
+    that cannot be built is recorded with its error and left out of the timing."""
+    fns = {}
+    for rec, make in zip(recs, makes, strict=True):
+        fn = build_into(rec, make, inputs, reference, device)
+        if fn is not None:
+            fns[rec.method] = (lambda f=fn: f(*inputs))
+    if fns:
+        try:
+            b2b = time_interleaved(fns, device, rounds=rounds, iters=iters, warmup=warmup)
+            walls = time_alternating(fns, device, iters=100, warmup=5)
+        except Exception as e:  # which method failed is not known here: none of them has a figure
+            for rec in recs:
+                if rec.method in fns:
+                    rec.error = f"timing the group failed: {_error(e)}"[:300]
+        else:
+            for rec in recs:
+                if rec.method in fns:
+                    rec.ms_b2b, rec.ms_b2b_rounds = statistics.median(b2b[rec.method]), b2b[rec.method]
+                    rec.ms_latency, rec.timing = statistics.median(walls[rec.method]), "interleaved"
+    fns.clear()
+    torch.cuda.empty_cache()
+    return recs
+
+
+def build_into(rec: Record, make, inputs, reference, device: torch.device):
+    """The callable `make()` builds, run once; fills `rec`'s setup time, plan, peak memory of the setup and that
+    call (beyond what was allocated before), and error vs reference. None (and `rec.error`) where it cannot be
+    built or run."""
     try:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -181,14 +247,17 @@ def measure_into(rec: Record, make, inputs, reference, device: torch.device, *, 
                 rec.critical_path_ms = fn.plan.fusion.kernels.critical_path_ms
                 rec.critical_path_calibrated = True
         out = fn(*inputs)
-        timing = time_gpu(lambda: fn(*inputs), device, iters=iters, warmup=warmup)
-        rec.ms_b2b, rec.ms_latency = timing.ms_b2b, timing.ms_latency
+        torch.cuda.synchronize(device)
         rec.peak_mem_mb = (torch.cuda.max_memory_allocated(device) - before) / 2**20
         rec.max_abs_diff = max_abs_diff(out, reference)
+        return fn
     except Exception as e:  # a baseline that cannot run is reported, not fatal
-        rec.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
-    torch.cuda.empty_cache()
-    return rec
+        rec.error = _error(e)
+        return None
+
+
+def _error(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
 
 
 def measure_pair(plan, model, device: torch.device) -> tuple[float, float]:

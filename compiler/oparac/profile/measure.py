@@ -39,6 +39,32 @@ def time_gpu(fn, device: torch.device, *, iters: int = 200, warmup: int = 20, la
     return Timing(b2b, statistics.median(walls))
 
 
+def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, *, rounds: int = 15,
+                     iters: int = 100, warmup: int = 20) -> dict[str, list[float]]:
+    """Back-to-back time per call (ms) of every fn in `fns`, in interleaved rounds: round k runs `iters` calls of
+    each fn in turn, between two CUDA events, and records their mean. Returns each fn's per-round times.
+
+    Methods timed one after the other, each once, each see their own few seconds of the machine and their own
+    place in the order; a few percent between two of them can be that, not their kernels (docs/design.md,
+    section 8). The median of interleaved rounds compares the methods at the same moments."""
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    with torch.cuda.device(device):
+        for fn in fns.values():  # every fn warm before the first round
+            for _ in range(warmup):
+                fn()
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                start.record()
+                for _ in range(iters):
+                    fn()
+                end.record()
+                end.synchronize()
+                out[name].append(start.elapsed_time(end) / iters)
+    return out
+
+
 def time_alternating(fns: dict[str, Callable[[], object]], device: torch.device | None, *, iters: int = 200,
                      warmup: int = 20, lead_in: int = 0,
                      sync: Callable[[], object] | None = None) -> dict[str, list[float]]:

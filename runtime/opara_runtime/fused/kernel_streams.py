@@ -25,7 +25,7 @@ from opara_runtime.fused.wrapper_ir import Statement, WrapperProgram
 
 # Freeing buffers during a call on several streams (_Frees): built and checked on the CPU against a model of the
 # caching allocator; off until it has been measured on a GPU (docs/design.md section 6.1).
-FREE_ON_STREAMS = False
+FREE_ON_STREAMS = True
 
 
 class KernelScheduleError(ValueError):
