@@ -22,6 +22,12 @@ so it is done only when the fused plan's streams do not clearly pay: when its re
 faster than its segments run one after another (their measured times, which `measure_fused` records). Where
 streams buy that much, merging the segments could only win back the fusion lost at segment boundaries, which on
 the models measured cost less than that.
+
+Whichever fused plan that keeps, it is last timed against the unfused plan on one stream (the sequential CUDA
+graph of the model's own ATen kernels), in the same rounds as its final measurement where there is one, and the
+unfused plan is written where it is faster: inductor's program can be slower than the eager kernels (ViT-B/16
+fp16 at batch 8 on the H200: its whole-graph program 1.711 ms against 1.142 for the sequential CUDA graph,
+suite-20261201T191641), and a fused default must not lose to a plan that needs no compiler at all.
 """
 from __future__ import annotations
 
@@ -88,15 +94,17 @@ def guard_whole_graph(plan: Plan, reason: str, weights: dict, device: torch.devi
 
     if say:
         say(f"guard: segments not compiled: {reason}; compiling the whole graph once")
+    unfused = single_stream(plan)
     try:
-        search = kernel_fused(plan, weights, device, backend, say)
+        search = kernel_fused(plan, weights, device, backend, say, rivals={UNFUSED: unfused})
     except WrapperFormatError as e:
         if say:
             say(f"guard: the whole graph's kernels cannot be put on streams ({e}); fusing segments instead")
         return None
     kept = search.plan
     line = f"guard: segments not compiled ({reason}); " + kept.profile.guard.removeprefix("guard: ")
-    return dataclasses.replace(kept, profile=dataclasses.replace(kept.profile, guard=line))
+    kept = dataclasses.replace(kept, profile=dataclasses.replace(kept.profile, guard=line))
+    return against_unfused(kept, search.head_to_head["kernels"], unfused, search.head_to_head[UNFUSED], say)
 
 
 def guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.device, backend: str, say=None, *,
@@ -115,12 +123,17 @@ def guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.devic
 def _guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.device, backend: str, say,
                  kernels: bool, runner) -> Plan:
     serial_ms = sum(s.ms for s in fused.fusion.segments if s.ms > 0)
+    unfused = single_stream(fused)
+    reason = None
     if len(fused.fusion.segments) == 1:
-        return _record(fused, fused, fused, Verdict("chosen", fused_ms, None, "the plan already is one segment"))
-    if serial_ms > 0 and fused_ms <= CLEAR_WIN * serial_ms:
+        reason = "the plan already is one segment"
+    elif serial_ms > 0 and fused_ms <= CLEAR_WIN * serial_ms:
         reason = (f"streams clearly pay: {fused_ms:.4f} ms against {serial_ms:.4f} ms for its segments one after "
                   f"another (at most {CLEAR_WIN:.2f}x); the one-segment plan was not compiled")
-        return _record(fused, fused, fused, Verdict("chosen", fused_ms, None, reason))
+    if reason is not None:  # no other fused plan to compile: only the unfused one to time it against
+        timed = _time_pair(fused if runner is None else runner, unfused, weights, device)
+        kept = _record(fused, fused, fused, Verdict("chosen", timed["chosen"], None, reason))
+        return against_unfused(kept, timed["chosen"], unfused, timed[UNFUSED], say)
     if say:
         say("guard: compiling the whole graph as one program (the plan's streams do not clearly pay)")
     if kernels:
@@ -130,16 +143,55 @@ def _guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.devi
         try:
             # The head-to-head runs inside the kernel search, on runners it has already captured.
             search = kernel_fused(fused, weights, device, backend, say,
-                                  rivals={"chosen": fused if runner is None else runner})
+                                  rivals={"chosen": fused if runner is None else runner, UNFUSED: unfused})
         except WrapperFormatError as e:  # a program the kernel-level mode cannot read: the plain one segment
             if say:
                 say(f"guard: the whole graph's kernels cannot be put on streams ({e}); measuring it as one segment")
         else:
-            return _decide(fused, search.plan, search.head_to_head["chosen"], search.head_to_head["kernels"], say)
+            h2h = search.head_to_head
+            kept = _decide(fused, search.plan, h2h["chosen"], h2h["kernels"], say)
+            return against_unfused(kept, min(h2h["chosen"], h2h["kernels"]), unfused, h2h[UNFUSED], say)
     one, _ = measure_fused(fuse_plan(single_stream(fused), backend), weights, device)
-    times = measure_rounds({"chosen": fused, "single": one}, weights, [device], rounds=FINAL_ROUNDS, repeats=5,
-                           replays=20)
-    return _decide(fused, one, times["chosen"], times["single"], say)
+    times = measure_rounds({"chosen": fused, "single": one, UNFUSED: unfused}, weights, [device],
+                           rounds=FINAL_ROUNDS, repeats=5, replays=20)
+    kept = _decide(fused, one, times["chosen"], times["single"], say)
+    return against_unfused(kept, min(times["chosen"], times["single"]), unfused, times[UNFUSED], say)
+
+
+UNFUSED = "unfused one stream"
+
+
+def _time_pair(fused, unfused: Plan, weights: dict, device: torch.device) -> dict:
+    """{'chosen': fused's replay ms, UNFUSED: the unfused plan's}, timed in the same rounds; `fused` is a plan
+    or a runner already captured for it."""
+    from oparac.profile.measure import timed_runner
+    from oparac.search.tune import time_rounds
+
+    runners = {"chosen": timed_runner(fused, weights, device) if isinstance(fused, Plan) else fused,
+               UNFUSED: timed_runner(unfused, weights, device)}
+    try:
+        return time_rounds(runners, device, rounds=FINAL_ROUNDS, repeats=5, replays=20)
+    finally:
+        del runners
+        gc.collect()
+
+
+def against_unfused(kept: Plan, kept_ms: float, unfused: Plan, unfused_ms: float, say) -> Plan:
+    """`kept` (a fused plan measured at kept_ms) or `unfused` (its model's unfused plan on one stream, measured
+    in the same rounds), whichever is faster (a tie keeps `kept`); both stay on record as candidates and the
+    guard line says what was compared."""
+    if unfused_ms < kept_ms:
+        line = (f"guard: the unfused plan on one stream is faster: {unfused_ms:.4f} ms against {kept_ms:.4f} ms "
+                f"for the fused plan ({kept.profile.guard.removeprefix('guard: ')})")
+        winner = unfused
+    else:
+        line = f"{kept.profile.guard}; the unfused plan on one stream: {unfused_ms:.4f} ms"
+        winner = kept
+    if say:
+        say(line)
+    earlier = tuple(dataclasses.replace(c, chosen=c.chosen and winner is kept) for c in kept.profile.candidates)
+    records = earlier + (_candidate(unfused, unfused_ms, winner is unfused),)
+    return dataclasses.replace(winner, profile=dataclasses.replace(winner.profile, candidates=records, guard=line))
 
 
 def _decide(chosen: Plan, single: Plan, chosen_ms: float, single_ms: float, say) -> Plan:
@@ -159,20 +211,21 @@ def _decide(chosen: Plan, single: Plan, chosen_ms: float, single_ms: float, say)
 
 def _record(winner: Plan, chosen: Plan, single: Plan, verdict: Verdict) -> Plan:
     """The winner, its profile carrying both alternatives as candidates and the guard's one-line decision."""
-    def candidate(p: Plan, ms: float | None, is_winner: bool) -> Candidate:
-        s = p.schedule
-        streams = s.stream_algorithm + (f"+{p.fusion.backend}" if p.fusion.backend else "")
-        if p.fusion.mode == "kernels":
-            streams += f"+kernels {p.fusion.kernels.algorithm}"
-        return Candidate(streams=streams, order=s.order_algorithm, max_streams=s.max_streams,
-                         predicted_ms=s.predicted_ms, measured_ms=-1.0 if ms is None else ms, chosen=is_winner)
-
-    records = (candidate(chosen, verdict.chosen_ms, verdict.kept == "chosen"),)
+    records = (_candidate(chosen, verdict.chosen_ms, verdict.kept == "chosen"),)
     if single is not chosen:
-        records += (candidate(single, verdict.single_ms, verdict.kept == "single"),)
+        records += (_candidate(single, verdict.single_ms, verdict.kept == "single"),)
     earlier = tuple(dataclasses.replace(c, chosen=False) for c in winner.profile.candidates)
     profile = dataclasses.replace(winner.profile, candidates=earlier + records, guard=f"guard: {verdict.reason}")
     return dataclasses.replace(winner, profile=profile)
+
+
+def _candidate(p: Plan, ms: float | None, is_winner: bool) -> Candidate:
+    s = p.schedule
+    streams = s.stream_algorithm + (f"+{p.fusion.backend}" if p.fusion.backend else "")
+    if p.fusion.mode == "kernels":
+        streams += f"+kernels {p.fusion.kernels.algorithm}"
+    return Candidate(streams=streams, order=s.order_algorithm, max_streams=s.max_streams,
+                     predicted_ms=s.predicted_ms, measured_ms=-1.0 if ms is None else ms, chosen=is_winner)
 
 
 def describe(plan: Plan) -> str:

@@ -62,13 +62,52 @@ def test_a_single_stream_plan_is_not_measured(timings, tiny_plan):
     assert not seen and out.schedule == single.schedule and "already is one stream" in out.profile.guard
 
 
-def test_fused_plan_whose_streams_clearly_pay_compiles_nothing_more(monkeypatch, timings, tiny_plan):
+@pytest.fixture
+def pair(monkeypatch):
+    """Fake _time_pair: the fused plan (or its runner) against the unfused plan on one stream."""
+    seen = []
+
+    def install(chosen_ms, unfused_ms):
+        def time_pair(fused, unfused, weights, device):
+            seen.append((fused, unfused))
+            return {"chosen": chosen_ms, guard.UNFUSED: unfused_ms}
+        monkeypatch.setattr(guard, "_time_pair", time_pair)
+        return seen
+    return install
+
+
+def test_fused_plan_whose_streams_clearly_pay_compiles_nothing_more(monkeypatch, timings, pair, tiny_plan):
     seen = timings({})
+    timed = pair(1.0, 1.6)
     monkeypatch.setattr(guard, "measure_fused", lambda *a: pytest.fail("the one-segment plan was compiled"))
     fused = measured_fused(tiny_plan, 0.5)
     assert len(fused.fusion.segments) == 4
     out = guard.guard_fused(fused, 1.0, {}, CPU, "inductor")  # 1.0 <= 0.85 * 2.0
     assert out.fusion == fused.fusion and not seen and "clearly pay" in out.profile.guard
+    [(given, unfused)] = timed  # only timed against the unfused plan on one stream
+    assert given is fused and not unfused.fusion.backend and unfused.schedule.num_streams == 1
+    assert out.profile.guard.endswith("the unfused plan on one stream: 1.6000 ms")
+    assert [(c.measured_ms, c.chosen) for c in out.profile.candidates[-2:]] == [(1.0, True), (1.6, False)]
+    validate(out)
+
+
+def test_the_unfused_plan_on_one_stream_is_written_where_the_fused_plan_is_slower(pair, tiny_plan):
+    # inductor's program can be slower than the eager kernels (ViT-B/16 fp16 at batch 8 on an H200)
+    pair(1.7, 1.1)
+    fused = measured_fused(tiny_plan, 0.5)
+    runner = object()
+    out = guard.guard_fused(fused, 1.0, {}, CPU, "inductor", runner=runner)
+    assert not out.fusion.backend and out.schedule.num_streams == 1
+    assert out.profile.guard.startswith("guard: the unfused plan on one stream is faster: 1.1000 ms against "
+                                        "1.7000 ms for the fused plan (streams clearly pay")
+    assert [c.chosen for c in out.profile.candidates].count(True) == 1 and _chosen(out).measured_ms == 1.1
+    validate(out)
+
+
+def test_a_tie_with_the_unfused_plan_keeps_the_fused_one(pair, tiny_plan):
+    pair(1.0, 1.0)
+    fused = measured_fused(tiny_plan, 0.5)
+    assert guard.guard_fused(fused, 1.0, {}, CPU, "inductor").fusion == fused.fusion
 
 
 @pytest.mark.parametrize("one_ms, kept_streams", [(0.9, 1), (1.2, 2)])
@@ -80,10 +119,12 @@ def test_fused_plan_close_to_serial_is_measured_against_one_segment(monkeypatch,
         compiled.append(plan)
         return plan, one_ms
     monkeypatch.setattr(guard, "measure_fused", measure_fused)
-    timings({"chosen": 1.0, "single": one_ms})
+    seen = timings({"chosen": 1.0, "single": one_ms, guard.UNFUSED: 2.0})
     fused = measured_fused(tiny_plan, 0.25)  # 1.0 > 0.85 * 4 * 0.25: close, so measured
     out = guard.guard_fused(fused, 1.0, {}, CPU, "inductor")
     [one] = compiled
     assert len(one.fusion.segments) == 1 and one.schedule.num_streams == 1
     assert out.schedule.num_streams == kept_streams and out.fusion.backend == "inductor"
+    # the unfused plan on one stream is timed in the same rounds, and loses here
+    assert not seen[0][guard.UNFUSED].fusion.backend and "unfused plan on one stream: 2.0000" in out.profile.guard
     validate(out)

@@ -39,6 +39,9 @@ def test_fused_default_plan_is_guarded():
     plan = oparac.compile(model, inputs, device="cuda", fuse="inductor")
     assert plan.profile.guard.startswith("guard: ")
     assert plan.fusion.backend == "inductor" and plan.fusion.programs
+    unfused = plan.profile.candidates[-1]  # last, the fused plan timed against the unfused one on one stream
+    assert unfused.streams == "single" and unfused.measured_ms > 0 and not unfused.chosen
+    assert "the unfused plan on one stream" in plan.profile.guard
     if "segments not compiled" in plan.profile.guard:  # ruled out by the profile: the kernel search's pick
         assert plan.fusion.mode == "kernels"
         measured = [c for c in plan.profile.candidates if "+kernels" in c.streams]

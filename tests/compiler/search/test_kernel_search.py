@@ -40,6 +40,8 @@ def world(monkeypatch):
     rec = {"built": Counter(), "timed": [], "ms": {}, "differs": set(), "fails": set(), "configs": []}
 
     def label(plan) -> str:
+        if not plan.fusion.backend:
+            return "unfused"
         if plan.fusion.mode != "kernels":
             return "segments"
         return plan.fusion.kernels.algorithm
@@ -123,8 +125,10 @@ def test_the_guard_measures_the_segment_plan_against_the_kernel_plan_on_captured
     out = guard.guard_fused(fused, 1.9, {}, CPU, "inductor", kernels=True)  # 1.9 > 0.85 * 2.0: not clear
     assert out.fusion.mode == "kernels" and "whole graph's kernels" in out.profile.guard
     assert world["built"]["segments"] == 1 and world["built"]["opara/opara"] == 1
-    pair = [c for c in out.profile.candidates[-2:]]
-    assert {c.measured_ms for c in pair} == {1.2, 0.7} and [c.chosen for c in pair] == [False, True]
+    # the segment plan, the kernel plan, then the unfused plan on one stream, all from the one head-to-head
+    last = out.profile.candidates[-3:]
+    assert [(c.measured_ms, c.chosen) for c in last] == [(1.2, False), (0.7, True), (1.0, False)]
+    assert world["built"]["unfused"] == 1 and last[2].streams == "single"
 
 
 def test_the_guard_keeps_the_segment_plan_when_it_wins_the_head_to_head(world, tiny_plan):
@@ -163,7 +167,8 @@ def test_the_guard_falls_back_to_one_segment_when_the_program_cannot_be_read(mon
     one_segment = []
     monkeypatch.setattr(kernels, "kernel_fused", unreadable)
     monkeypatch.setattr(guard, "measure_fused", lambda plan, w, d: (one_segment.append(plan) or plan, 1.0))
-    monkeypatch.setattr(guard, "measure_rounds", lambda plans, *a, **k: {"chosen": 1.0, "single": 1.5})
+    monkeypatch.setattr(guard, "measure_rounds", lambda plans, *a, **k: {"chosen": 1.0, "single": 1.5,
+                                                                        guard.UNFUSED: 1.7})
     notes = []
     fused = measured_fused(tiny_plan, 0.5)
     out = guard.guard_fused(fused, 1.9, {}, CPU, "inductor", notes.append, kernels=True)
@@ -286,3 +291,17 @@ def test_segments_are_fused_when_the_whole_graph_cannot_be_read(monkeypatch, tin
     out = _fuse_default(guard.single_stream(tiny_plan), notes)
     assert compiled and out.fusion.mode == "segments"
     assert any("fusing segments instead" in n for n in notes)
+
+
+def test_the_unfused_plan_is_written_where_it_beats_the_whole_graph(world, monkeypatch, tiny_plan):
+    # ViT-B/16 fp16 at batch 8 on an H200: inductor's whole-graph program was slower than the eager kernels
+    from oparac.fuse import segments
+
+    monkeypatch.setattr(segments, "measure_fused_runner", lambda *a: pytest.fail("segments were compiled"))
+    world["ms"] = {"single/program": 1.7, "opara/opara": 1.8, "opara/opara/cap 2": 1.9, "unfused": 1.1}
+    out = _fuse_default(_predicted(tiny_plan, 1.05), [])
+    assert not out.fusion.backend and out.schedule.num_streams == 1 and not out.fusion.programs
+    assert out.profile.guard.startswith("guard: the unfused plan on one stream is faster: 1.1000 ms against "
+                                        "1.7000 ms for the fused plan (segments not compiled")
+    assert [c for c in out.profile.candidates if c.chosen][0].measured_ms == 1.1
+    validate(out)

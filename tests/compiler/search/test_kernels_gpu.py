@@ -111,6 +111,11 @@ def test_default_fused_plan_keeps_the_faster_of_segments_and_the_whole_graph():
     model, inputs = _cuda(*zoo.gpt2(1, 64))
     plan = oparac.compile(model, inputs, device="cuda", fuse="inductor")
     assert plan.profile.guard.startswith("guard:")
+    unfused = plan.profile.candidates[-1]  # the guard's last record: the unfused plan on one stream
+    assert unfused.streams == "single" and unfused.measured_ms > 0
+    assert unfused.chosen == (not plan.fusion.backend)
+    if unfused.chosen:
+        return
     if "clearly pay" in plan.profile.guard:
         return
     if "segments not compiled" in plan.profile.guard:  # the profile ruled segments out: the kernel search's pick
@@ -119,7 +124,7 @@ def test_default_fused_plan_keeps_the_faster_of_segments_and_the_whole_graph():
         assert plan.fusion.mode == "kernels" and any(c.streams == "single+kernels" for c in measured)
         assert chosen.measured_ms == min(c.measured_ms for c in measured)
         return
-    segments, whole = plan.profile.candidates[-2:]  # the guard's two records, last
+    segments, whole = plan.profile.candidates[-3:-1]  # the guard's two fused records, before the unfused one
     assert "+kernels" in whole.streams
     winner, loser = (segments, whole) if segments.chosen else (whole, segments)
     assert winner.chosen and not loser.chosen and winner.measured_ms <= loser.measured_ms
