@@ -200,7 +200,15 @@ def write_markdown(paths: list[Path], out: Path) -> None:
                  "against eager in the same precision. *compile s* is each method's setup: `oparac compile` (export, "
                  "profile, compile, measure) against torch.compile's compile and three warm-up calls, in the same "
                  "process. Each model, batch and precision comes whole from the newest file that measured it: Llama fp16 from the run after the kernel-streams memory fix (its earlier "
-                 "kernel-level plans were 0.5 off, design.md section 6.1).", "",
+                 "kernel-level plans were 0.5 off, design.md section 6.1). *timed* says how: *interleaved* rows (from "
+                 "2026-12-01T19:16) built every method of the group first and timed them in 15 interleaved rounds "
+                 "(the figure is the median round), *alone* rows timed each method right after building it. At batch "
+                 "1 torch.compile's rounds spread widely (GPT-2 fp16: 0.523-0.701 ms, EfficientNet-B0 fp16: "
+                 "0.639-0.908 ms, where Opara's stayed within 1%), and its per-call latency is well above its "
+                 "back-to-back time: its figure there is most likely bounded by its host-side work per call "
+                 "(docs/design.md, section 8). The same model read differently in different runs too: "
+                 "torch.compile's ViT-B/16 fp16 batch 8 was 1.443 ms in one run and 1.172 in the next, each run's "
+                 "rounds within 4%.", "",
                  never_lose(merge(h200)), ""]
     served = sorted((Path(__file__).resolve().parent / "results").glob("serve-load-*.json"))
     if served:
