@@ -173,11 +173,14 @@ def fuse_stage(plan: Plan, weights: dict | None, dev: torch.device, opts: Compil
         # A layout the caller named is kept; 'auto' lets the tuner try NHWC too.
         return tune_fused(plan, weights, dev, opts.fuse, progress,
                           nhwc_profile if opts.memory_format == "auto" else None, mode=opts.fuse_mode)
+    # The fused plan's last rival, the unfused plan on one stream, in the layout an unfused plan gets.
+    unfused_layout = "contiguous" if opts.memory_format == "auto" else None
     if guarded(opts, dev) and opts.fuse_mode == "auto":
         from oparac.search.guard import guard_whole_graph, segments_cannot_pay
 
         reason = segments_cannot_pay(plan)
-        kept = guard_whole_graph(plan, reason, weights, dev, opts.fuse, progress.note) if reason else None
+        kept = guard_whole_graph(plan, reason, weights, dev, opts.fuse, progress.note,
+                                 unfused_layout=unfused_layout) if reason else None
         if kept is not None:
             return kept
     if not guarded(opts, dev):
@@ -186,7 +189,7 @@ def fuse_stage(plan: Plan, weights: dict | None, dev: torch.device, opts: Compil
 
     fused, replay_ms, runner = measure_fused_runner(fuse_plan(plan, opts.fuse, cut=opts.cut), weights, dev)
     return guard_fused(fused, replay_ms, weights, dev, opts.fuse, progress.note, kernels=opts.fuse_mode == "auto",
-                       runner=runner)
+                       runner=runner, unfused_layout=unfused_layout)
 
 
 def link_stage(gpus, dev: torch.device, target: Target, profile: Profile, links,

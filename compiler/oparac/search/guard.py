@@ -24,7 +24,7 @@ streams buy that much, merging the segments could only win back the fusion lost 
 the models measured cost less than that.
 
 Whichever fused plan that keeps, it is last timed against the unfused plan on one stream (the sequential CUDA
-graph of the model's own ATen kernels), in the same rounds as its final measurement where there is one, and the
+graph of the model's own ATen kernels, in the layout an unfused plan gets: unfused_rival), in the same rounds as its final measurement where there is one, and the
 unfused plan is written where it is faster: inductor's program can be slower than the eager kernels (ViT-B/16
 fp16 at batch 8 on the H200: its whole-graph program 1.711 ms against 1.142 for the sequential CUDA graph,
 suite-20261201T191641), and a fused default must not lose to a plan that needs no compiler at all.
@@ -86,15 +86,16 @@ def segments_cannot_pay(plan: Plan) -> str | None:
 
 
 def guard_whole_graph(plan: Plan, reason: str, weights: dict, device: torch.device, backend: str,
-                      say=None) -> Plan | None:
+                      say=None, *, unfused_layout: str | None = None) -> Plan | None:
     """The kernel-level search's pick for the unfused `plan` (segments not compiled, for `reason`), its guard line
-    saying why; None where the compiled program cannot be put on streams (the caller then fuses segments)."""
+    saying why; None where the compiled program cannot be put on streams (the caller then fuses segments).
+    unfused_layout: the memory format of the unfused rival (default: the plan's)."""
     from opara_runtime.fused.wrapper_ir import WrapperFormatError
     from oparac.search.kernels import kernel_fused
 
     if say:
         say(f"guard: segments not compiled: {reason}; compiling the whole graph once")
-    unfused = single_stream(plan)
+    unfused = unfused_rival(plan, unfused_layout)
     try:
         search = kernel_fused(plan, weights, device, backend, say, rivals={UNFUSED: unfused})
     except WrapperFormatError as e:
@@ -108,22 +109,22 @@ def guard_whole_graph(plan: Plan, reason: str, weights: dict, device: torch.devi
 
 
 def guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.device, backend: str, say=None, *,
-                kernels: bool = False, runner=None) -> Plan:
+                kernels: bool = False, runner=None, unfused_layout: str | None = None) -> Plan:
     """`fused` (already compiled and measured: `fused_ms`) or the whole graph as one fused program: its kernels
     on streams where that measures faster (kernels=True), else as one segment on one stream. runner: `fused`'s
     captured runner where the caller has it (measure_fused_runner); the head-to-head then times it instead of
-    capturing `fused` again. It is released here."""
+    capturing `fused` again. It is released here. unfused_layout: as for guard_whole_graph."""
     try:
-        return _guard_fused(fused, fused_ms, weights, device, backend, say, kernels, runner)
+        return _guard_fused(fused, fused_ms, weights, device, backend, say, kernels, runner, unfused_layout)
     finally:
         del runner
         gc.collect()
 
 
 def _guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.device, backend: str, say,
-                 kernels: bool, runner) -> Plan:
+                 kernels: bool, runner, unfused_layout: str | None) -> Plan:
     serial_ms = sum(s.ms for s in fused.fusion.segments if s.ms > 0)
-    unfused = single_stream(fused)
+    unfused = unfused_rival(fused, unfused_layout)
     reason = None
     if len(fused.fusion.segments) == 1:
         reason = "the plan already is one segment"
@@ -159,6 +160,16 @@ def _guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.devi
 
 
 UNFUSED = "unfused one stream"
+
+
+def unfused_rival(plan: Plan, layout: str | None) -> Plan:
+    """The unfused plan on one stream that a fused plan is last timed against, in `layout` where given: under
+    memory_format 'auto' that is NCHW, the layout an unfused plan has (eager's kernels, bit for bit), although
+    the fused plan of a convolution model is built NHWC."""
+    single = single_stream(plan)
+    if layout is None or layout == plan.model.memory_format:
+        return single
+    return dataclasses.replace(single, model=dataclasses.replace(single.model, memory_format=layout))
 
 
 def _time_pair(fused, unfused: Plan, weights: dict, device: torch.device) -> dict:

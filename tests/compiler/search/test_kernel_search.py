@@ -305,3 +305,31 @@ def test_the_unfused_plan_is_written_where_it_beats_the_whole_graph(world, monke
                                         "1.7000 ms for the fused plan (segments not compiled")
     assert [c for c in out.profile.candidates if c.chosen][0].measured_ms == 1.1
     validate(out)
+
+
+@pytest.mark.parametrize("requested, rival_layout", [("auto", "contiguous"), ("channels_last", "channels_last")])
+def test_the_unfused_rival_has_the_layout_an_unfused_plan_gets(world, monkeypatch, tiny_plan, requested,
+                                                               rival_layout):
+    # Under 'auto' a fused convolution plan is NHWC but an unfused one NCHW (eager's kernels, bit for bit); a
+    # layout the user named is kept for both.
+    import dataclasses
+
+    from oparac import pipeline
+    from oparac.options import CompileOptions
+    from oparac.progress import as_progress
+
+    seen = []
+    real = kernels.kernel_fused
+
+    def spy(plan, *a, rivals=None, **k):
+        seen.append(dict(rivals or {}))
+        return real(plan, *a, rivals=rivals, **k)
+    monkeypatch.setattr(kernels, "kernel_fused", spy)
+    world["ms"] = {"single/program": 1.0, "opara/opara": 0.8, "unfused": 0.5}
+    nhwc = dataclasses.replace(_predicted(tiny_plan, 1.05), model=dataclasses.replace(
+        tiny_plan.model, memory_format="channels_last"))
+    out = pipeline.fuse_stage(nhwc, {}, torch.device("cuda"),
+                              CompileOptions(fuse="inductor", memory_format=requested), as_progress(None))
+    [given] = seen
+    assert given[guard.UNFUSED].model.memory_format == rival_layout
+    assert not out.fusion.backend and out.model.memory_format == rival_layout  # it won, and is written so

@@ -196,7 +196,8 @@ def test_get_describes_the_endpoint(endpoint):
      "request inputs['x']: data must be a flat list of 768 values for shape [1, 3, 16, 16], found 1 values"),
     (b"x" * 400_000, BINARY, 413, "request body: 400000 bytes, more than the"),
     (b"{}", "text/plain", 415, "request Content-Type: expected one of application/json, application/octet-stream"),
-])
+], ids=["wrong-shape", "wrong-dtype", "too-many-samples", "invalid-json", "bad-safetensors", "wrong-input-name",
+        "wrong-data-length", "body-too-large", "wrong-content-type"])  # stable ids: the bodies are random
 def test_malformed_requests_get_a_4xx_with_the_opara_error_and_serving_goes_on(endpoint, body, kind, status, message):
     got, reply = endpoint.post(body, kind)
     assert got == status, reply
