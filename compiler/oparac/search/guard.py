@@ -24,10 +24,10 @@ streams buy that much, merging the segments could only win back the fusion lost 
 the models measured cost less than that.
 
 Whichever fused plan that keeps, it is last timed against the unfused plan on one stream (the sequential CUDA
-graph of the model's own ATen kernels, in the layout an unfused plan gets: unfused_rival), in the same rounds as its final measurement where there is one, and the
-unfused plan is written where it is faster: inductor's program can be slower than the eager kernels (ViT-B/16
-fp16 at batch 8 on the H200: its whole-graph program 1.711 ms against 1.142 for the sequential CUDA graph,
-suite-20261201T191641), and a fused default must not lose to a plan that needs no compiler at all.
+graph of the model's own ATen kernels, in the layout an unfused plan gets: unfused_rival), in the same rounds as
+its final measurement where there is one, and the unfused plan is written where it is faster: inductor's program
+can be slower than the eager kernels (docs/design.md, section 5), and a fused default must not lose to a plan
+that needs no compiler at all.
 """
 from __future__ import annotations
 
@@ -165,7 +165,8 @@ UNFUSED = "unfused one stream"
 def unfused_rival(plan: Plan, layout: str | None) -> Plan:
     """The unfused plan on one stream that a fused plan is last timed against, in `layout` where given: under
     memory_format 'auto' that is NCHW, the layout an unfused plan has (eager's kernels, bit for bit), although
-    the fused plan of a convolution model is built NHWC."""
+    the fused plan of a convolution model is built NHWC. Its profile stays the fused plan's (op times taken in
+    that plan's layout): it is what was profiled, and a one-stream schedule does not depend on it."""
     single = single_stream(plan)
     if layout is None or layout == plan.model.memory_format:
         return single
