@@ -38,8 +38,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="skip the float32, torch.compile and unfused comparisons")
     ap.add_argument("--no-cudnn-sdp", action="store_true", help="keep attention off cuDNN's kernels")
     ap.add_argument("--free", action="store_true",
-                    help="also run each schedule on several streams with buffers freed during the call "
-                         "(kernel_streams.FREE_ON_STREAMS), against the same schedule without")
+                    help="run each schedule on several streams both with buffers freed during the call and "
+                         "without (kernel_streams.FREE_ON_STREAMS, on by default), and compare the two")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args(argv)
     device = torch.device("cuda")
@@ -68,9 +68,11 @@ def main(argv=None) -> int:
 
     peaks: dict[str, float] = {}
 
-    def outputs(ks, free: bool = False):
-        from opara_runtime.fused import kernel_streams
+    from opara_runtime.fused import kernel_streams
 
+    default_free = kernel_streams.FREE_ON_STREAMS
+
+    def outputs(ks, free: bool = default_free):
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
             runner = opara_runtime.load(with_kernels(one, ks, blob, cache_key(device)), model,
                                         trust_compiled_code=True)
         finally:
-            kernel_streams.FREE_ON_STREAMS = False
+            kernel_streams.FREE_ON_STREAMS = default_free
         outs = [runner(*inputs).float().clone() for _ in range(args.calls)]
         peaks[ks.algorithm + (" free" if free else "")] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
         del runner
@@ -94,8 +96,8 @@ def main(argv=None) -> int:
     if any(rewritten.stream) or tuple(rewritten.launch_order) == tuple(range(len(kd.ms))):
         rewritten = None
     records, first, unfreed = [], None, {}
-    for ks, free in ([(s, False) for s in schedules[:1]] + ([(rewritten, False)] if rewritten else [])
-                     + [(s, f) for s in schedules[1:] for f in ((False, True) if args.free else (False,))]):
+    for ks, free in ([(s, default_free) for s in schedules[:1]] + ([(rewritten, default_free)] if rewritten else [])
+                     + [(s, f) for s in schedules[1:] for f in ((False, True) if args.free else (default_free,))]):
         outs = outputs(ks, free)
         first = outs[0] if first is None else first
         rec = {"schedule": ks.algorithm, "streams": ks.num_streams, "free_on_streams": free,
@@ -104,9 +106,9 @@ def main(argv=None) -> int:
                "max_abs_diff_to_eager": max((o - eager).abs().max().item() for o in outs),
                "eager_max_abs": eager.abs().max().item(),
                "peak_mib": peaks.get(ks.algorithm + (" free" if free else ""))}
-        if free:  # the same schedule without freeing ran just before
+        if free and ks.algorithm in unfreed:  # the same schedule without freeing ran just before
             rec["bitwise_equal_without_free"] = all(torch.equal(o, u) for o, u in zip(outs, unfreed[ks.algorithm]))
-        else:
+        elif not free:
             unfreed[ks.algorithm] = outs
         if truth is not None:
             rec["max_abs_diff_to_float32"] = max((o - truth).abs().max().item() for o in outs)
@@ -119,7 +121,7 @@ def main(argv=None) -> int:
     out = Path(args.out) / f"kernel-streams-check-{name}.json"
     out.write_text(json.dumps({"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__,
                                "model": args.model, "dtype": args.dtype, "cudnn_sdp": not args.no_cudnn_sdp,
-                               "free_on_streams": args.free,
+                               "free_compared": args.free, "free_on_streams_default": default_free,
                                "errors_to_float32": errors, "records": records}, indent=1))
     print(f"wrote {out}")
     return 0
