@@ -49,7 +49,7 @@ def main(argv=None) -> int:
 
 
 def measure_model(name: str, args) -> Path:
-    from oparac.bench.methods import build, max_abs_diff, plan_label, zoo_model
+    from oparac.bench.methods import Record, build, build_into, zoo_model
     from oparac.profile.measure import time_interleaved
     from results_io import new_result, write_result
 
@@ -61,13 +61,13 @@ def measure_model(name: str, args) -> Path:
                   methods={})
     fns = {}
     for method in methods:
-        fn = build(method, model, inputs, device)
-        out = fn(*inputs)
-        fns[method] = fn
-        plan = getattr(fn, "plan", None)
-        result["methods"][method] = {"max_abs_diff": max_abs_diff(out, reference),
-                                     "plan": plan_label(plan) if plan is not None else None}
-        print(f"{name} {method}: built", flush=True)
+        rec = Record(model=name, batch=args.batch, dtype=args.dtype, method=method)
+        fn = build_into(rec, lambda m=method: build(m, model, inputs, device), inputs, reference, device)
+        result["methods"][method] = {k: v for k, v in rec.as_dict().items() if k in ("max_abs_diff", "plan", "error",
+                                                                                   "compile_s")}
+        print(f"{name} {method}: {rec.error or 'built'}", flush=True)
+        if fn is not None:  # a method that cannot be built is recorded with its error and left out
+            fns[method] = fn
     calls = {m: (lambda f=fn: f(*inputs)) for m, fn in fns.items()}
     for method, ms in time_interleaved(calls, device, rounds=args.rounds, iters=args.iters).items():
         result["methods"][method].update(rounds_ms=ms, median_ms=statistics.median(ms), min_ms=min(ms))
@@ -79,8 +79,8 @@ def measure_model(name: str, args) -> Path:
         summary, per_name[method] = profiled(fn, inputs, device, args.profile)
         result["methods"][method]["profile"] = summary
         print(f"{name} {method}: {summary}", flush=True)
-    if len(methods) >= 2:
-        a, b = methods[:2]
+    if len(fns) >= 2:
+        a, b = list(fns)[:2]
         result["kernel_differences"] = kernel_differences(per_name[a], per_name[b], a, b)
     write_result(path, result)
     return path
@@ -99,30 +99,36 @@ def profiled(fn, inputs, device: torch.device, calls: int) -> tuple[dict, dict[s
             torch.cuda.synchronize(device)
             time.sleep(CALL_GAP_S)  # an idle gap no call has inside it, to tell the calls apart below
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    spans = sorted((e.time_range.start, e.time_range.end) for e in kernels)
     by_name: dict[str, float] = defaultdict(float)
     for e in kernels:
         by_name[e.name] += (e.time_range.end - e.time_range.start)
+    summary = summarize([(e.time_range.start, e.time_range.end) for e in kernels], calls)
+    return summary, {k: v / calls for k, v in by_name.items()}
+
+
+def summarize(intervals: list[tuple[float, float]], calls: int) -> dict:
+    """Per call, from the kernels' (start, end) in µs over `calls` calls CALL_GAP_S apart: their number, the sum of
+    their times, the GPU's busy time (the union of the intervals: kernels on several streams overlap), and the
+    median span from a call's first kernel start to its last kernel end."""
+    spans = sorted(intervals)
     busy, last = 0.0, float("-inf")
-    for s, t in spans:  # the union of the intervals: kernels on several streams overlap
+    for s, t in spans:
         if t > last:
             busy += t - max(s, last)
             last = t
-    total = sum(t - s for s, t in spans)
-    summary = {"kernels_per_call": len(kernels) / calls, "kernel_sum_ms": total / calls / 1e3,
+    summary = {"kernels_per_call": len(spans) / calls, "kernel_sum_ms": sum(t - s for s, t in spans) / calls / 1e3,
                "busy_ms": busy / calls / 1e3, "calls": calls}
-    # The span of each call, from its first kernel's start to its last one's end: calls are CALL_GAP_S apart.
     if spans:
         call_spans, first, last_end = [], spans[0][0], spans[0][1]
         for s, t in spans[1:]:
-            if s - last_end > CALL_GAP_S * 1e6 / 2:  # µs
+            if s - last_end > CALL_GAP_S * 1e6 / 2:  # an idle gap of at least half the gap between calls
                 call_spans.append(last_end - first)
                 first = s
             last_end = max(last_end, t)
         call_spans.append(last_end - first)
         summary["span_ms"] = statistics.median(call_spans) / 1e3
         summary["spans_found"] = len(call_spans)
-    return summary, {k: v / calls for k, v in by_name.items()}
+    return summary
 
 
 def kernel_differences(a: dict[str, float], b: dict[str, float], name_a: str, name_b: str, top: int = 15) -> list:
