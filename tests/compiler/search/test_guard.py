@@ -63,17 +63,23 @@ def test_a_single_stream_plan_is_not_measured(timings, tiny_plan):
 
 
 @pytest.fixture
-def pair(monkeypatch):
-    """Fake _time_pair: the fused plan (or its runner) against the unfused plan on one stream."""
+def together(monkeypatch):
+    """Fake _time_together: times[name] for each entry timed; returns the list of entries dicts."""
     seen = []
 
-    def install(chosen_ms, unfused_ms):
-        def time_pair(fused, unfused, weights, device):
-            seen.append((fused, unfused))
-            return {"chosen": chosen_ms, guard.UNFUSED: unfused_ms}
-        monkeypatch.setattr(guard, "_time_pair", time_pair)
+    def install(times):
+        def time_together(entries, weights, device):
+            seen.append(entries)
+            return {k: times[k] for k in entries}
+        monkeypatch.setattr(guard, "_time_together", time_together)
         return seen
     return install
+
+
+@pytest.fixture
+def pair(together):
+    """_time_together faked for the fused plan (or its runner) against the unfused plan on one stream."""
+    return lambda chosen_ms, unfused_ms: together({"chosen": chosen_ms, guard.UNFUSED: unfused_ms})
 
 
 def test_fused_plan_whose_streams_clearly_pay_compiles_nothing_more(monkeypatch, timings, pair, tiny_plan):
@@ -84,8 +90,9 @@ def test_fused_plan_whose_streams_clearly_pay_compiles_nothing_more(monkeypatch,
     assert len(fused.fusion.segments) == 4
     out = guard.guard_fused(fused, 1.0, {}, CPU, "inductor")  # 1.0 <= 0.85 * 2.0
     assert out.fusion == fused.fusion and not seen and "clearly pay" in out.profile.guard
-    [(given, unfused)] = timed  # only timed against the unfused plan on one stream
-    assert given is fused and not unfused.fusion.backend and unfused.schedule.num_streams == 1
+    [entries] = timed  # only timed against the unfused plan on one stream
+    given, unfused = entries["chosen"], entries[guard.UNFUSED]
+    assert set(entries) == {"chosen", guard.UNFUSED} and given is fused and not unfused.fusion.backend and unfused.schedule.num_streams == 1
     assert out.profile.guard.endswith("the unfused plan on one stream: 1.6000 ms")
     assert [(c.measured_ms, c.chosen) for c in out.profile.candidates[-2:]] == [(1.0, True), (1.6, False)]
     validate(out)
@@ -111,7 +118,7 @@ def test_a_tie_with_the_unfused_plan_keeps_the_fused_one(pair, tiny_plan):
 
 
 @pytest.mark.parametrize("one_ms, kept_streams", [(0.9, 1), (1.2, 2)])
-def test_fused_plan_close_to_serial_is_measured_against_one_segment(monkeypatch, timings, tiny_plan, one_ms,
+def test_fused_plan_close_to_serial_is_measured_against_one_segment(monkeypatch, together, tiny_plan, one_ms,
                                                                     kept_streams):
     compiled = []
 
@@ -119,7 +126,7 @@ def test_fused_plan_close_to_serial_is_measured_against_one_segment(monkeypatch,
         compiled.append(plan)
         return plan, one_ms
     monkeypatch.setattr(guard, "measure_fused", measure_fused)
-    seen = timings({"chosen": 1.0, "single": one_ms, guard.UNFUSED: 2.0})
+    seen = together({"chosen": 1.0, "single": one_ms, guard.UNFUSED: 2.0})
     fused = measured_fused(tiny_plan, 0.25)  # 1.0 > 0.85 * 4 * 0.25: close, so measured
     out = guard.guard_fused(fused, 1.0, {}, CPU, "inductor")
     [one] = compiled
@@ -128,3 +135,13 @@ def test_fused_plan_close_to_serial_is_measured_against_one_segment(monkeypatch,
     # the unfused plan on one stream is timed in the same rounds, and loses here
     assert not seen[0][guard.UNFUSED].fusion.backend and "unfused plan on one stream: 2.0000" in out.profile.guard
     validate(out)
+
+
+def test_the_segment_fallback_times_the_runner_the_fused_plan_was_measured_on(monkeypatch, together, tiny_plan):
+    monkeypatch.setattr(guard, "measure_fused", lambda plan, weights, device: (plan, 1.1))
+    seen = together({"chosen": 1.0, "single": 1.1, guard.UNFUSED: 2.0})
+    runner = object()
+    fused = measured_fused(tiny_plan, 0.25)
+    out = guard.guard_fused(fused, 1.0, {}, CPU, "inductor", runner=runner)
+    assert seen[0]["chosen"] is runner  # not captured again
+    assert out.fusion == fused.fusion
