@@ -2,9 +2,10 @@
 inductor options, timed in one process.
 
 Two open questions of issue 18 are about the program rather than the schedule:
-- GPT-2 small: Opara's whole-graph program replays 12% slower on one stream than torch.compile's (H200, fp16),
+- GPT-2 small: Opara's whole-graph program read 12% slower on one stream than torch.compile's (H200, fp16),
   although the ATen graphs they hand inductor are the same after decomposition. Opara compiles with
-  allow_buffer_reuse off (kernel streams need it); the 'reuse' variants tell whether that is the cost.
+  allow_buffer_reuse off (kernel streams need it); the 'reuse' variants tell whether that is the cost (it was
+  not, and the gap moved with the order methods were timed in: docs/design.md, sections 6.1 and 8).
 - Combo (horizontal) kernels: inductor can merge small independent kernels into one launch; the 'combo' variants
   measure them on both sides, against the kernel-level plan's streams.
 

@@ -209,7 +209,8 @@ def main(argv=None) -> int:
     result = dict(header, model=args.model, batch=args.batch, replicas=args.replicas, requests=args.requests,
                   duration_s=args.duration, host_io=args.host_io, compile_mode=args.compile_mode,
                   plan_streams=plan.schedule.num_streams, records=[])
-    calls = methods(model, plan, inputs[0], replicas=args.replicas, host_io=args.host_io, compile_mode=args.compile_mode)
+    calls = methods(model, plan, inputs[0], replicas=args.replicas, host_io=args.host_io,
+                    compile_mode=args.compile_mode)
     if args.methods:
         calls = {k: v for k, v in calls.items() if k in args.methods.split(",")}
     # Every local method makes its first calls (torch.compile records its CUDA graph) before Ray starts a replica

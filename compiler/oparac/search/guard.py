@@ -132,7 +132,8 @@ def _guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.devi
         reason = (f"streams clearly pay: {fused_ms:.4f} ms against {serial_ms:.4f} ms for its segments one after "
                   f"another (at most {CLEAR_WIN:.2f}x); the one-segment plan was not compiled")
     if reason is not None:  # no other fused plan to compile: only the unfused one to time it against
-        timed = _time_together({"chosen": fused if runner is None else runner, UNFUSED: unfused}, weights, device)
+        timed = measure_rounds({"chosen": fused if runner is None else runner, UNFUSED: unfused}, weights, [device],
+                               rounds=FINAL_ROUNDS, repeats=5, replays=20)
         kept = _record(fused, fused, fused, Verdict("chosen", timed["chosen"], None, reason))
         return against_unfused(kept, timed["chosen"], unfused, timed[UNFUSED], say)
     if say:
@@ -153,8 +154,8 @@ def _guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.devi
             kept = _decide(fused, search.plan, h2h["chosen"], h2h["kernels"], say)
             return against_unfused(kept, min(h2h["chosen"], h2h["kernels"]), unfused, h2h[UNFUSED], say)
     one, _ = measure_fused(fuse_plan(single_stream(fused), backend), weights, device)
-    times = _time_together({"chosen": fused if runner is None else runner, "single": one, UNFUSED: unfused},
-                           weights, device)
+    times = measure_rounds({"chosen": fused if runner is None else runner, "single": one, UNFUSED: unfused},
+                           weights, [device], rounds=FINAL_ROUNDS, repeats=5, replays=20)
     kept = _decide(fused, one, times["chosen"], times["single"], say)
     return against_unfused(kept, min(times["chosen"], times["single"]), unfused, times[UNFUSED], say)
 
@@ -171,20 +172,6 @@ def unfused_rival(plan: Plan, layout: str | None) -> Plan:
     if layout is None or layout == plan.model.memory_format:
         return single
     return dataclasses.replace(single, model=dataclasses.replace(single.model, memory_format=layout))
-
-
-def _time_together(entries: dict, weights: dict, device: torch.device) -> dict:
-    """name -> median replay ms of each entry, timed in the same rounds; an entry is a plan (captured here) or a
-    runner already captured for one (the fused plan's, from measure_fused_runner: not captured again)."""
-    from oparac.profile.measure import timed_runner
-    from oparac.search.tune import time_rounds
-
-    runners = {name: timed_runner(e, weights, device) if isinstance(e, Plan) else e for name, e in entries.items()}
-    try:
-        return time_rounds(runners, device, rounds=FINAL_ROUNDS, repeats=5, replays=20)
-    finally:
-        del runners
-        gc.collect()
 
 
 def against_unfused(kept: Plan, kept_ms: float, unfused: Plan, unfused_ms: float, say) -> Plan:

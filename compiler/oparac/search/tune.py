@@ -109,11 +109,13 @@ def _tune(plan: Plan, candidates: dict[tuple, Placed], weights: dict, devices: l
     return dataclasses.replace(chosen, profile=dataclasses.replace(chosen.profile, candidates=recorded))
 
 
-def measure_rounds(plans: dict[tuple, Plan], weights: dict, devices: list[torch.device], *, rounds: int, repeats: int,
-                   replays: int) -> dict[tuple, float]:
+def measure_rounds(plans: dict, weights: dict, devices: list[torch.device], *, rounds: int, repeats: int,
+                   replays: int) -> dict:
     """The median replay time of each plan over `rounds` rounds that time every plan in turn (all captured at
-    once, so each round sees the same GPU state); a plan for N GPUs runs on the first N of `devices`."""
-    runners = {sig: timed_runner(p, weights, devices[0], devices[:p.schedule.num_devices]) for sig, p in plans.items()}
+    once, so each round sees the same GPU state); a plan for N GPUs runs on the first N of `devices`. An entry
+    may also be a runner already captured for its plan (timed_runner): it is timed as it is, not captured again."""
+    runners = {sig: timed_runner(p, weights, devices[0], devices[:p.schedule.num_devices]) if isinstance(p, Plan)
+               else p for sig, p in plans.items()}
     try:
         return time_rounds(runners, devices[0], rounds=rounds, repeats=repeats, replays=replays)
     finally:

@@ -1,14 +1,16 @@
 """The kernel-level fused mode's launches: inductor's compiled call rewritten to put its kernels on streams.
 
 Given a parsed wrapper (wrapper_ir) and a stream per kernel with a launch order (the plan's KernelStreams, or one
-stream for profiling), `streamed_source` writes a new `call(args)` from the wrapper's own statements: every
-allocation before the first launch (on several streams), other host statements (views, checks) where their
-names are first needed, each kernel on its stream (made current while it launches; Triton launches also get
-that stream's raw handle), and an event wait wherever a kernel depends on one from another stream that the
-stream has not already waited for (vector clocks, latest producer first). On one stream in the program's own
-order the call is the original, statement for statement, its frees included. The waits come from the program's own
-dependencies, never from the plan: a stream assignment or launch order from a plan can make the program slower,
-never wrong, and an order that breaks a dependency is refused.
+stream for profiling), `streamed_source` writes a new `call(args)` from the wrapper's own statements: on several
+streams each allocation just before its first user, with that user's stream current, and a `del` once every user is
+ordered before a later launch of that stream (_Frees; without freeing, every allocation before the first launch and
+no `del`), other host statements (views, checks) where their names are first needed, each kernel on its stream
+(made current while it launches; Triton launches also get that stream's raw handle), and an event wait wherever a
+kernel depends on one from another stream that the stream has not already waited for (vector clocks, latest
+producer first). On one stream in the program's own order the call is the original, statement for statement, its
+frees included. The waits come from the program's own dependencies, never from the plan: a stream assignment or
+launch order from a plan can make the program slower, never wrong, and an order that breaks a dependency is
+refused.
 
 The new code is compiled in the wrapper module's namespace (its kernels, allocators and helpers) and replaces
 the compiled graph's `current_callable`, so inductor's runtime wrapper around it is unchanged.
@@ -23,8 +25,9 @@ from opara_plan.validate import MAX_KERNEL_STREAMS
 from opara_runtime.fused.wrapper_ir import Statement, WrapperProgram
 
 
-# Freeing buffers during a call on several streams (_Frees): built and checked on the CPU against a model of the
-# caching allocator; off until it has been measured on a GPU (docs/design.md section 6.1).
+# Freeing buffers during a call on several streams (_Frees): checked on the CPU against a model of the caching
+# allocator and on the H200 (bit-identical outputs, a third of the peak memory: docs/design.md section 6.1).
+# False allocates every buffer before the first launch and frees nothing during the call.
 FREE_ON_STREAMS = True
 
 

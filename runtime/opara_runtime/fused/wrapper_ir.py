@@ -13,9 +13,9 @@ its device block are classified here:
   ATen fallback such as attention) or, for a view spelled as a method or an ATen view op, the viewed storage
   (ordered as a write to it). Any other call is taken to read and write every tensor it names.
 - check  `assert_size_stride(...)`, `assert_alignment(...)`: host only, after the names it checks.
-- drop   `stream0 = get_raw_stream(0)` and `del x`: the streams are ours, and on several streams every buffer
-  lives to the end of the call, so a buffer is never handed back to the allocator while another stream may still
-  use it (the one-stream program in its own order keeps its `del`s: kernel_streams).
+- drop   `stream0 = get_raw_stream(0)` and `del x`: the streams are ours, and inductor's frees assume one
+  stream; kernel_streams writes its own `del`s on several streams (once no other stream may still use the
+  buffer), and the one-stream program in its own order keeps the original ones.
 - barrier anything else: it runs where it stood, after every earlier launch and before every later one.
 
 Dependencies are between storages, not names, so views and inductor's in-place reuse (a kernel writing into a

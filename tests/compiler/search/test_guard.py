@@ -14,7 +14,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture
 def timings(monkeypatch):
-    """Fake measure_rounds: times[label] for 'chosen' and 'single'; returns the list of measured plans."""
+    """Fake measure_rounds: times[label] for each entry (a plan, or a runner); returns the list of entries."""
     seen = []
 
     def install(times):
@@ -63,36 +63,22 @@ def test_a_single_stream_plan_is_not_measured(timings, tiny_plan):
 
 
 @pytest.fixture
-def together(monkeypatch):
-    """Fake _time_together: times[name] for each entry timed; returns the list of entries dicts."""
-    seen = []
-
-    def install(times):
-        def time_together(entries, weights, device):
-            seen.append(entries)
-            return {k: times[k] for k in entries}
-        monkeypatch.setattr(guard, "_time_together", time_together)
-        return seen
-    return install
+def pair(timings):
+    """measure_rounds faked for the fused plan (or its runner) against the unfused plan on one stream."""
+    return lambda chosen_ms, unfused_ms: timings({"chosen": chosen_ms, guard.UNFUSED: unfused_ms})
 
 
-@pytest.fixture
-def pair(together):
-    """_time_together faked for the fused plan (or its runner) against the unfused plan on one stream."""
-    return lambda chosen_ms, unfused_ms: together({"chosen": chosen_ms, guard.UNFUSED: unfused_ms})
-
-
-def test_fused_plan_whose_streams_clearly_pay_compiles_nothing_more(monkeypatch, timings, pair, tiny_plan):
-    seen = timings({})
+def test_fused_plan_whose_streams_clearly_pay_compiles_nothing_more(monkeypatch, pair, tiny_plan):
     timed = pair(1.0, 1.6)
     monkeypatch.setattr(guard, "measure_fused", lambda *a: pytest.fail("the one-segment plan was compiled"))
     fused = measured_fused(tiny_plan, 0.5)
     assert len(fused.fusion.segments) == 4
     out = guard.guard_fused(fused, 1.0, {}, CPU, "inductor")  # 1.0 <= 0.85 * 2.0
-    assert out.fusion == fused.fusion and not seen and "clearly pay" in out.profile.guard
+    assert out.fusion == fused.fusion and "clearly pay" in out.profile.guard
     [entries] = timed  # only timed against the unfused plan on one stream
     given, unfused = entries["chosen"], entries[guard.UNFUSED]
-    assert set(entries) == {"chosen", guard.UNFUSED} and given is fused and not unfused.fusion.backend and unfused.schedule.num_streams == 1
+    assert set(entries) == {"chosen", guard.UNFUSED} and given is fused
+    assert not unfused.fusion.backend and unfused.schedule.num_streams == 1
     assert out.profile.guard.endswith("the unfused plan on one stream: 1.6000 ms")
     assert [(c.measured_ms, c.chosen) for c in out.profile.candidates[-2:]] == [(1.0, True), (1.6, False)]
     validate(out)
@@ -118,7 +104,7 @@ def test_a_tie_with_the_unfused_plan_keeps_the_fused_one(pair, tiny_plan):
 
 
 @pytest.mark.parametrize("one_ms, kept_streams", [(0.9, 1), (1.2, 2)])
-def test_fused_plan_close_to_serial_is_measured_against_one_segment(monkeypatch, together, tiny_plan, one_ms,
+def test_fused_plan_close_to_serial_is_measured_against_one_segment(monkeypatch, timings, tiny_plan, one_ms,
                                                                     kept_streams):
     compiled = []
 
@@ -126,7 +112,7 @@ def test_fused_plan_close_to_serial_is_measured_against_one_segment(monkeypatch,
         compiled.append(plan)
         return plan, one_ms
     monkeypatch.setattr(guard, "measure_fused", measure_fused)
-    seen = together({"chosen": 1.0, "single": one_ms, guard.UNFUSED: 2.0})
+    seen = timings({"chosen": 1.0, "single": one_ms, guard.UNFUSED: 2.0})
     fused = measured_fused(tiny_plan, 0.25)  # 1.0 > 0.85 * 4 * 0.25: close, so measured
     out = guard.guard_fused(fused, 1.0, {}, CPU, "inductor")
     [one] = compiled
@@ -137,9 +123,9 @@ def test_fused_plan_close_to_serial_is_measured_against_one_segment(monkeypatch,
     validate(out)
 
 
-def test_the_segment_fallback_times_the_runner_the_fused_plan_was_measured_on(monkeypatch, together, tiny_plan):
+def test_the_segment_fallback_times_the_runner_the_fused_plan_was_measured_on(monkeypatch, timings, tiny_plan):
     monkeypatch.setattr(guard, "measure_fused", lambda plan, weights, device: (plan, 1.1))
-    seen = together({"chosen": 1.0, "single": 1.1, guard.UNFUSED: 2.0})
+    seen = timings({"chosen": 1.0, "single": 1.1, guard.UNFUSED: 2.0})
     runner = object()
     fused = measured_fused(tiny_plan, 0.25)
     out = guard.guard_fused(fused, 1.0, {}, CPU, "inductor", runner=runner)

@@ -167,8 +167,8 @@ def test_the_guard_falls_back_to_one_segment_when_the_program_cannot_be_read(mon
     one_segment = []
     monkeypatch.setattr(kernels, "kernel_fused", unreadable)
     monkeypatch.setattr(guard, "measure_fused", lambda plan, w, d: (one_segment.append(plan) or plan, 1.0))
-    monkeypatch.setattr(guard, "_time_together", lambda entries, *a: {"chosen": 1.0, "single": 1.5,
-                                                                      guard.UNFUSED: 1.7})
+    monkeypatch.setattr(guard, "measure_rounds", lambda plans, *a, **k: {"chosen": 1.0, "single": 1.5,
+                                                                        guard.UNFUSED: 1.7})
     notes = []
     fused = measured_fused(tiny_plan, 0.5)
     out = guard.guard_fused(fused, 1.9, {}, CPU, "inductor", notes.append, kernels=True)
