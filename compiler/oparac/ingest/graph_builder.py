@@ -104,7 +104,10 @@ class GraphBuilder:
     def _run_meta(self, overload, args, kwargs, where):
         def real(a):
             if isinstance(a, Ref):
-                return self.meta_of(a)
+                m = self.meta_of(a)
+                # export's fake tensors carry the model's device: the same layout on 'meta', so they mix with
+                # the meta tensors of weights and of ops built here
+                return m if m.is_meta else torch.empty_strided(m.shape, m.stride(), dtype=m.dtype, device="meta")
             if isinstance(a, tuple):
                 return [real(v) for v in a]
             if isinstance(a, Sym):

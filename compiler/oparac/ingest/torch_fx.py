@@ -9,8 +9,10 @@ import torch.fx
 import torch.utils._pytree as pytree
 
 from opara_plan import ModelError, OparaError, OutTree, Ref, UnsupportedOpError
+from opara_runtime.ops import op_target
 from oparac.ingest.export_errors import export_error, quiet_export
 from oparac.ingest.graph_builder import GraphBuilder
+from oparac.ingest.weight_products import fold_weight_product
 from oparac.models.reference import warn_if_training
 
 # Ops that synchronise with the host or produce data-dependent shapes: a CUDA graph cannot hold them.
@@ -164,6 +166,9 @@ def _call(node: torch.fx.Node, env, b: GraphBuilder):
     kwargs = pytree.tree_map_only(torch.fx.Node, lambda n: _ref_of(n, env, node), node.kwargs)
     if target is torch.ops.aten._native_batch_norm_legit_no_training.default and _only_first_output_used(node):
         return _inference_batch_norm(node, args, b)
+    folded = fold_weight_product(b, op_target(target), args, kwargs, node.name)
+    if folded is not None:
+        return folded
     return b.op(target, args, kwargs, name=node.name, meta=node.meta.get("val"))
 
 

@@ -228,7 +228,9 @@ def matmul(ctx: Context):
         return ctx.op(aten.matmul.default, a, b)
     if len(sa) == 2 and len(sb) == 2:
         return ctx.op(aten.mm.default, a, b)
-    if len(sa) > 2 and len(sb) == 2 and ctx.meta(0).is_contiguous():
+    if len(sa) > 2 and len(sb) == 2:
+        # One GEMM over all rows (a strided input copied first), not ATen's batch of small GEMMs sharing the
+        # 2-D operand: see ingest/weight_products.py
         flat = reshape(ctx, a, [math.prod(sa[:-1]), sa[-1]])
         return reshape(ctx, ctx.op(aten.mm.default, flat, b), sa[:-1] + [sb[-1]])
     if len(sa) == 3 and len(sb) == 3 and sa[0] == sb[0]:

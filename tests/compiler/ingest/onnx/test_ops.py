@@ -58,6 +58,8 @@ CASES = [
     ("unary_math", [node("Abs", "x", ["a"]), node("Sqrt", "a", ["b"]), node("Reciprocal", "b", ["c"]),
                     node("Log", "c", ["d"]), node("Exp", "d", ["e"]), node("Neg", "e")], {"x": X4}, {}, 13),
     ("matmul_3d_2d", [node("MatMul", "xw")], {"x": f32(2, 5, 8)}, {"w": f32(8, 4)}, 13),
+    ("matmul_strided_3d_2d", [node("Transpose", "x", ["t"], perm=[1, 0, 2]), node("MatMul", "tw")],
+     {"x": f32(2, 5, 8)}, {"w": f32(8, 4)}, 13),
     ("matmul_batched", [node("MatMul", "xw")], {"x": f32(2, 3, 5, 8)}, {"w": f32(2, 3, 8, 4)}, 13),
     ("gemm_trans", [node("Gemm", "xwb", transB=1, alpha=0.5, beta=2.0)], {"x": f32(4, 8)},
      {"w": f32(6, 8), "b": f32(6)}, 13),
@@ -170,3 +172,12 @@ def test_float16_plan_declares_inputs_and_weights_in_float16(tmp_path):
     plan, (got,) = run_opara(path, [inputs["x"].astype(np.float16)], dtype="float16")
     assert {n.outputs[0].dtype for n in plan.graph.nodes if n.kind in ("input", "param")} == {"float16"}
     assert got.dtype == torch.float16
+
+
+def test_strided_matmul_by_a_matrix_is_one_gemm(tmp_path):
+    """A transposed activation times a weight: one mm over all rows after a copy, not a batch of small GEMMs."""
+    case = next(c for c in CASES if c[0] == "matmul_strided_3d_2d")
+    model = make_model(case[1], case[2], ["y"], initializers=case[3], opset=case[4])
+    plan = check_against_ort(model, tmp_path, case[2])
+    targets = [n.target for n in plan.graph.nodes if n.kind == "op"]
+    assert targets == ["aten.permute.default", "aten.reshape.default", "aten.mm.default", "aten.view.default"], targets
