@@ -92,24 +92,33 @@ def main(argv=None) -> int:
 def run_group(name: str, batch: int, dtype: str, methods: list[str], device: torch.device, args, iters: int):
     """Each method's Record for one model, batch and dtype: built and timed together (interleaved), or each
     timed alone right after it was built (sequential: yielded as it is measured)."""
-    from oparac.bench.methods import Record, bench_method, build, measure_group, zoo_model
+    from oparac.bench.methods import CompileLog, Record, bench_method, build, measure_group, zoo_model
 
     model, inputs, reference = zoo_model(name, batch, dtype, device)
 
+    logs: dict[str, CompileLog] = {}
+
     def options(method: str) -> dict:
         o = {"dtype": dtype} if dtype != "float32" else {}
-        if args.progress:
-            o["progress"] = stamped(f"{name} b{batch} {dtype} {method}", time.perf_counter())
+        if method.startswith("opara"):  # made as the method is built, so its clock starts with the compile
+            echo = stamped(f"{name} b{batch} {dtype} {method}", time.perf_counter()) if args.progress else None
+            o["progress"] = logs[method] = CompileLog(echo)
         return o
+
+    def with_logs(rec: Record) -> Record:
+        if rec.method in logs:
+            logs[rec.method].fill(rec)
+        return rec
 
     if args.timing == "sequential":
         for method in methods:
-            yield bench_method(method, name, model, inputs, dtype, device, reference, iters=iters,
-                               plan_options=options(method))
+            yield with_logs(bench_method(method, name, model, inputs, dtype, device, reference, iters=iters,
+                                         plan_options=options(method)))
         return
     recs = [Record(model=name, batch=batch, dtype=dtype, method=m) for m in methods]
     makes = [lambda m=m: build(m, model, inputs, device, plan_options=options(m)) for m in methods]
-    yield from measure_group(recs, makes, inputs, reference, device, rounds=args.rounds, iters=iters, warmup=20)
+    yield from map(with_logs, measure_group(recs, makes, inputs, reference, device, rounds=args.rounds, iters=iters,
+                                            warmup=20))
 
 
 def measured(results: Path, gpu: str, methods: list[str], timing: str = "sequential") -> set[tuple[str, int, str]]:

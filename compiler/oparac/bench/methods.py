@@ -9,6 +9,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from oparac.profile.measure import time_alternating, time_gpu, time_interleaved
+from oparac.progress import Lines, Progress
 
 METHODS = ("eager", "cudagraph", "torch_compile", "ort_cuda", "opara", "opara_tuned", "opara_fused",
            "opara_fused_tuned")
@@ -41,6 +42,10 @@ class Record:
     # absent: timed alone, right after it was built
     timing: str | None = None
     ms_b2b_rounds: list[float] | None = None
+    # Opara methods: where `oparac compile`'s time went (CompileLog): seconds per stage, and every progress line
+    # inside them with the seconds since the compile began
+    compile_stages: dict[str, float] | None = None
+    compile_notes: list[list] | None = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -52,10 +57,41 @@ class Record:
             d.pop("error")
         if self.plan is None:
             d.pop("plan")
-        for k in ("critical_path_ms", "critical_path_calibrated", "timing", "ms_b2b_rounds"):
+        for k in ("critical_path_ms", "critical_path_calibrated", "timing", "ms_b2b_rounds", "compile_stages",
+                  "compile_notes"):
             if d.get(k, 0) is None:
                 d.pop(k)
         return d
+
+
+class CompileLog(Progress):
+    """A compile's progress kept for the benchmark JSON: seconds per stage and each line said inside a stage with
+    the seconds since the log was made (the compile's start), so a slow compile shows which step took the time.
+    echo: also a callable given every line as the CLI prints it (run.py --progress)."""
+
+    def __init__(self, echo=None) -> None:
+        self.start = time.perf_counter()
+        self.stages: dict[str, float] = {}
+        self.notes: list[list] = []
+        self.echo = Lines(echo) if echo is not None else Progress()
+
+    def stage_started(self, stage: str, detail: str) -> None:
+        self._keep(f"{stage}: {detail}" if detail else f"{stage}: started")
+        self.echo.stage_started(stage, detail)
+
+    def stage_finished(self, stage: str, seconds: float) -> None:
+        self.stages[stage] = round(self.stages.get(stage, 0.0) + seconds, 3)
+        self.echo.stage_finished(stage, seconds)
+
+    def note(self, message: str) -> None:
+        self._keep(message)
+        self.echo.note(message)
+
+    def _keep(self, line: str) -> None:
+        self.notes.append([round(time.perf_counter() - self.start, 3), line])
+
+    def fill(self, rec: "Record") -> None:
+        rec.compile_stages, rec.compile_notes = dict(self.stages), list(self.notes)
 
 
 def plan_label(plan) -> str:
