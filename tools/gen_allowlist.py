@@ -343,12 +343,13 @@ def zoo_case(name: str):
 
 
 def emitted_ops(model, inputs) -> frozenset[str]:
-    """The ATen targets Opara's front end emits for a model, in both attention forms."""
+    """The ATen targets Opara's front end emits for a model, in both attention forms. Unfolded: folding only takes
+    ops away, and a model over the folding budget is ingested with them (ingest/fold_constants.py)."""
     from oparac.pipeline import ingest
 
     found = set()
     for attention in ("sdpa", "math"):
-        builder, _ = ingest(model, inputs, "float32", attention=attention)
+        builder, _ = ingest(model, inputs, "float32", attention=attention, fold=False)
         found |= {node.target for node in builder.nodes if node.kind == "op"}
     return frozenset(found)
 

@@ -240,7 +240,9 @@ def compile_ref(ref: str, options: CompileOptions | None = None, *, progress=Non
 
 
 def ingest(model, example_inputs, dtype: str, shapes: str | dict | None = None,
-           attention: str = "sdpa") -> tuple[GraphBuilder, str]:
+           attention: str = "sdpa", fold: bool = True) -> tuple[GraphBuilder, str]:
+    """The plan graph of a model and the front end that made it. fold=False keeps input-independent values as ops
+    (the allowlist generator reads every op the front ends can emit: a model over the folding budget keeps them)."""
     from oparac.ingest.attention import decompositions
     from oparac.ingest.torch_fx import graph_from_exported, graph_from_fx, graph_from_module
 
@@ -254,7 +256,7 @@ def ingest(model, example_inputs, dtype: str, shapes: str | dict | None = None,
         if dtype != "float32":
             raise ModelError("an ExportedProgram is compiled in the dtype it was exported in; pass the "
                              "nn.Module to compile in another dtype")
-        return graph_from_exported(model.run_decompositions(decompositions(attention))), "torch.export"
+        return graph_from_exported(model.run_decompositions(decompositions(attention)), fold=fold), "torch.export"
     if not isinstance(model, torch.nn.Module):
         raise ModelError(f"model: expected an nn.Module, fx.GraphModule or ExportedProgram, "
                          f"found {type(model).__name__}")
@@ -264,9 +266,9 @@ def ingest(model, example_inputs, dtype: str, shapes: str | dict | None = None,
         example_inputs = (example_inputs,)
     model, example_inputs = cast_model(model, example_inputs, dtype)
     if isinstance(model, torch.fx.GraphModule):
-        return graph_from_fx(model, example_inputs, decompositions=decompositions(attention))
+        return graph_from_fx(model, example_inputs, decompositions=decompositions(attention), fold=fold)
     # graph_from_module exports in eval mode, warns if the model was in train mode, and restores the mode.
-    return graph_from_module(model, example_inputs, decompositions=decompositions(attention))
+    return graph_from_module(model, example_inputs, decompositions=decompositions(attention), fold=fold)
 
 
 def model_weights(model) -> dict:

@@ -11,7 +11,8 @@ import torch.utils._pytree as pytree
 from opara_plan import ModelError, OparaError, OutTree, Ref, UnsupportedOpError
 from opara_runtime.ops import op_target
 from oparac.ingest.export_errors import export_error, quiet_export
-from oparac.ingest.graph_builder import GraphBuilder
+from oparac.ingest.fold_constants import FOLD_BUDGET_BYTES, fold_constants, read_outside
+from oparac.ingest.graph_builder import MAX_CONSTANT_BYTES, GraphBuilder
 from oparac.ingest.weight_products import fold_weight_product
 from oparac.models.reference import warn_if_training
 
@@ -30,7 +31,7 @@ METADATA_ASSERTIONS = frozenset({"aten._assert_tensor_metadata", "aten.sym_const
 
 
 def graph_from_module(model: torch.nn.Module, example_inputs: tuple, *,
-                      decompositions: dict | None = None) -> tuple[GraphBuilder, str]:
+                      decompositions: dict | None = None, fold: bool = True) -> tuple[GraphBuilder, str]:
     """Export `model` on `example_inputs` to the functional ATen graph (`decompositions`: ops lowered further,
     see ingest/attention.py). The model is exported in eval mode (warned about if it is in train mode) and left
     in the mode it came in."""
@@ -51,7 +52,7 @@ def graph_from_module(model: torch.nn.Module, example_inputs: tuple, *,
     finally:
         for m, training in modes:
             m.training = training
-    return graph_from_exported(ep), "torch.export"
+    return graph_from_exported(ep, fold=fold), "torch.export"
 
 
 def check_weights(*named) -> None:
@@ -101,7 +102,8 @@ def _check_arity(model: torch.nn.Module, example_inputs) -> None:
                          f"{len(example_inputs)} tensors were given; if it takes a list of tensors, {_WRAP_HINT}")
 
 
-def graph_from_exported(ep: torch.export.ExportedProgram) -> GraphBuilder:
+def graph_from_exported(ep: torch.export.ExportedProgram, *, fold: bool = True) -> GraphBuilder:
+    """The plan graph of an exported program; fold: compute input-independent values now (ingest/fold_constants)."""
     from torch.export.graph_signature import InputKind, OutputKind
 
     check_weights(ep.state_dict.items(), ep.constants.items())
@@ -112,6 +114,9 @@ def graph_from_exported(ep: torch.export.ExportedProgram) -> GraphBuilder:
                                      f"put it in eval mode or remove the in-place state update")
     b = GraphBuilder()
     env: dict[torch.fx.Node, object] = {}
+    lifted = {node: ep.constants.get(specs[node.name].target) for node in ep.graph.nodes
+              if node.op == "placeholder" and node.name in specs and specs[node.name].kind == InputKind.CONSTANT_TENSOR}
+    constants = _Folded(ep.graph, {n: v for n, v in lifted.items() if isinstance(v, torch.Tensor)}, b, fold)
     for node in ep.graph.nodes:
         if node.op == "placeholder":
             spec = specs.get(node.name)
@@ -125,16 +130,38 @@ def graph_from_exported(ep: torch.export.ExportedProgram) -> GraphBuilder:
                 # Non-persistent buffers (BERT's position_ids) are model state too: bound like weights.
                 env[node] = b.param(spec.target, val.shape, val.dtype)
             elif kind == InputKind.CONSTANT_TENSOR:
-                env[node] = _lifted_constant(ep, spec, b)
+                env[node] = _lifted_constant(ep, spec, b) if constants.needed(node) else None
             else:
                 raise UnsupportedOpError(f"input {node.name!r}: {kind.name} inputs are not supported")
         elif node.op == "call_function":
-            env[node] = _call(node, env, b)
+            env[node] = constants.ref(node) if node in constants else _call(node, env, b)
         elif node.op == "output":
             _output(node, env, b, ep.call_spec.out_spec)
         else:
             raise UnsupportedOpError(f"node {node.name!r}: FX op {node.op!r} is not supported in an exported graph")
     return b
+
+
+class _Folded:
+    """The graph's values computed at compile time (ingest/fold_constants.py): a folded node that a kept op or
+    the output reads becomes a plan constant, the others vanish."""
+
+    def __init__(self, graph: torch.fx.Graph, known: dict, b: GraphBuilder, fold: bool) -> None:
+        room = MAX_CONSTANT_BYTES - sum(t.numel() * t.element_size() for t in known.values())
+        self.values = fold_constants(graph, known, budget=max(0, min(FOLD_BUDGET_BYTES, room))) if fold else {}
+        self.read = set(read_outside(self.values))
+        self.known = known
+        self.b = b
+
+    def __contains__(self, node: torch.fx.Node) -> bool:
+        return node in self.values
+
+    def ref(self, node: torch.fx.Node) -> Ref | None:
+        return self.b.constant(node.name, self.values[node]) if node in self.read else None
+
+    def needed(self, node: torch.fx.Node) -> bool:
+        """A constant of the model is built unless only folded ops read it."""
+        return node not in self.known or any(u not in self.values for u in node.users)
 
 
 def _lifted_constant(ep, spec, b: GraphBuilder) -> Ref:
@@ -228,11 +255,11 @@ def _out_tree(spec, counter) -> OutTree:
 
 
 def graph_from_fx(gm: torch.fx.GraphModule, example_inputs: tuple, *,
-                  decompositions: dict | None = None) -> tuple[GraphBuilder, str]:
+                  decompositions: dict | None = None, fold: bool = True) -> tuple[GraphBuilder, str]:
     """An ATen-level GraphModule (make_fx, export) is ingested as is; a torch-level one is exported."""
     _check_inputs(example_inputs)
     if not _is_aten_graph(gm):
-        return graph_from_module(gm, example_inputs, decompositions=decompositions)
+        return graph_from_module(gm, example_inputs, decompositions=decompositions, fold=fold)
     b = GraphBuilder()
     env: dict[torch.fx.Node, object] = {}
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -241,6 +268,9 @@ def graph_from_fx(gm: torch.fx.GraphModule, example_inputs: tuple, *,
     named = dict(gm.named_parameters()) | dict(gm.named_buffers())
     check_weights(named.items())
     inputs = dict(zip(placeholders, example_inputs))
+    attrs = {node: _get_attr(gm, node.target) for node in gm.graph.nodes
+             if node.op == "get_attr" and node.target not in named}
+    constants = _Folded(gm.graph, attrs, b, fold)
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             x = inputs[node]
@@ -250,9 +280,9 @@ def graph_from_fx(gm: torch.fx.GraphModule, example_inputs: tuple, *,
             if value is not None:
                 env[node] = b.param(node.target, value.shape, value.dtype)
             else:
-                env[node] = b.constant(node.target, _get_attr(gm, node.target))
+                env[node] = b.constant(node.target, attrs[node]) if constants.needed(node) else None
         elif node.op == "call_function":
-            env[node] = _call(node, env, b)
+            env[node] = constants.ref(node) if node in constants else _call(node, env, b)
         elif node.op == "output":
             out = node.args[0]
             spec = pytree.tree_flatten(out)[1]
