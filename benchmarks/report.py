@@ -211,11 +211,12 @@ def write_markdown(paths: list[Path], out: Path) -> None:
                  "back-to-back time: its figure there is most likely bounded by its host-side work per call "
                  "(docs/design.md, section 8). The same model read differently in different runs too: "
                  "torch.compile's ViT-B/16 fp16 batch 8 was 1.443 ms in one run and 1.172 in the next, each run's "
-                 "rounds within 4%. Every run here predates two changes to the ingest (docs/design.md, section 2): "
+                 "rounds within 4%. Every run here predates three changes to the ingest (docs/design.md, section 2): "
                  "a strided activation times a weight is one GEMM (of the models here that changes only ViT-B/16, "
-                 "whose attention input projection ran as a batch of 197 small GEMMs in Opara's plans), and values "
+                 "whose attention input projection ran as a batch of 197 small GEMMs in Opara's plans); values "
                  "computed from shapes alone are folded into constants (Swin-T's graph goes from 906 ops to 521; "
-                 "GPT-2, BERT and the Llama decoder lose their mask ops).", "",
+                 "GPT-2, BERT and the Llama decoder lose their mask ops); and attention given a folded causal mask "
+                 "is built causal, without the mask (GPT-2, Llama).", "",
                  never_lose(merge(h200)), ""]
     served = sorted((Path(__file__).resolve().parent / "results").glob("serve-load-*.json"))
     if served:

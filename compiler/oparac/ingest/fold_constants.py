@@ -33,9 +33,10 @@ _CPU = torch.device("cpu")
 
 
 def fold_constants(graph: torch.fx.Graph, known: dict[torch.fx.Node, torch.Tensor], *,
-                   budget: int = FOLD_BUDGET_BYTES) -> dict[torch.fx.Node, object]:
+                   budget: int = FOLD_BUDGET_BYTES, dropped: frozenset = frozenset()) -> dict[torch.fx.Node, object]:
     """Every call_function node of `graph` computable at compile time -> its value (a tensor, or a tuple for a
-    multi-output op read through getitem). known: nodes whose values are constants already (lifted constants).
+    multi-output op read through getitem). known: nodes whose values are constants already (lifted constants);
+    dropped: nodes the ingest leaves out (unused metadata assertions), which read nothing that must be kept.
     Empty where the values the rest of the graph would read exceed `budget` bytes."""
     values: dict[torch.fx.Node, object] = dict(known)
     for node in graph.nodes:
@@ -44,14 +45,14 @@ def fold_constants(graph: torch.fx.Graph, known: dict[torch.fx.Node, torch.Tenso
             if value is not None:
                 values[node] = value
     folded = {n: v for n, v in values.items() if n not in known}
-    if sum(_nbytes(folded[n]) for n in read_outside(folded)) > budget:
+    if sum(_nbytes(folded[n]) for n in read_outside(folded, dropped)) > budget:
         return {}
     return folded
 
 
-def read_outside(folded: dict[torch.fx.Node, object]) -> list[torch.fx.Node]:
+def read_outside(folded: dict[torch.fx.Node, object], dropped=frozenset()) -> list[torch.fx.Node]:
     """The folded nodes that an op kept in the graph (or the output) reads: those become plan constants."""
-    return [n for n in folded if any(u not in folded for u in n.users)]
+    return [n for n in folded if any(u not in folded and u not in dropped for u in n.users)]
 
 
 def _evaluate(node: torch.fx.Node, values: dict) -> object | None:

@@ -11,7 +11,8 @@ import torch.utils._pytree as pytree
 from opara_plan import ModelError, OparaError, OutTree, Ref, UnsupportedOpError
 from opara_runtime.ops import op_target
 from oparac.ingest.export_errors import export_error, quiet_export
-from oparac.ingest.fold_constants import FOLD_BUDGET_BYTES, fold_constants, read_outside
+from oparac.ingest.causal_attention import causal_attention, mask_of
+from oparac.ingest.fold_constants import FOLD_BUDGET_BYTES, fold_constants
 from oparac.ingest.graph_builder import MAX_CONSTANT_BYTES, GraphBuilder
 from oparac.ingest.weight_products import fold_weight_product
 from oparac.models.reference import warn_if_training
@@ -134,7 +135,7 @@ def graph_from_exported(ep: torch.export.ExportedProgram, *, fold: bool = True) 
             else:
                 raise UnsupportedOpError(f"input {node.name!r}: {kind.name} inputs are not supported")
         elif node.op == "call_function":
-            env[node] = constants.ref(node) if node in constants else _call(node, env, b)
+            env[node] = constants.ref(node) if node in constants else _call(node, env, b, constants.rewrites.get(node))
         elif node.op == "output":
             _output(node, env, b, ep.call_spec.out_spec)
         else:
@@ -148,10 +149,22 @@ class _Folded:
 
     def __init__(self, graph: torch.fx.Graph, known: dict, b: GraphBuilder, fold: bool) -> None:
         room = MAX_CONSTANT_BYTES - sum(t.numel() * t.element_size() for t in known.values())
-        self.values = fold_constants(graph, known, budget=max(0, min(FOLD_BUDGET_BYTES, room))) if fold else {}
-        self.read = set(read_outside(self.values))
+        # unused metadata assertions are left out (_call), so what only they read is not kept for them
+        self.unbuilt = frozenset(n for n in graph.nodes if n.op == "call_function" and not n.users
+                                 and isinstance(n.target, torch._ops.OpOverload)
+                                 and f"{n.target.namespace}.{n.target._opname}" in METADATA_ASSERTIONS)
+        self.values = fold_constants(graph, known, budget=max(0, min(FOLD_BUDGET_BYTES, room)),
+                                     dropped=self.unbuilt) if fold else {}
+        # attention calls whose folded mask is causal: rebuilt with is_causal=True, so they no longer read it
+        self.rewrites = causal_attention(graph, {**known, **self.values})
+        self.unread = {(mask_of(n), n) for n in self.rewrites}
         self.known = known
+        self.read = {n for n in self.values if self._read_by_kept_ops(n)}
         self.b = b
+
+    def _read_by_kept_ops(self, node: torch.fx.Node) -> bool:
+        return any(u not in self.values and u not in self.unbuilt and (node, u) not in self.unread
+                   for u in node.users)
 
     def __contains__(self, node: torch.fx.Node) -> bool:
         return node in self.values
@@ -160,8 +173,8 @@ class _Folded:
         return self.b.constant(node.name, self.values[node]) if node in self.read else None
 
     def needed(self, node: torch.fx.Node) -> bool:
-        """A constant of the model is built unless only folded ops read it."""
-        return node not in self.known or any(u not in self.values for u in node.users)
+        """A constant of the model is built unless only folded ops (or rewritten attention) read it."""
+        return node not in self.known or self._read_by_kept_ops(node)
 
 
 def _lifted_constant(ep, spec, b: GraphBuilder) -> Ref:
@@ -171,7 +184,8 @@ def _lifted_constant(ep, spec, b: GraphBuilder) -> Ref:
     return b.constant(spec.target, value)
 
 
-def _call(node: torch.fx.Node, env, b: GraphBuilder):
+def _call(node: torch.fx.Node, env, b: GraphBuilder, rewrite: tuple | None = None):
+    """The op `node` calls, built; rewrite: (args, kwargs) to call it with instead of the node's own."""
     target = node.target
     if target is operator.getitem:
         src, index = node.args
@@ -189,8 +203,9 @@ def _call(node: torch.fx.Node, env, b: GraphBuilder):
                                  f"data-dependent shape; CUDA graphs cannot capture it")
     if packet in METADATA_ASSERTIONS and not node.users:
         return None
-    args = pytree.tree_map_only(torch.fx.Node, lambda n: _ref_of(n, env, node), node.args)
-    kwargs = pytree.tree_map_only(torch.fx.Node, lambda n: _ref_of(n, env, node), node.kwargs)
+    node_args, node_kwargs = rewrite if rewrite is not None else (node.args, node.kwargs)
+    args = pytree.tree_map_only(torch.fx.Node, lambda n: _ref_of(n, env, node), node_args)
+    kwargs = pytree.tree_map_only(torch.fx.Node, lambda n: _ref_of(n, env, node), node_kwargs)
     if target is torch.ops.aten._native_batch_norm_legit_no_training.default and _only_first_output_used(node):
         return _inference_batch_norm(node, args, b)
     folded = fold_weight_product(b, op_target(target), args, kwargs, node.name)
@@ -282,7 +297,7 @@ def graph_from_fx(gm: torch.fx.GraphModule, example_inputs: tuple, *,
             else:
                 env[node] = b.constant(node.target, attrs[node]) if constants.needed(node) else None
         elif node.op == "call_function":
-            env[node] = constants.ref(node) if node in constants else _call(node, env, b)
+            env[node] = constants.ref(node) if node in constants else _call(node, env, b, constants.rewrites.get(node))
         elif node.op == "output":
             out = node.args[0]
             spec = pytree.tree_flatten(out)[1]
