@@ -3,34 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import opara_runtime
 import oparac
 from oparac.ingest.causal_attention import is_causal_mask
 
-
-class Decoder(torch.nn.Module):
-    """One attention layer masked the way traced decoders are: a mask built from the sequence length."""
-
-    def __init__(self, mask: str = "bool"):
-        super().__init__()
-        self.qkv = torch.nn.Linear(16, 48)
-        self.mask = mask
-
-    def forward(self, x, pad=None):
-        q, k, v = self.qkv(x).view(x.shape[0], x.shape[1], 3, 2, 8).permute(2, 0, 3, 1, 4)
-        n = x.shape[1]
-        keep = torch.ones(n, n, dtype=torch.bool).tril()
-        if self.mask == "float":
-            mask = torch.zeros(n, n).masked_fill(~keep, torch.finfo(torch.float32).min)
-        elif self.mask == "band":  # not causal: the diagonal is masked too
-            mask = torch.ones(n, n, dtype=torch.bool).tril(-1) | (torch.arange(n) == 0)[:, None]
-        elif self.mask == "padded":  # causal and an input's padding: known only at run time
-            mask = keep & pad[:, None, None, :]
-        else:
-            mask = keep[None, None].expand(x.shape[0], 1, n, n)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+from helpers.ingest_models import Decoder
 
 
 def _attention_calls(plan):

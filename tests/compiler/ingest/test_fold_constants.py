@@ -7,24 +7,7 @@ import opara_runtime
 import oparac
 from oparac.ingest.fold_constants import FOLD_LIMIT_BYTES, fold_constants
 
-
-class WindowMask(torch.nn.Module):
-    """Swin's shifted-window mask: a zeros tensor written slice by slice from shapes alone, added to scores."""
-
-    def __init__(self):
-        super().__init__()
-        self.proj = torch.nn.Linear(8, 8)
-
-    def forward(self, x):
-        mask = x.new_zeros((6, 6))
-        count = 0
-        for rows in (slice(0, 2), slice(2, 4), slice(4, 6)):
-            for cols in (slice(0, 3), slice(3, 6)):
-                mask[rows, cols] = count
-                count += 1
-        mask = (mask.unsqueeze(0) - mask.unsqueeze(1)).ne(0)
-        scores = self.proj(x) @ x.transpose(-1, -2)
-        return scores.masked_fill(mask[:, :, 0], float("-inf")).softmax(-1)
+from helpers.ingest_models import WindowMask
 
 
 def _targets(plan):

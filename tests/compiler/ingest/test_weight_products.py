@@ -6,17 +6,7 @@ import torch
 import opara_runtime
 import oparac
 
-
-class Attention(torch.nn.Module):
-    """nn.MultiheadAttention(batch_first=True): its input projection multiplies [tokens, batch, dim], a
-    transposed view, by the packed weight."""
-
-    def __init__(self, dim=16, heads=2):
-        super().__init__()
-        self.attn = torch.nn.MultiheadAttention(dim, heads, batch_first=True)
-
-    def forward(self, x):
-        return self.attn(x, x, x, need_weights=False)[0]
+from helpers.ingest_models import Attention
 
 
 class Products(torch.nn.Module):
