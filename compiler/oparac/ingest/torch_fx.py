@@ -156,7 +156,7 @@ class _Folded:
         self.values = fold_constants(graph, known, budget=max(0, min(FOLD_BUDGET_BYTES, room)),
                                      dropped=self.unbuilt) if fold else {}
         # attention calls whose folded mask is causal: rebuilt with is_causal=True, so they no longer read it
-        self.rewrites = causal_attention(graph, {**known, **self.values})
+        self.rewrites = causal_attention(graph, {**known, **self.values}) if fold else {}
         self.unread = {(mask_of(n), n) for n in self.rewrites}
         self.known = known
         self.read = {n for n in self.values if self._read_by_kept_ops(n)}
