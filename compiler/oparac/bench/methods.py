@@ -9,7 +9,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from oparac.profile.measure import time_alternating, time_gpu, time_interleaved
-from oparac.progress import Lines, Progress
+from oparac.progress import Lines
 
 METHODS = ("eager", "cudagraph", "torch_compile", "ort_cuda", "opara", "opara_tuned", "opara_fused",
            "opara_fused_tuned")
@@ -64,31 +64,26 @@ class Record:
         return d
 
 
-class CompileLog(Progress):
-    """A compile's progress kept for the benchmark JSON: seconds per stage and each line said inside a stage with
+class CompileLog(Lines):
+    """A compile's progress kept for the benchmark JSON: seconds per stage, and every line the CLI would print with
     the seconds since the log was made (the compile's start), so a slow compile shows which step took the time.
-    echo: also a callable given every line as the CLI prints it (run.py --progress)."""
+    echo: also a callable given every line (run.py --progress)."""
 
     def __init__(self, echo=None) -> None:
+        super().__init__(self._keep)
         self.start = time.perf_counter()
         self.stages: dict[str, float] = {}
         self.notes: list[list] = []
-        self.echo = Lines(echo) if echo is not None else Progress()
-
-    def stage_started(self, stage: str, detail: str) -> None:
-        self._keep(f"{stage}: {detail}" if detail else f"{stage}: started")
-        self.echo.stage_started(stage, detail)
+        self.echo = echo
 
     def stage_finished(self, stage: str, seconds: float) -> None:
         self.stages[stage] = round(self.stages.get(stage, 0.0) + seconds, 3)
-        self.echo.stage_finished(stage, seconds)
-
-    def note(self, message: str) -> None:
-        self._keep(message)
-        self.echo.note(message)
+        super().stage_finished(stage, seconds)
 
     def _keep(self, line: str) -> None:
         self.notes.append([round(time.perf_counter() - self.start, 3), line])
+        if self.echo is not None:
+            self.echo(line)
 
     def fill(self, rec: "Record") -> None:
         rec.compile_stages, rec.compile_notes = dict(self.stages), list(self.notes)

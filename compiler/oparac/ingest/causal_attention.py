@@ -62,8 +62,8 @@ def is_causal_mask(mask: torch.Tensor, rows: int, cols: int) -> bool:
 
 
 def _take(args: list, kwargs: dict, position: int, name: str, default=None):
-    """Read an argument and leave its slot as the default (None for the mask): positional args stay positional."""
+    """Read an argument and leave its slot as the default: positional args stay positional."""
     if len(args) > position:
-        value, args[position] = args[position], (None if name == "attn_mask" else default)
+        value, args[position] = args[position], default
         return value
     return kwargs.pop(name, default)

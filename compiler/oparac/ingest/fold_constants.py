@@ -45,14 +45,15 @@ def fold_constants(graph: torch.fx.Graph, known: dict[torch.fx.Node, torch.Tenso
             if value is not None:
                 values[node] = value
     folded = {n: v for n, v in values.items() if n not in known}
-    if sum(_nbytes(folded[n]) for n in read_outside(folded, dropped)) > budget:
+    if sum(nbytes(folded[n]) for n in folded if read_by_kept_ops(n, folded, dropped)) > budget:
         return {}
     return folded
 
 
-def read_outside(folded: dict[torch.fx.Node, object], dropped=frozenset()) -> list[torch.fx.Node]:
-    """The folded nodes that an op kept in the graph (or the output) reads: those become plan constants."""
-    return [n for n in folded if any(u not in folded and u not in dropped for u in n.users)]
+def read_by_kept_ops(node: torch.fx.Node, folded: dict, dropped=frozenset(), unread=frozenset()) -> bool:
+    """An op kept in the graph (or the output) reads `node`, so its value becomes a plan constant. dropped: nodes
+    left out of the graph; unread: (node, user) pairs where the user is rebuilt without reading it."""
+    return any(u not in folded and u not in dropped and (node, u) not in unread for u in node.users)
 
 
 def _evaluate(node: torch.fx.Node, values: dict) -> object | None:
@@ -93,14 +94,15 @@ def _matches(out, meta, node: torch.fx.Node) -> bool:
     """The value has the shape and dtype export recorded and is small enough; a tuple only read by getitem."""
     if isinstance(out, torch.Tensor):
         return (isinstance(meta, torch.Tensor) and tuple(out.shape) == tuple(meta.shape) and out.dtype == meta.dtype
-                and _nbytes(out) <= FOLD_LIMIT_BYTES)
+                and nbytes(out) <= FOLD_LIMIT_BYTES)
     if isinstance(out, (tuple, list)) and isinstance(meta, (tuple, list)) and len(out) == len(meta):
         return (all(u.target is operator.getitem for u in node.users)
                 and all(_matches(o, m, node) for o, m in zip(out, meta)))
     return False
 
 
-def _nbytes(value) -> int:
+def nbytes(value) -> int:
+    """The bytes of a tensor, or of a tuple of them."""
     if isinstance(value, torch.Tensor):
         return value.numel() * value.element_size()
-    return sum(_nbytes(v) for v in value)
+    return sum(nbytes(v) for v in value)

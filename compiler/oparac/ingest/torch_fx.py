@@ -12,7 +12,7 @@ from opara_plan import ModelError, OparaError, OutTree, Ref, UnsupportedOpError
 from opara_runtime.ops import op_target
 from oparac.ingest.export_errors import export_error, quiet_export
 from oparac.ingest.causal_attention import causal_attention, mask_of
-from oparac.ingest.fold_constants import FOLD_BUDGET_BYTES, fold_constants
+from oparac.ingest.fold_constants import FOLD_BUDGET_BYTES, fold_constants, nbytes, read_by_kept_ops
 from oparac.ingest.graph_builder import MAX_CONSTANT_BYTES, GraphBuilder
 from oparac.ingest.weight_products import fold_weight_product
 from oparac.models.reference import warn_if_training
@@ -115,8 +115,8 @@ def graph_from_exported(ep: torch.export.ExportedProgram, *, fold: bool = True) 
                                      f"put it in eval mode or remove the in-place state update")
     b = GraphBuilder()
     env: dict[torch.fx.Node, object] = {}
-    lifted = {node: ep.constants.get(specs[node.name].target) for node in ep.graph.nodes
-              if node.op == "placeholder" and node.name in specs and specs[node.name].kind == InputKind.CONSTANT_TENSOR}
+    lifted = {node: ep.constants.get(specs[node.name].target) for node in ep.graph.nodes if node.op == "placeholder"
+              and node.name in specs and specs[node.name].kind == InputKind.CONSTANT_TENSOR}
     constants = _Folded(ep.graph, {n: v for n, v in lifted.items() if isinstance(v, torch.Tensor)}, b, fold)
     for node in ep.graph.nodes:
         if node.op == "placeholder":
@@ -135,7 +135,7 @@ def graph_from_exported(ep: torch.export.ExportedProgram, *, fold: bool = True) 
             else:
                 raise UnsupportedOpError(f"input {node.name!r}: {kind.name} inputs are not supported")
         elif node.op == "call_function":
-            env[node] = constants.ref(node) if node in constants else _call(node, env, b, constants.rewrites.get(node))
+            env[node] = constants.build(node, env)
         elif node.op == "output":
             _output(node, env, b, ep.call_spec.out_spec)
         else:
@@ -148,33 +148,30 @@ class _Folded:
     the output reads becomes a plan constant, the others vanish."""
 
     def __init__(self, graph: torch.fx.Graph, known: dict, b: GraphBuilder, fold: bool) -> None:
-        room = MAX_CONSTANT_BYTES - sum(t.numel() * t.element_size() for t in known.values())
+        room = MAX_CONSTANT_BYTES - sum(nbytes(t) for t in known.values())
         # unused metadata assertions are left out (_call), so what only they read is not kept for them
-        self.unbuilt = frozenset(n for n in graph.nodes if n.op == "call_function" and not n.users
-                                 and isinstance(n.target, torch._ops.OpOverload)
-                                 and f"{n.target.namespace}.{n.target._opname}" in METADATA_ASSERTIONS)
+        self.unbuilt = frozenset(n for n in graph.nodes if _unbuilt_assertion(n))
         self.values = fold_constants(graph, known, budget=max(0, min(FOLD_BUDGET_BYTES, room)),
                                      dropped=self.unbuilt) if fold else {}
         # attention calls whose folded mask is causal: rebuilt with is_causal=True, so they no longer read it
         self.rewrites = causal_attention(graph, {**known, **self.values}) if fold else {}
-        self.unread = {(mask_of(n), n) for n in self.rewrites}
+        self.unread = frozenset((mask_of(n), n) for n in self.rewrites)
         self.known = known
-        self.read = {n for n in self.values if self._read_by_kept_ops(n)}
         self.b = b
 
-    def _read_by_kept_ops(self, node: torch.fx.Node) -> bool:
-        return any(u not in self.values and u not in self.unbuilt and (node, u) not in self.unread
-                   for u in node.users)
+    def _read(self, node: torch.fx.Node) -> bool:
+        return read_by_kept_ops(node, self.values, self.unbuilt, self.unread)
 
-    def __contains__(self, node: torch.fx.Node) -> bool:
-        return node in self.values
-
-    def ref(self, node: torch.fx.Node) -> Ref | None:
-        return self.b.constant(node.name, self.values[node]) if node in self.read else None
+    def build(self, node: torch.fx.Node, env):
+        """A call_function node in the plan graph: its folded value as a constant where a kept op reads it (None
+        where none does), else the op itself (rewritten where causal_attention rewrote it)."""
+        if node not in self.values:
+            return _call(node, env, self.b, self.rewrites.get(node))
+        return self.b.constant(node.name, self.values[node]) if self._read(node) else None
 
     def needed(self, node: torch.fx.Node) -> bool:
         """A constant of the model is built unless only folded ops (or rewritten attention) read it."""
-        return node not in self.known or self._read_by_kept_ops(node)
+        return node not in self.known or self._read(node)
 
 
 def _lifted_constant(ep, spec, b: GraphBuilder) -> Ref:
@@ -201,7 +198,7 @@ def _call(node: torch.fx.Node, env, b: GraphBuilder, rewrite: tuple | None = Non
     if packet in HOST_SYNC_OPS:
         raise UnsupportedOpError(f"node {node.name!r}: {packet} synchronises with the host or has a "
                                  f"data-dependent shape; CUDA graphs cannot capture it")
-    if packet in METADATA_ASSERTIONS and not node.users:
+    if _unbuilt_assertion(node):
         return None
     node_args, node_kwargs = rewrite if rewrite is not None else (node.args, node.kwargs)
     args = pytree.tree_map_only(torch.fx.Node, lambda n: _ref_of(n, env, node), node_args)
@@ -212,6 +209,13 @@ def _call(node: torch.fx.Node, env, b: GraphBuilder, rewrite: tuple | None = Non
     if folded is not None:
         return folded
     return b.op(target, args, kwargs, name=node.name, meta=node.meta.get("val"))
+
+
+def _unbuilt_assertion(node: torch.fx.Node) -> bool:
+    """An unused check of static metadata: dropped (METADATA_ASSERTIONS)."""
+    target = node.target
+    return (node.op == "call_function" and not node.users and isinstance(target, torch._ops.OpOverload)
+            and f"{target.namespace}.{target._opname}" in METADATA_ASSERTIONS)
 
 
 def _only_first_output_used(node: torch.fx.Node) -> bool:
@@ -297,7 +301,7 @@ def graph_from_fx(gm: torch.fx.GraphModule, example_inputs: tuple, *,
             else:
                 env[node] = b.constant(node.target, attrs[node]) if constants.needed(node) else None
         elif node.op == "call_function":
-            env[node] = constants.ref(node) if node in constants else _call(node, env, b, constants.rewrites.get(node))
+            env[node] = constants.build(node, env)
         elif node.op == "output":
             out = node.args[0]
             spec = pytree.tree_flatten(out)[1]
