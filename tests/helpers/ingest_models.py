@@ -47,11 +47,11 @@ class Decoder(torch.nn.Module):
     def forward(self, x, pad=None):
         q, k, v = self.qkv(x).view(x.shape[0], x.shape[1], 3, 2, 8).permute(2, 0, 3, 1, 4)
         n = x.shape[1]
-        keep = torch.ones(n, n, dtype=torch.bool).tril()
+        keep = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
         if self.mask == "float":
-            mask = torch.zeros(n, n).masked_fill(~keep, torch.finfo(torch.float32).min)
+            mask = torch.zeros(n, n, device=x.device).masked_fill(~keep, torch.finfo(torch.float32).min)
         elif self.mask == "band":  # not causal: the diagonal is masked too
-            mask = torch.ones(n, n, dtype=torch.bool).tril(-1) | (torch.arange(n) == 0)[:, None]
+            mask = keep.tril(-1) | (torch.arange(n, device=x.device) == 0)[:, None]
         elif self.mask == "padded":  # causal and an input's padding: known only at run time
             mask = keep & pad[:, None, None, :]
         else:
