@@ -57,3 +57,23 @@ def test_each_row_says_how_it_was_timed(tmp_path):
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
             for line in report.never_lose(report.merge([older, only])).splitlines()[4:]}
     assert rows["llama"][13] == "interleaved" and rows["gpt2"][13] == "alone"
+
+
+def test_a_torch_compile_recompiled_after_another_batch_of_its_forward_is_marked(tmp_path):
+    def at(batch, method, ms, model="gpt2", **extra):
+        return dict(_rec(method, ms, 7.8e-3, **extra), model=model, batch=batch)
+
+    run = _run(tmp_path / "suite-20261202T005524.json", "2026-12-02T00:55:24", [
+        at(8, "torch_compile", 0.73), at(8, "opara_default", 0.70),
+        at(1, "torch_compile", 0.51), at(1, "opara_default", 0.48),  # gpt2 again, at another batch
+        at(8, "torch_compile", 0.75, model="llama"), at(8, "opara_default", 0.66, model="llama"),  # same wrapper
+        at(1, "torch_compile", 0.60, model="vit_b16"), at(1, "opara_default", 0.61, model="vit_b16"),
+        at(8, "torch_compile", 1.17, model="vit_b16", dynamo="cold"), at(8, "opara_default", 1.08, model="vit_b16")])
+    rows = {(cells[0], cells[1]): cells for cells in
+            ([c.strip() for c in line.strip("|").split("|")]
+             for line in report.never_lose(report.merge([run])).splitlines()[4:])}
+    assert rows[("gpt2", "8")][5] == "1.04x"
+    assert rows[("gpt2", "1")][5] == "1.06x (dyn)"
+    assert rows[("llama", "8")][5] == "1.14x (dyn)"
+    assert rows[("vit_b16", "1")][5] == "0.98x"
+    assert rows[("vit_b16", "8")][5] == "1.08x"  # a reset dynamo compiles cold whatever ran before

@@ -46,6 +46,9 @@ class Record:
     # inside them with the seconds since the compile began
     compile_stages: dict[str, float] | None = None
     compile_notes: list[list] | None = None
+    # torch_compile: 'cold' where dynamo was reset before the compile (compiled_runner, from 2026-12-02); absent
+    # in earlier records, whose compile could follow one of the same forward at another batch (report.py marks it)
+    dynamo: str | None = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -58,7 +61,7 @@ class Record:
         if self.plan is None:
             d.pop("plan")
         for k in ("critical_path_ms", "critical_path_calibrated", "timing", "ms_b2b_rounds", "compile_stages",
-                  "compile_notes"):
+                  "compile_notes", "dynamo"):
             if d.get(k, 0) is None:
                 d.pop(k)
         return d
@@ -196,7 +199,13 @@ def zoo_model(name: str, batch: int, dtype: str, device: torch.device):
 
 def compiled_runner(model, inputs, **compile_kwargs):
     """torch.compile(model, **compile_kwargs) as a no-grad callable, compiled and warmed up (three calls: a CUDA
-    graph is recorded on the second or third) on `inputs`."""
+    graph is recorded on the second or third) on `inputs`.
+
+    Each build starts from a cold dynamo, as a user's fresh process does: dynamo keeps per-code-object state
+    across torch.compile calls, so the same model class compiled before at another batch would be recompiled
+    with that dimension symbolic (automatic dynamic shapes), a different and slower program than a first compile,
+    and the recorded compile time would be a warm one."""
+    torch._dynamo.reset()
     compiled = torch.compile(model, **compile_kwargs)
 
     def run(*xs):
@@ -272,6 +281,8 @@ def build_into(rec: Record, make, inputs, reference, device: torch.device):
         fn = make()
         torch.cuda.synchronize(device)
         rec.compile_s = time.perf_counter() - t0
+        if rec.method == "torch_compile":
+            rec.dynamo = "cold"  # compiled_runner resets dynamo before it compiles
         if getattr(fn, "plan", None) is not None:  # an Opara runner
             rec.plan = plan_label(fn.plan)
             if fn.plan.fusion.mode == "kernels":
