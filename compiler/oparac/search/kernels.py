@@ -162,7 +162,7 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
     such a plan is only faithful where its stored programs are loaded."""
     from opara_runtime.fused import artifact_bytes, cache_key
     from oparac.profile.measure import timed_runner
-    from oparac.search.tune import FINAL_ROUNDS, time_rounds
+    from oparac.search.tune import FINAL_ROUNDS, replays_for, time_rounds
 
     progress = as_progress(progress)
     base_plan = whole_graph(plan, backend)
@@ -182,8 +182,9 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
         # Eager timing charges each kernel its event's cost as well; the one-stream program's replay has the
         # kernels' true total, so every time is scaled by it before it is scheduled on, stored, or summed into
         # the critical path.
-        kd = calibrated(kd, time_rounds({"single": runners["single"]}, device, rounds=1, repeats=5,
-                                        replays=20)["single"])
+        single_ms = time_rounds({"single": runners["single"]}, device, rounds=1, repeats=5, replays=20)["single"]
+        kd = calibrated(kd, single_ms)
+        replays = replays_for(single_ms)  # every schedule replays in about the one-stream time
         schedules = {"single": one_stream(kd)}
         for streams, order, cap in KERNEL_CANDIDATES:
             ks = kernel_schedule(kd, streams, order, cap)
@@ -201,7 +202,7 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
             del runners[name]
         gc.collect()
         schedules = {name: schedules[name] for name in kept}
-        times = time_rounds(runners, device, rounds=FINAL_ROUNDS, repeats=5, replays=20)
+        times = time_rounds(runners, device, rounds=FINAL_ROUNDS, repeats=5, replays=replays)
         best = min(times, key=lambda name: (times[name], name != "single"))  # a tie keeps one stream
         head_to_head: dict[str, float] = {}
         if rivals:
@@ -210,7 +211,7 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
             pair = {f"rival {name}": timed_runner(p, weights, device) if isinstance(p, Plan) else p
                     for name, p in rivals.items()}
             pair["kernels"] = runners[best]
-            timed = time_rounds(pair, device, rounds=FINAL_ROUNDS, repeats=5, replays=20)
+            timed = time_rounds(pair, device, rounds=FINAL_ROUNDS, repeats=5, replays=replays)
             head_to_head = {name.removeprefix("rival "): ms for name, ms in timed.items()}
             del pair
     finally:

@@ -183,3 +183,9 @@ def test_the_progress_line_names_the_finalists(fake_gpu):
     assert sorted(f.rsplit(" ", 2)[0] for f in line.removeprefix("tune: finalists ").split(", ")) == \
         sorted(map(tune.candidate_label, again))
     assert line.endswith("single/topo/cap - 2.0000 ms")
+
+
+@pytest.mark.parametrize("replay_ms, replays", [(0.4, 20), (0.5, 20), (1.07, 10), (2.0, 5), (8.06, 3), (50.0, 3),
+                                                (0.0, 20), (float("nan"), 20)])
+def test_a_timing_sample_spans_about_ten_milliseconds_of_replays(replay_ms, replays):
+    assert tune.replays_for(replay_ms) == replays
