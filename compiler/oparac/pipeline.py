@@ -53,9 +53,9 @@ def compile(model, example_inputs=None, options: CompileOptions | None = None, *
     memory_format: 'channels_last' runs the plan with 4-D floating-point weights and inputs in NHWC (what
     cuDNN's tensor-core convolutions want); ops are profiled in that layout. Outputs stay contiguous.
     'contiguous' keeps NCHW. 'auto' (default) is channels_last for an untuned fused plan of a model with 4-D
-    weights and contiguous otherwise; with tune=True and fuse the fused tuner tries both layouts.
+    weights, unless it has only a few convolutions (fuse.segments.auto_layout), and contiguous otherwise; with tune=True and fuse the fused tuner tries both layouts.
     """
-    from oparac.fuse.segments import resolve_memory_format
+    from oparac.fuse.segments import auto_layout, has_4d_weights, resolve_memory_format
 
     opts = CompileOptions.from_keywords(options, **keywords)
     hook = as_progress(progress)
@@ -67,8 +67,8 @@ def compile(model, example_inputs=None, options: CompileOptions | None = None, *
     graph = builder.build()
     require_allowed_ops(graph)  # refused now, naming the op, not after profiling by the final validate()
     memory_format = resolve_memory_format(opts.memory_format, graph, opts.fuse, opts.tune)
-    if opts.memory_format == "auto" and memory_format == "channels_last":
-        hook.note(f"layout: {memory_format} (memory_format='auto'; a fused plan of a model with 4-D weights)")
+    if opts.memory_format == "auto" and opts.fuse and not opts.tune and has_4d_weights(graph):
+        hook.note(f"layout: {memory_format} (memory_format='auto'; {auto_layout(graph)[1]})")
     target, profile = stages.run("profile", f"{sum(n.kind == 'op' for n in graph.nodes)} ops on {dev}", lambda: (
         profile_graph(graph, dev, opts.dtype, profile_cache, hook, memory_format)))
     if len(gpus) > 1:

@@ -108,3 +108,29 @@ def test_bench_plain_fused_methods_stay_nchw(method):
     model, inputs = small_cnn()
     runner = build(method, model, inputs, torch.device("cpu"))
     assert runner.plan.model.memory_format == "contiguous" and runner.plan.fusion.backend == "inductor"
+
+
+class _PatchEmbedding(torch.nn.Module):
+    """A transformer's shape of convolution use: one patch-embedding convolution, then many linear layers."""
+
+    def __init__(self, layers: int = 80) -> None:
+        super().__init__()
+        self.patch = torch.nn.Conv2d(3, 16, 4, stride=4)
+        self.blocks = torch.nn.Sequential(*(torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.GELU())
+                                            for _ in range(layers)))
+
+    def forward(self, x):
+        return self.blocks(self.patch(x).flatten(2).transpose(1, 2))
+
+
+def test_auto_memory_format_leaves_a_model_with_only_a_few_convolutions_nchw():
+    from oparac.fuse.segments import NODES_PER_CONV_FOR_NCHW, auto_layout, resolve_memory_format
+
+    x = torch.randn(1, 3, 16, 16)
+    graph = oparac.compile(_PatchEmbedding().eval(), (x,), device="cpu").graph
+    assert len(graph.nodes) >= NODES_PER_CONV_FOR_NCHW
+    assert resolve_memory_format("auto", graph, "inductor", False) == "contiguous"
+    assert auto_layout(graph)[1].startswith("1 convolution among ")
+    short = oparac.compile(_PatchEmbedding(layers=2).eval(), (x,), device="cpu").graph
+    assert resolve_memory_format("auto", short, "inductor", False) == "channels_last"
+    assert resolve_memory_format("channels_last", graph, "inductor", False) == "channels_last"  # asked for: kept

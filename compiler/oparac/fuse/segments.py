@@ -88,16 +88,40 @@ def has_nhwc_weights(plan: Plan) -> bool:
 
 def has_4d_weights(graph: Graph) -> bool:
     """The graph has 4-D floating-point weights: convolutions, which channels_last changes."""
-    return any(n.kind == "param" and len(n.outputs[0].shape) == 4 and n.outputs[0].dtype.startswith(("float", "bfloat"))
+    return count_4d_weights(graph) > 0
+
+
+def count_4d_weights(graph: Graph) -> int:
+    """The 4-D floating-point weights of the graph: one per convolution."""
+    return sum(n.kind == "param" and len(n.outputs[0].shape) == 4 and n.outputs[0].dtype.startswith(("float", "bfloat"))
                for n in graph.nodes)
+
+
+# 'auto' leaves a graph NCHW when it has at least this many nodes per convolution: inductor's own threshold for
+# "only a few conv" (GraphLowering.decide_layout_opt), below which torch.compile keeps the model NCHW too.
+NODES_PER_CONV_FOR_NCHW = 300
+
+
+def auto_layout(graph: Graph) -> tuple[str, str]:
+    """What memory_format='auto' gives an untuned fused plan of `graph`, and why (for the progress line)."""
+    convs = count_4d_weights(graph)
+    if not convs:
+        return "contiguous", "no convolutions"
+    if len(graph.nodes) >= NODES_PER_CONV_FOR_NCHW * convs:
+        return "contiguous", (f"{convs} convolution{'s' if convs > 1 else ''} among {len(graph.nodes)} nodes: too "
+                              "few to pay for NHWC inputs, which inductor also leaves NCHW")
+    return "channels_last", f"a fused plan of a model with {convs} convolutions"
 
 
 def resolve_memory_format(requested: str, graph: Graph, fuse: str, tune: bool) -> str:
     """The layout a plan is built in. 'auto' picks NHWC for an untuned fused plan of a convolution model: on the
     H100 the NHWC fused plan beat every NCHW fused plan in every convolution group where both ran, and the
-    NCHW one lost to torch.compile in five (BENCHMARKS.md). Unfused plans stay NCHW, running eager's own
-    kernels bit for bit; a tuned fused plan starts NCHW and its tuner tries NHWC itself."""
+    NCHW one lost to torch.compile in five (BENCHMARKS.md). Not for a model with only a few convolutions (a
+    transformer's patch embedding, auto_layout): there NHWC only adds a transposing copy of every call's input
+    (a 3-channel NHWC write), and on the H200 a call of ViT-B/16 or Swin-T fp16 at batch 8 spent 17 and 13 us
+    beyond its graph's replay, against 3 to 6 us for the transformers with token inputs. Unfused plans stay NCHW,
+    running eager's own kernels bit for bit; a tuned fused plan starts NCHW and its tuner tries NHWC itself."""
     if requested != "auto":
         return requested
-    return "channels_last" if fuse and not tune and has_4d_weights(graph) else "contiguous"
+    return auto_layout(graph)[0] if fuse and not tune else "contiguous"
 
