@@ -87,7 +87,7 @@ def measure_model(name: str, args) -> Path:
         print(f"{name} {method}: {rec.ms_b2b} ms b2b ({rec.plan or rec.error or 'ok'})", flush=True)
 
     for variant in filter(None, args.compile.split(",")):
-        torch._dynamo.reset()  # each variant compiles afresh
+        # each variant compiles afresh: compiled_runner resets dynamo first
         record(f"torch_compile[{variant}]", lambda v=variant: compiled_runner(model, inputs,
                                                                              options=compile_options(v)))
     plan = oparac.compile(model, inputs, device=device, dtype=args.dtype, guard=False)
