@@ -244,8 +244,8 @@ def write_markdown(paths: list[Path], out: Path) -> None:
                  "torch.compile's ViT-B/16 fp16 batch 8 was 1.443 ms in one run and 1.172 in the next, each run's "
                  "rounds within 4%. Runs from 2026-12-02 (ViT-B/16, GPT-2, the Llama decoder and Swin-T in fp16 at "
                  "batch 1 and 8, ViT-B/16 in fp32) include three changes to the ingest that earlier rows predate "
-                 "(docs/design.md, section 2): a strided activation times a weight is one GEMM (of the models here that changes only ViT-B/16, "
-                 "whose attention input projection ran as a batch of 197 small GEMMs in Opara's plans); values "
+                 "(docs/design.md, section 2): a strided activation times a weight is one GEMM (of the models here "
+                 "that changes only ViT-B/16, whose attention input projection ran as a batch of 197 small GEMMs in Opara's plans); values "
                  "computed from shapes alone are folded into constants (Swin-T's graph goes from 906 ops to 521; "
                  "GPT-2, BERT and the Llama decoder lose their mask ops); and attention given a folded causal mask "
                  "is built causal, without the mask (GPT-2, Llama).", "",

@@ -107,10 +107,11 @@ def auto_layout(graph: Graph) -> tuple[str, str]:
     convs = count_4d_weights(graph)
     if not convs:
         return "contiguous", "no convolutions"
+    counted = f"{convs} convolution{'s' if convs > 1 else ''}"
     if len(graph.nodes) >= NODES_PER_CONV_FOR_NCHW * convs:
-        return "contiguous", (f"{convs} convolution{'s' if convs > 1 else ''} among {len(graph.nodes)} nodes: too "
-                              "few to pay for NHWC inputs, which inductor also leaves NCHW")
-    return "channels_last", f"a fused plan of a model with {convs} convolutions"
+        return "contiguous", (f"{counted} among {len(graph.nodes)} nodes: too few to pay for NHWC inputs, which "
+                              "inductor also leaves NCHW")
+    return "channels_last", f"a fused plan of a model with {counted}"
 
 
 def resolve_memory_format(requested: str, graph: Graph, fuse: str, tune: bool) -> str:
