@@ -1,8 +1,12 @@
-"""The benchmark suite: every model x batch x dtype x method, timed in one process; writes JSON + BENCHMARKS.md.
+"""The benchmark suite: every model x batch x dtype x method; writes JSON + BENCHMARKS.md.
 
 Each model x batch x dtype is a group: every method of it is built first, then all are timed together in
 interleaved rounds (--timing sequential: each method timed alone right after it was built, as runs before
-2026-12-01T19:00 did).
+2026-12-01T19:00 did). Each group runs in a process of its own (--in-process: all in this one, as runs before
+2026-12-02T02:00 did): every compile in it is cold, nothing one group leaves behind (dynamo's or inductor's
+in-memory state, CUDA graph pools, a corrupted CUDA context) reaches the next, and a group whose process dies is
+recorded with how it ended while the run goes on. On the H200 two in-process runs died inside a group, once
+silently (2026-12-02, in groups measured after another batch of the same model).
 
     python benchmarks/run.py                      # the full suite (GPU)
     python benchmarks/run.py --models googlenet --batches 1 --methods cudagraph,opara
@@ -10,7 +14,11 @@ interleaved rounds (--timing sequential: each method timed alone right after it 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,6 +58,9 @@ def main(argv=None) -> int:
     ap.add_argument("--progress", action="store_true",
                     help="print the compiler's progress lines (tuning candidates...) with the seconds since each "
                          "method began: where an Opara method's compile time goes")
+    ap.add_argument("--in-process", action="store_true",
+                    help="run every group in this process instead of one process per group")
+    ap.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)  # a group's own process
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("the benchmark suite needs a CUDA GPU", file=sys.stderr)
@@ -75,18 +86,62 @@ def main(argv=None) -> int:
                           f"group so far took {longest:.0f} s", flush=True)
                     continue
                 group_began = time.perf_counter()
-                for rec in run_group(name, batch, dtype, methods, device, args, iters):
-                    records.append(rec.as_dict())
+                if args.in_process:
+                    for rec in run_group(name, batch, dtype, methods, device, args, iters):
+                        records.append(rec.as_dict())
+                        write_result(path, dict(header, records=records))
+                        print(f"{name} b{batch} {dtype} {rec.method}: {shown(rec)}", flush=True)
+                    torch.cuda.empty_cache()
+                else:
+                    records += run_isolated(name, batch, dtype, methods, group_argv(args, name, batch, dtype))
                     write_result(path, dict(header, records=records))
-                    print(f"{name} b{batch} {dtype} {rec.method}: {shown(rec)}", flush=True)
-                torch.cuda.empty_cache()
                 longest = max(longest, time.perf_counter() - group_began)
     print(f"wrote {path}")
+    if args.no_report:
+        return 0
     from report import write_markdown
 
     same = sorted(out.glob(f"suite-*-{args.tag}.json")) if args.tag else [path]
     write_markdown(same, HERE.parent / "BENCHMARKS.md")
     return 0
+
+
+def group_argv(args, name: str, batch: int, dtype: str) -> list[str]:
+    """This script's arguments for one group in a process of its own (its results go to --out, added later)."""
+    argv = ["--models", name, "--batches", str(batch), "--dtypes", dtype, "--methods", args.methods,
+            "--timing", args.timing, "--rounds", str(args.rounds), "--in-process", "--no-report"]
+    if args.iters:
+        argv += ["--iters", str(args.iters)]
+    if args.progress:
+        argv.append("--progress")
+    return argv
+
+
+def run_isolated(name: str, batch: int, dtype: str, methods: list[str], argv: list[str], *,
+                 spawn=subprocess.run) -> list[dict]:
+    """One group's records, measured by this script in a child process (`argv`, with --out a fresh folder);
+    each method the child did not record (it died, or was killed) gets a record saying how its process ended."""
+    with tempfile.TemporaryDirectory(prefix="opara-bench-") as folder:
+        rc = spawn([sys.executable, str(Path(__file__).resolve()), *argv, "--out", folder]).returncode
+        records = [r for f in sorted(Path(folder).glob("suite-*.json"))
+                   for r in json.loads(f.read_text()).get("records", [])]
+    got = {r["method"] for r in records}
+    for method in methods:
+        if method not in got:
+            error = f"not measured: the group's process {ended(rc)} before this method's figures were written"
+            records.append({"model": name, "batch": batch, "dtype": dtype, "method": method, "error": error})
+            print(f"{name} b{batch} {dtype} {method}: {error}", flush=True)
+    return records
+
+
+def ended(rc: int) -> str:
+    """How a child process ended, from its return code, in words."""
+    if rc < 0:
+        try:
+            return f"was killed by signal {-rc} ({signal.Signals(-rc).name})"
+        except ValueError:
+            return f"was killed by signal {-rc}"
+    return f"exited with status {rc}"
 
 
 def run_group(name: str, batch: int, dtype: str, methods: list[str], device: torch.device, args, iters: int):

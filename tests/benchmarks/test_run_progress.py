@@ -67,3 +67,48 @@ def test_skip_measured_counts_only_groups_timed_the_requested_way(tmp_path):
     both = ["torch_compile", "opara_default"]
     assert bench_run.measured(tmp_path, h200, both, "interleaved") == {("gpt2", 1, "float16")}
     assert bench_run.measured(tmp_path, h200, both, "sequential") == {("vit_b16", 1, "float16")}
+
+
+def test_an_isolated_group_keeps_what_its_process_wrote_and_says_how_it_ended(tmp_path, capsys):
+    import json
+    from types import SimpleNamespace
+
+    def died_after_one_method(cmd):  # the child: wrote one record, then was killed by SIGSEGV
+        assert cmd[1].endswith("run.py") and cmd[cmd.index("--models") + 1] == "swin_t"
+        out = Path(cmd[cmd.index("--out") + 1])
+        (out / "suite-20261202T010119.json").write_text(json.dumps({"gpu": "NVIDIA H200", "records": [
+            {"model": "swin_t", "batch": 8, "dtype": "float16", "method": "cudagraph", "ms_b2b": 1.94}]}))
+        return SimpleNamespace(returncode=-11)
+
+    args = SimpleNamespace(methods="cudagraph,torch_compile,opara_default", timing="interleaved", rounds=15, iters=0,
+                           progress=True)
+    argv = bench_run.group_argv(args, "swin_t", 8, "float16")
+    assert "--in-process" in argv and "--no-report" in argv and "--progress" in argv
+    records = bench_run.run_isolated("swin_t", 8, "float16", args.methods.split(","), argv,
+                                     spawn=died_after_one_method)
+    assert [r["method"] for r in records] == ["cudagraph", "torch_compile", "opara_default"]
+    assert records[0]["ms_b2b"] == 1.94 and "error" not in records[0]
+    assert all("killed by signal 11 (SIGSEGV)" in r["error"] for r in records[1:])
+    assert "swin_t b8 float16 opara_default: not measured" in capsys.readouterr().out
+
+
+def test_a_process_end_is_said_in_words():
+    assert bench_run.ended(1) == "exited with status 1"
+    assert bench_run.ended(-9) == "was killed by signal 9 (SIGKILL)"
+
+
+def test_a_group_process_takes_the_arguments_it_is_given(capsys):
+    """The real child on a machine without a GPU: it parses every argument (argparse would exit 2) and stops
+    because there is no CUDA GPU (status 1), which its group's records then say."""
+    from types import SimpleNamespace
+
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU the child measures for real")
+    args = SimpleNamespace(methods="cudagraph,opara_default", timing="sequential", rounds=3, iters=5, progress=False)
+    records = bench_run.run_isolated("resnet50", 1, "float32", ["cudagraph", "opara_default"],
+                                     bench_run.group_argv(args, "resnet50", 1, "float32"))
+    assert [r["error"] for r in records] == [
+        "not measured: the group's process exited with status 1 before this method's figures were written"] * 2
