@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import math
 import statistics
 
 import torch
@@ -11,7 +10,7 @@ import torch
 from opara_plan import Candidate, Plan
 from oparac.options import ORDER_ALGORITHMS
 from oparac.profile.gpus import gpu_spec
-from oparac.profile.measure import time_graph_replays, timed_runner
+from oparac.profile.measure import replays_spanning, time_graph_replays, timed_runner
 from oparac.progress import Progress, as_progress
 from oparac.schedule.build import make_schedule
 from oparac.schedule.placement import Placed, make_device_schedule, map_ops, with_placement
@@ -40,9 +39,7 @@ def replays_for(replay_ms: float) -> int:
     spans SAMPLE_MS, so the events' resolution and the launch of the first replay stay well under 0.1% of it,
     and no more. A fixed 20 made the kernel-level search of ViT-B/16 fp32 at batch 8 (8 ms a replay on the H200)
     replay about 1,800 times in its final rounds, some 14 s of a 41 s compile, for a precision 3 already give."""
-    if not replay_ms > 0:
-        return MAX_REPLAYS
-    return max(MIN_REPLAYS, min(MAX_REPLAYS, math.ceil(SAMPLE_MS / replay_ms)))
+    return replays_spanning(SAMPLE_MS, replay_ms, least=MIN_REPLAYS, most=MAX_REPLAYS)
 
 
 def tune_plan(plan: Plan, weights: dict, device: torch.device, progress: Progress | None = None) -> Plan:

@@ -26,7 +26,7 @@ def fake_capture(monkeypatch):
     monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
     monkeypatch.setattr(torch.cuda, "graph", graph)
     monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
-    monkeypatch.setattr(measure, "time_graph_replays", lambda g, device: 2.0)
+    monkeypatch.setattr(measure, "time_graph_replays", lambda g, device, sample_ms=None: 2.0)
     return state
 
 
@@ -46,3 +46,48 @@ def test_real_work_is_timed_per_call_and_its_own_warnings_pass_through(fake_capt
         warnings.simplefilter("always")
         assert measure.time_in_graph(work, "cuda", None, 4) == 0.5
     assert [str(w.message) for w in caught] == ["something of the caller's"] * 4
+
+
+class _Clock:
+    """Fake CUDA events over a fake graph whose every replay takes `ms`."""
+
+    def __init__(self, ms: float) -> None:
+        self.ms, self.replays, self.now = ms, 0, 0.0
+
+    def replay(self) -> None:
+        self.replays += 1
+        self.now += self.ms
+
+    def event(self, **_):
+        clock = self
+
+        class Event:
+            def record(self):
+                self.t = clock.now
+
+            def synchronize(self):
+                pass
+
+            def elapsed_time(self, end):
+                return end.t - self.t
+        return Event()
+
+
+@pytest.mark.parametrize("replay_ms, replays_per_sample", [(3.0, 1), (0.5, 4), (0.01, 10)])
+def test_a_long_graph_is_replayed_only_as_often_as_a_sample_needs(monkeypatch, replay_ms, replays_per_sample):
+    clock = _Clock(replay_ms)
+    monkeypatch.setattr(torch.cuda, "Event", clock.event)
+    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    ms = measure.time_graph_replays(clock, "cuda", repeats=5, replays=10, sample_ms=2.0)
+    assert ms == pytest.approx(replay_ms)
+    assert clock.replays == 2 + 5 * replays_per_sample  # warm-up, the probe, then the samples
+    clock.replays = 0
+    measure.time_graph_replays(clock, "cuda", repeats=5, replays=10)  # no sample_ms: as many as asked for
+    assert clock.replays == 1 + 5 * 10
+
+
+def test_replays_spanning_stays_within_its_bounds():
+    assert measure.replays_spanning(10.0, 8.06, least=3, most=20) == 3
+    assert measure.replays_spanning(10.0, 1.07, least=3, most=20) == 10
+    assert measure.replays_spanning(2.0, 0.0, least=1, most=10) == 10
