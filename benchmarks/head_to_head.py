@@ -88,12 +88,12 @@ def measure_model(name: str, args) -> Path:
 
 def profiled(fn, inputs, device: torch.device, calls: int) -> tuple[dict, dict[str, float]]:
     """(per-call summary of the GPU's kernels, total kernel µs per kernel name) over `calls` calls."""
-    from torch.profiler import ProfilerActivity, profile
+    from oparac.profile.measure import cuda_profile
 
     for _ in range(5):
         fn(*inputs)
     torch.cuda.synchronize(device)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with cuda_profile() as prof:
         for _ in range(calls):
             fn(*inputs)
             torch.cuda.synchronize(device)

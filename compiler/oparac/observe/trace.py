@@ -115,7 +115,9 @@ def _host_launch_ms(launcher, base_values) -> float:
 def record(runner, device, out_path: Path, *, replays: int) -> list:
     """Profile one host-held eager launch and `replays` graph replays; returns the trace events."""
     import torch
-    from torch.profiler import ProfilerActivity, profile, record_function
+    from torch.profiler import record_function
+
+    from oparac.profile.measure import cuda_profile
 
     captured = runner.captured
     launcher, base = captured.launcher, captured.base_values
@@ -126,7 +128,7 @@ def record(runner, device, out_path: Path, *, replays: int) -> list:
         hold_ms = 4.0 * _host_launch_ms(launcher, base) + 5.0
         cycles = int(hold_ms * _sleep_cycles_per_ms(device))
         torch.cuda.synchronize(device)
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with cuda_profile() as prof:
             values = list(base)
             torch.cuda._sleep(cycles)
             launch_traced(launcher, values)

@@ -13,6 +13,23 @@ from dataclasses import dataclass
 import torch
 
 
+# torch.profiler (2.11, seen on the H200) says this once per process when a profiler starts, whatever its
+# schedule: it concerns profiling over several cycles, which a one-cycle `with profile(...)` never has, and it
+# read as if `oparac compile` had misused the profiler.
+_PROFILER_CYCLES = "Warning: Profiler clears events at the end of each cycle"
+
+
+@contextlib.contextmanager
+def cuda_profile():
+    """torch.profiler over the CPU and CUDA for one cycle (yielded), without torch's warning about cycles."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PROFILER_CYCLES)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            yield prof
+
+
 @dataclass(frozen=True)
 class Timing:
     ms_b2b: float      # back-to-back: N calls between two CUDA events, mean per call

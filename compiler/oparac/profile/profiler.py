@@ -11,7 +11,7 @@ import torch
 from opara_plan import Graph, KernelInfo, OpProfile, Profile, Target
 from oparac.profile import cost_model
 from oparac.profile.gpus import gpu_spec
-from oparac.profile.measure import time_in_graph
+from oparac.profile.measure import cuda_profile, time_in_graph
 from oparac.models.reference import random_input
 from oparac.profile.cache import ProfileCache
 from oparac.progress import Progress
@@ -104,10 +104,10 @@ def _time_one(node, values, device, stream, memory_format: str) -> float:
 def kernel_records(graph: Graph, values: list, device: torch.device,
                    memory_format: str = "contiguous") -> dict[int, list[KernelInfo]]:
     """Kernel launch resources per op from one profiled run (torch.profiler's trace)."""
-    from torch.profiler import ProfilerActivity, profile, record_function
+    from torch.profiler import record_function
 
     ops = [i for i, n in enumerate(graph.nodes) if n.kind == "op" and not cost_model.is_free(n)]
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with cuda_profile() as prof:
         for i in ops:
             with record_function(f"opara:{i}"):
                 run_node(graph.nodes[i], values, device, memory_format)

@@ -91,3 +91,21 @@ def test_replays_spanning_stays_within_its_bounds():
     assert measure.replays_spanning(10.0, 8.06, least=3, most=20) == 3
     assert measure.replays_spanning(10.0, 1.07, least=3, most=20) == 10
     assert measure.replays_spanning(2.0, 0.0, least=1, most=10) == 10
+
+
+def test_the_profiler_keeps_the_callers_warnings_and_drops_torchs_note_on_cycles(monkeypatch):
+    from torch import profiler
+
+    @contextlib.contextmanager
+    def fake_profile(activities):  # what torch 2.11 does as a profiler starts
+        warnings.warn("Warning: Profiler clears events at the end of each cycle.Only events from the current "
+                      "cycle will be reported.To keep events across cycles, set acc_events=True.", UserWarning)
+        yield "trace"
+
+    monkeypatch.setattr(profiler, "profile", fake_profile)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with measure.cuda_profile() as prof:
+            warnings.warn("the caller's own", RuntimeWarning)
+    assert prof == "trace"
+    assert [str(w.message) for w in caught] == ["the caller's own"]
