@@ -211,7 +211,7 @@ def write_markdown(paths: list[Path], out: Path) -> None:
             "run beyond what was allocated before (weights already on the GPU are not counted). *(dyn)* after a "
             "ratio against torch.compile: that torch.compile was compiled in a process that had compiled the same "
             "forward at another batch before, so dynamo made the batch symbolic (automatic dynamic shapes) and it "
-            "ran a dynamic-shape program with a warm compile; read such a ratio as unfair to torch.compile. From "
+            "ran a dynamic-shape program with a warm compile; such a ratio may favour Opara. From "
             "2026-12-02 every torch.compile build starts from a reset dynamo.", "",
             (Path(__file__).resolve().parent / "notes.md").read_text(), "",
             "## Batch-1 targets (fp32, back-to-back, against the sequential CUDA graph)", "", targets(result), "",
