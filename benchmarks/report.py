@@ -178,7 +178,7 @@ def never_lose(result: dict) -> str:
         if d is None:
             continue
         def ratio(base, key="ms_b2b"):
-            return f"{base[key] / d[key]:.2f}x{_warm(base if base is tc else None)}" if base else "-"
+            return f"{base[key] / d[key]:.2f}x{_warm(base)}" if base else "-"  # only torch_compile is marked
         # Only a critical path of calibrated kernel times is a bound (earlier runs timed kernels eagerly, each
         # charged its event's cost, and overstated it).
         cp = next((x["critical_path_ms"] for x in (k, d) if x and x.get("critical_path_calibrated")), None)

@@ -56,7 +56,7 @@ def compile(model, example_inputs=None, options: CompileOptions | None = None, *
     weights, unless it has only a few convolutions (fuse.segments.auto_layout), and contiguous otherwise; with
     tune=True and fuse the fused tuner tries both layouts.
     """
-    from oparac.fuse.segments import auto_layout, has_4d_weights, resolve_memory_format
+    from oparac.fuse.segments import resolve_memory_format
 
     opts = CompileOptions.from_keywords(options, **keywords)
     hook = as_progress(progress)
@@ -67,9 +67,9 @@ def compile(model, example_inputs=None, options: CompileOptions | None = None, *
         model, example_inputs, opts.dtype, opts.shapes, opts.attention))
     graph = builder.build()
     require_allowed_ops(graph)  # refused now, naming the op, not after profiling by the final validate()
-    memory_format = resolve_memory_format(opts.memory_format, graph, opts.fuse, opts.tune)
-    if opts.memory_format == "auto" and opts.fuse and not opts.tune and has_4d_weights(graph):
-        hook.note(f"layout: {memory_format} (memory_format='auto'; {auto_layout(graph)[1]})")
+    memory_format, why = resolve_memory_format(opts.memory_format, graph, opts.fuse, opts.tune)
+    if why:
+        hook.note(f"layout: {memory_format} (memory_format='auto'; {why})")
     target, profile = stages.run("profile", f"{sum(n.kind == 'op' for n in graph.nodes)} ops on {dev}", lambda: (
         profile_graph(graph, dev, opts.dtype, profile_cache, hook, memory_format)))
     if len(gpus) > 1:

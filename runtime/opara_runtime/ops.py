@@ -75,6 +75,11 @@ def op_target(op: torch._ops.OpOverload) -> str:
     return f"{op.namespace}.{op._opname}.{op._overloadname}"
 
 
+def op_packet(op: torch._ops.OpOverload) -> str:
+    """The overload's packet, every overload of the op: 'aten.sort' for aten.sort.stable."""
+    return f"{op.namespace}.{op._opname}"
+
+
 @functools.lru_cache(maxsize=None)
 def aliased_input(target: str) -> int | None:
     """Index of the argument whose storage the op's first output aliases (views), else None."""

@@ -77,8 +77,8 @@ def test_a_tuned_fused_plan_starts_nchw_and_its_tuner_tries_nhwc_only_under_auto
 
     model, inputs = small_cnn()
     graph = oparac.compile(model, inputs, device="cpu").graph
-    assert resolve_memory_format("auto", graph, "inductor", True) == "contiguous"
-    assert resolve_memory_format("auto", graph, "inductor", False) == "channels_last"
+    assert resolve_memory_format("auto", graph, "inductor", True)[0] == "contiguous"
+    assert resolve_memory_format("auto", graph, "inductor", False)[0] == "channels_last"
     # compile() tells the fuse stage whether the layout was left to it ...
     seen = []
     monkeypatch.setattr(pipeline, "fuse_stage",
@@ -129,8 +129,8 @@ def test_auto_memory_format_leaves_a_model_with_only_a_few_convolutions_nchw():
     x = torch.randn(1, 3, 16, 16)
     graph = oparac.compile(_PatchEmbedding().eval(), (x,), device="cpu").graph
     assert len(graph.nodes) >= NODES_PER_CONV_FOR_NCHW
-    assert resolve_memory_format("auto", graph, "inductor", False) == "contiguous"
+    assert resolve_memory_format("auto", graph, "inductor", False)[0] == "contiguous"
     assert auto_layout(graph)[1].startswith("1 convolution among ")
     short = oparac.compile(_PatchEmbedding(layers=2).eval(), (x,), device="cpu").graph
-    assert resolve_memory_format("auto", short, "inductor", False) == "channels_last"
-    assert resolve_memory_format("channels_last", graph, "inductor", False) == "channels_last"  # asked for: kept
+    assert resolve_memory_format("auto", short, "inductor", False)[0] == "channels_last"
+    assert resolve_memory_format("channels_last", graph, "inductor", False)[0] == "channels_last"  # asked for: kept

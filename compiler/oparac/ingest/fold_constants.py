@@ -18,6 +18,8 @@ import torch
 import torch.fx
 import torch.utils._pytree as pytree
 
+from opara_runtime.ops import op_packet
+
 FOLD_LIMIT_BYTES = 4 * 2**20  # no single folded value larger: a big table stays cheaper to compute than to ship
 FOLD_BUDGET_BYTES = 16 * 2**20  # the constants one model's folding may add to its plan
 
@@ -64,7 +66,7 @@ def _evaluate(node: torch.fx.Node, values: dict) -> object | None:
     target = node.target
     if not isinstance(target, torch._ops.OpOverload):
         return None
-    packet = f"{target.namespace}.{target._opname}"
+    packet = op_packet(target)
     if packet in NEVER or torch.Tag.nondeterministic_seeded in target.tags:
         return None
     reads = [n for n in pytree.tree_leaves((node.args, node.kwargs)) if isinstance(n, torch.fx.Node)]

@@ -9,7 +9,7 @@ import torch.fx
 import torch.utils._pytree as pytree
 
 from opara_plan import ModelError, OparaError, OutTree, Ref, UnsupportedOpError
-from opara_runtime.ops import op_target
+from opara_runtime.ops import op_packet, op_target
 from oparac.ingest.export_errors import export_error, quiet_export
 from oparac.ingest.causal_attention import causal_attention, mask_of
 from oparac.ingest.fold_constants import FOLD_BUDGET_BYTES, fold_constants, nbytes, read_by_kept_ops
@@ -194,7 +194,7 @@ def _call(node: torch.fx.Node, env, b: GraphBuilder, rewrite: tuple | None = Non
         raise UnsupportedOpError(f"node {node.name!r}: {getattr(target, '__name__', target)!s} is not an ATen "
                                  f"operator (control flow, custom Python or symbolic-size code cannot be "
                                  f"captured in a CUDA graph)")
-    packet = f"{target.namespace}.{target._opname}"
+    packet = op_packet(target)
     if packet in HOST_SYNC_OPS:
         raise UnsupportedOpError(f"node {node.name!r}: {packet} synchronises with the host or has a "
                                  f"data-dependent shape; CUDA graphs cannot capture it")
@@ -215,7 +215,7 @@ def _unbuilt_assertion(node: torch.fx.Node) -> bool:
     """An unused check of static metadata: dropped (METADATA_ASSERTIONS)."""
     target = node.target
     return (node.op == "call_function" and not node.users and isinstance(target, torch._ops.OpOverload)
-            and f"{target.namespace}.{target._opname}" in METADATA_ASSERTIONS)
+            and op_packet(target) in METADATA_ASSERTIONS)
 
 
 def _only_first_output_used(node: torch.fx.Node) -> bool:
