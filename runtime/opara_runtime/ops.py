@@ -76,7 +76,7 @@ def op_target(op: torch._ops.OpOverload) -> str:
 
 
 def op_packet(op: torch._ops.OpOverload) -> str:
-    """The overload's packet, every overload of the op: 'aten.sort' for aten.sort.stable."""
+    """The overload's packet, which names every overload of the op: namespace and op name, no overload name."""
     return f"{op.namespace}.{op._opname}"
 
 
