@@ -8,7 +8,8 @@ from pathlib import Path
 TARGETS_VS_CUDAGRAPH = {"googlenet": 1.6, "inception_v3": 1.45, "nasnet": 1.9}
 ORDER = ("eager", "cudagraph", "torch_compile", "ort_cuda", "opara", "opara_cl", "opara_tuned", "opara_math",
          "opara_math_tuned", "opara_fused", "opara_fused_cl", "opara_fused_coarse",
-         "opara_fused_tuned", "opara_fused_kernels", "opara_default")
+         "opara_fused_tuned", "opara_fused_kernels", "opara_default", "opara_default_cl",
+         "opara_default_nchw")
 
 
 def _fmt(v, spec=".3f"):
@@ -175,6 +176,8 @@ def never_lose(result: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (model, batch, dtype), m in sorted(by.items()):
         d, tc, seq, k = (m.get(x) for x in ("opara_default", "torch_compile", "cudagraph", "opara_fused_kernels"))
+        if d is None:  # a run that built the default plan in each layout: the one 'auto' gives a convolution model
+            d = m.get("opara_default_cl")
         if d is None:
             continue
         def ratio(base, key="ms_b2b"):
@@ -188,8 +191,24 @@ def never_lose(result: dict) -> str:
                      f"{_fmt(cp)} | {f'{cp / best:.0%}' if cp else '-'} | {_fmt(d.get('max_abs_diff'), '.1e')}, "
                      f"{_fmt(tc and tc.get('max_abs_diff'), '.1e')} | {_fmt(d.get('compile_s'), '.0f')}, "
                      f"{_fmt(tc and tc.get('compile_s'), '.0f')} | {d.get('timing', 'alone')} | "
-                     f"{d.get('plan', '')} |")
+                     f"{d.get('plan', '')}{'' if d['method'] == 'opara_default' else ' (' + d['method'] + ')'} |")
     return "\n".join(lines)
+
+
+def layouts(result: dict) -> str:
+    """The default plan built NHWC and NCHW in the same run (methods opara_default_cl, opara_default_nchw): what
+    memory_format 'auto' chooses between for a model with convolutions."""
+    by: dict[tuple, dict[str, dict]] = {}
+    for r in result["records"]:
+        if "error" not in r:
+            by.setdefault((r["model"], r["batch"], r["dtype"]), {})[r["method"]] = r
+    lines = ["| model | batch | dtype | NHWC ms | NCHW ms | NHWC gain | torch.compile ms |", "|---|---|---|---|---|---|---|"]
+    for (model, batch, dtype), m in sorted(by.items()):
+        cl, nchw, tc = (m.get(x) for x in ("opara_default_cl", "opara_default_nchw", "torch_compile"))
+        if cl and nchw:
+            lines.append(f"| {model} | {batch} | {dtype} | {cl['ms_b2b']:.3f} | {nchw['ms_b2b']:.3f} | "
+                         f"{nchw['ms_b2b'] / cl['ms_b2b']:.2f}x | {_fmt(tc and tc['ms_b2b'])} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def write_markdown(paths: list[Path], out: Path) -> None:
@@ -250,6 +269,13 @@ def write_markdown(paths: list[Path], out: Path) -> None:
                  "GPT-2, BERT and the Llama decoder lose their mask ops); and attention given a folded causal mask "
                  "is built causal, without the mask (GPT-2, Llama).", "",
                  never_lose(merge(h200)), ""]
+        chosen = layouts(merge(h200))
+        if chosen:
+            text += ["### The default plan's layout (H200)", "",
+                     "The default plan built NHWC (*opara_default_cl*) and NCHW (*opara_default_nchw*) in the same "
+                     "run, interleaved: what `--memory-format auto` chooses between for a model with convolutions "
+                     "(it builds NHWC). Where a run measured these two instead of *opara_default*, the table above "
+                     "shows the NHWC one, named in its last column.", "", chosen, ""]
     served = sorted((Path(__file__).resolve().parent / "results").glob("serve-load-*.json"))
     if served:
         text += ["## Serving: concurrent callers on one GPU", "",

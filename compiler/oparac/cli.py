@@ -116,8 +116,7 @@ def _load_model(ref: str, shapes: str | None):
               help="attention as one fused SDPA kernel, or as matrix products around a softmax")
 @click.option("--memory-format", type=click.Choice(MEMORY_FORMATS), default="auto",
               show_default=True, help="channels_last: 4-D weights and inputs in NHWC (convolution models); auto: "
-                                      "channels_last for a --fuse plan of a convolution model (not one with a single "
-                                      "patch-embedding convolution), contiguous otherwise "
+                                      "channels_last for a --fuse plan of a convolution model, contiguous otherwise "
                                       "(with --fuse --tune the tuner tries both)")
 @click.option("--sign-key", type=click.Path(dir_okay=False), envvar="OPARA_SIGNING_KEY", show_envvar=True,
               help="Ed25519 private key (PEM, from `oparac keygen`) to sign the plan with")

@@ -53,8 +53,7 @@ def compile(model, example_inputs=None, options: CompileOptions | None = None, *
     memory_format: 'channels_last' runs the plan with 4-D floating-point weights and inputs in NHWC (what
     cuDNN's tensor-core convolutions want); ops are profiled in that layout. Outputs stay contiguous.
     'contiguous' keeps NCHW. 'auto' (default) is channels_last for an untuned fused plan of a model with 4-D
-    weights, unless it has only a few convolutions (fuse.segments.auto_layout), and contiguous otherwise; with
-    tune=True and fuse the fused tuner tries both layouts.
+    weights and contiguous otherwise; with tune=True and fuse the fused tuner tries both layouts.
     """
     from oparac.fuse.segments import resolve_memory_format
 

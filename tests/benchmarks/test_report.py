@@ -77,3 +77,18 @@ def test_a_torch_compile_recompiled_after_another_batch_of_its_forward_is_marked
     assert rows[("llama", "8")][5] == "1.14x (dyn)"
     assert rows[("vit_b16", "1")][5] == "0.98x"
     assert rows[("vit_b16", "8")][5] == "1.08x"  # a reset dynamo compiles cold whatever ran before
+
+
+def test_a_run_of_both_layouts_shows_the_nhwc_default_and_the_layout_table(tmp_path):
+    both = _run(tmp_path / "suite-20261202T033800.json", "2026-12-02T03:38:00", [
+        _rec("torch_compile", 1.153, 0.0), _rec("cudagraph", 1.129, 0.0),
+        _rec("opara_default_cl", 1.087, 0.0, plan="whole graph, channels_last"),
+        _rec("opara_default_nchw", 1.123, 0.0, plan="whole graph")])
+    row = next(line for line in report.never_lose(report.merge([both])).splitlines() if line.startswith("| llama"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[4:6] == ["1.087", "1.06x"] and cells[-1] == "whole graph, channels_last (opara_default_cl)"
+    layout_row = report.layouts(report.merge([both])).splitlines()[2]
+    assert [c.strip() for c in layout_row.strip("|").split("|")][3:] == ["1.087", "1.123", "1.03x", "1.153"]
+    only_default = _run(tmp_path / "suite-20261202T032656.json", "2026-12-02T03:26:56", [
+        _rec("torch_compile", 1.158, 0.0), _rec("opara_default", 1.137, 0.0)])
+    assert report.layouts(report.merge([only_default])) == ""

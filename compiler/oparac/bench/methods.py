@@ -18,7 +18,9 @@ METHODS = ("eager", "cudagraph", "torch_compile", "ort_cuda", "opara", "opara_tu
 # method): the plan with --memory-format channels_last, for convolution models; "opara_fused_coarse": the fused
 # plan with --cut coarse; "opara_fused_kernels" (and "opara_fused_segments"): the fused plan with --fuse-mode kernels
 # (the whole graph fused, its kernels on streams) or segments; "opara_default": `--fuse inductor` with every other
-# option at its default (layout 'auto', fuse mode 'auto', the guard), which is what a user gets.
+# option at its default (layout 'auto', fuse mode 'auto', the guard), which is what a user gets;
+# "opara_default_cl" and "opara_default_nchw": that plan with the layout fixed (NHWC, NCHW) instead of 'auto',
+# to measure what 'auto' chooses between.
 
 
 @dataclass
@@ -171,8 +173,11 @@ def build(method: str, model, inputs, device: torch.device, *, plan_options: dic
         # NCHW (what they measured before 'auto' made NHWC the default of a fused convolution plan); *_cl is
         # NHWC, which is what `--fuse inductor` now gives a convolution model; the tuned ones leave the layout
         # to 'auto', which lets the fused tuner try both.
-        if method == "opara_default":  # `oparac compile --fuse inductor` with every other option at its default
+        if method.startswith("opara_default"):  # `oparac compile --fuse inductor`, other options at their default
             options["fuse"] = "inductor"
+            if method != "opara_default":
+                options["memory_format"] = {"opara_default_cl": "channels_last",
+                                            "opara_default_nchw": "contiguous"}[method]
         elif method.endswith("_cl"):
             options["memory_format"] = "channels_last"
         elif not method.endswith("tuned"):

@@ -97,22 +97,13 @@ def count_4d_weights(graph: Graph) -> int:
                for n in graph.nodes)
 
 
-# 'auto' leaves a graph NCHW when it has at least this many nodes per convolution: inductor's own threshold for
-# "only a few conv" (GraphLowering.decide_layout_opt), below which torch.compile keeps the model NCHW too.
-NODES_PER_CONV_FOR_NCHW = 300
-
-
 def auto_layout(graph: Graph) -> tuple[str, str | None]:
     """What memory_format='auto' gives an untuned fused plan of `graph`, and why (for the progress line; None for
     a model without convolutions, where the layout changes nothing)."""
     convs = count_4d_weights(graph)
     if not convs:
         return "contiguous", None
-    counted = f"{convs} convolution{'s' if convs > 1 else ''}"
-    if len(graph.nodes) >= NODES_PER_CONV_FOR_NCHW * convs:
-        return "contiguous", (f"{counted} among {len(graph.nodes)} nodes: too few to pay for NHWC inputs, which "
-                              "inductor also leaves NCHW")
-    return "channels_last", f"a fused plan of a model with {counted}"
+    return "channels_last", f"a fused plan of a model with {convs} convolution{'s' if convs > 1 else ''}"
 
 
 def resolve_memory_format(requested: str, graph: Graph, fuse: str, tune: bool) -> tuple[str, str | None]:
@@ -120,10 +111,9 @@ def resolve_memory_format(requested: str, graph: Graph, fuse: str, tune: bool) -
 
     'auto' picks NHWC for an untuned fused plan of a convolution model: on the H100 the NHWC fused plan beat every
     NCHW fused plan in every convolution group where both ran, and the NCHW one lost to torch.compile in five
-    (BENCHMARKS.md). Not for a model with only a few convolutions (a
-    transformer's patch embedding, auto_layout): there NHWC only adds a transposing copy of every call's input
-    (a 3-channel NHWC write), and on the H200 a call of ViT-B/16 or Swin-T fp16 at batch 8 spent 17 and 13 us
-    beyond its graph's replay, against 3 to 6 us for the transformers with token inputs. Unfused plans stay NCHW,
+    (BENCHMARKS.md). That holds for a transformer whose one convolution embeds patches too, although inductor
+    itself leaves such a graph NCHW: on the H200 (fp16, both layouts in the same process) the NHWC default plan
+    of ViT-B/16 was 7% faster at batch 1 and 3% at batch 8, Swin-T's 0.5% and 2%. Unfused plans stay NCHW,
     running eager's own kernels bit for bit; a tuned fused plan starts NCHW and its tuner tries NHWC itself."""
     if requested != "auto":
         return requested, None
