@@ -77,6 +77,10 @@ def compile(model, example_inputs=None, options: CompileOptions | None = None, *
     single = stages.run("schedule", f"streams={opts.streams} order={opts.order} max_streams={opts.max_streams}",
                         lambda: make_schedule(graph, profile.ops, streams=opts.streams, order=opts.order,
                                               max_streams=opts.max_streams, gpu=gpu_spec(target)))
+    if single.predicted_ms > 0:  # what the fused guard's prediction (search.guard.segments_cannot_pay) reads
+        n = single.num_streams
+        hook.note(f"schedule: {n} stream{'s' if n > 1 else ''}, predicted {single.predicted_ms:.4f} ms against "
+                  f"{profile.sequential_ms:.4f} ms on one stream ({profile.sequential_ms / single.predicted_ms:.2f}x)")
     plan = assemble(graph, builder, source, opts.dtype, target, single, profile, memory_format)
     if len(gpus) > 1 and not opts.tune:
         plan = stages.run("devices", f"mapping ops onto {len(gpus)} GPUs (HIOS-LP)", lambda: with_placement(

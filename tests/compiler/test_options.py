@@ -139,6 +139,17 @@ def test_the_hook_hears_every_stage_start_and_end_in_order():
     assert any(e[0] == "note" and e[1].startswith("layout: channels_last") for e in hook.events)
 
 
+def test_the_schedule_stage_says_what_the_profile_predicts_against_one_stream():
+    model, inputs = small_cnn()
+    said = []
+    plan = oparac.compile(model, inputs, device="cpu", progress=said.append)
+    s, seq = plan.schedule, plan.profile.sequential_ms
+    n = s.num_streams
+    line = (f"schedule: {n} stream{'s' if n > 1 else ''}, predicted {s.predicted_ms:.4f} ms against {seq:.4f} ms on "
+            f"one stream ({seq / s.predicted_ms:.2f}x)")
+    assert line in said
+
+
 def test_a_callable_gets_lines():
     said = []
     hook = as_progress(said.append)

@@ -217,8 +217,11 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
     finally:
         del runners
         gc.collect()
+    # Measured against predicted (the simulator on the calibrated kernel times): the same simulator's forecast for
+    # the unfused schedule is what the guard's segment prediction reads (schedule stage's note).
     progress.note("fuse: kernel schedules " + ", ".join(
-        f"{name} ({ks.num_streams} streams) {times[name]:.4f} ms" for name, ks in schedules.items()))
+        f"{name} ({ks.num_streams} streams) {times[name]:.4f} ms (predicted {ks.predicted_ms:.4f})"
+        for name, ks in schedules.items()))
     candidates = tuple(Candidate(streams=f"{name}+kernels", order=ks.algorithm.split("/")[1] if "/" in ks.algorithm
                                  else "", max_streams=0, predicted_ms=ks.predicted_ms, measured_ms=times[name],
                                  chosen=name == best) for name, ks in schedules.items())

@@ -82,6 +82,18 @@ def test_every_schedule_is_captured_once_and_the_fastest_kept(world, tiny_plan):
     assert len(chosen) == 1 and chosen[0].measured_ms == 0.7
 
 
+def test_the_progress_line_gives_each_schedule_measured_and_predicted(world, tiny_plan):
+    world["ms"] = {"single/program": 1.0, "opara/opara": 0.7}
+    said = []
+    search = kernels.kernel_fused(tiny_plan, {}, CPU, "inductor", said.append)
+    [line] = [s for s in said if s.startswith("fuse: kernel schedules ")]
+    for c in search.plan.profile.candidates:
+        name = c.streams.removesuffix("+kernels")
+        assert f"{name} (" in line and f"ms (predicted {c.predicted_ms:.4f})" in line
+    # The one-stream program's forecast is its calibrated kernels' sum: the replay it was scaled to.
+    assert "single (1 streams) 1.0000 ms (predicted 1.0000)" in line
+
+
 def test_the_whole_graph_compiles_with_the_mode_options_unless_told_otherwise(world, monkeypatch, tiny_plan):
     from opara_runtime.fused import compile as compile_mod
 
