@@ -161,14 +161,20 @@ def serving(paths: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def never_lose(result: dict) -> str:
-    """The default `--fuse inductor` plan against torch.compile (reduce-overhead) and the sequential CUDA graph,
-    with the kernel-level plan and how close it comes to its critical path (the longest path of its compiled
-    program's measured kernel times: no schedule of those kernels can be faster)."""
+def _measured_groups(result: dict) -> dict[tuple, dict[str, dict]]:
+    """(model, batch, dtype) -> method -> record, for the records that measured (no error)."""
     by: dict[tuple, dict[str, dict]] = {}
     for r in result["records"]:
         if "error" not in r:
             by.setdefault((r["model"], r["batch"], r["dtype"]), {})[r["method"]] = r
+    return by
+
+
+def never_lose(result: dict) -> str:
+    """The default `--fuse inductor` plan against torch.compile (reduce-overhead) and the sequential CUDA graph,
+    with the kernel-level plan and how close it comes to its critical path (the longest path of its compiled
+    program's measured kernel times: no schedule of those kernels can be faster)."""
+    by = _measured_groups(result)
     lines = [f"GPU **{result['gpu']}**, torch {result['torch']}, CUDA {result['cuda']}, run {result['date']}.", "",
              "| model | batch | dtype | torch.compile ms | default plan ms | vs torch.compile | vs cudagraph | "
              "default latency vs torch.compile | kernel-level ms | critical path ms | reached | max abs diff: "
@@ -198,11 +204,9 @@ def never_lose(result: dict) -> str:
 def layouts(result: dict) -> str:
     """The default plan built NHWC and NCHW in the same run (methods opara_default_cl, opara_default_nchw): what
     memory_format 'auto' chooses between for a model with convolutions."""
-    by: dict[tuple, dict[str, dict]] = {}
-    for r in result["records"]:
-        if "error" not in r:
-            by.setdefault((r["model"], r["batch"], r["dtype"]), {})[r["method"]] = r
-    lines = ["| model | batch | dtype | NHWC ms | NCHW ms | NHWC gain | torch.compile ms |", "|---|---|---|---|---|---|---|"]
+    by = _measured_groups(result)
+    lines = ["| model | batch | dtype | NHWC ms | NCHW ms | NHWC gain | torch.compile ms |",
+             "|---|---|---|---|---|---|---|"]
     for (model, batch, dtype), m in sorted(by.items()):
         cl, nchw, tc = (m.get(x) for x in ("opara_default_cl", "opara_default_nchw", "torch_compile"))
         if cl and nchw:
