@@ -1,4 +1,5 @@
-"""Every model of the suite compiles on CPU and its plan matches eager under every stream/order choice."""
+"""Every model of the suite compiles on CPU and its plan matches eager under every stream/order choice; every zoo
+model's output depends on its input, so that comparing a plan with eager checks something."""
 from __future__ import annotations
 
 import dataclasses
@@ -49,3 +50,22 @@ def test_plan_matches_eager_for_every_schedule(name, batch):
         variant = dataclasses.replace(plan, schedule=schedule)
         got = opara_runtime.load(variant, model)(*inputs)
         _assert_close(got, want)
+
+
+HEAVY = {"nasnet", "bert", "gpt2", "inception_v3", "inception_timm", "convnext_t", "mobilenet_v3"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=(pytest.mark.slow,) if n in HEAVY else ())
+                                  for n in zoo.MODELS])
+def test_every_zoo_models_output_depends_on_its_input(name):
+    # A model whose output is constant (torchvision's ViT with its zero-initialised head gave zeros) would match
+    # any plan, however wrong: its max abs diff against eager would be 0 and mean nothing.
+    model, inputs = getattr(zoo, name)(1)
+    x = inputs[0]  # images or token ids; a second input (BERT's attention mask) stays as it is
+    other = (torch.randn_like(x) if x.is_floating_point() else torch.randint_like(x, 0, 100),) + tuple(inputs[1:])
+    with torch.no_grad():
+        first = pytree.tree_leaves(model(*inputs))
+        second = pytree.tree_leaves(model(*other))
+    out, alt = first[0], second[0]
+    assert out.abs().max() > 0.01 and out.std() > 1e-3, f"{name}: output is (nearly) constant"
+    assert not torch.allclose(out, alt), f"{name}: output does not depend on the input"
