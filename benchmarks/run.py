@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # the sibling modules (results_io, report) import by name, run as a script or not
+    sys.path.insert(0, str(HERE))
 SUITE = {  # model -> batches
     "googlenet": (1, 8, 32), "inception_v3": (1, 8, 32), "densenet121": (1,), "resnet50": (1,),
     "nasnet": (1,), "bert": (1,),
@@ -178,18 +180,24 @@ def run_group(name: str, batch: int, dtype: str, methods: list[str], device: tor
 
 def measured(results: Path, gpu: str, methods: list[str], timing: str = "sequential") -> set[tuple[str, int, str]]:
     """(model, batch, dtype) groups that one suite-*.json under `results` measured on `gpu` with every one of
-    `methods`, no error, and `timing` (one file: a comparison is only made within one run; a record without a
+    `methods`, no error, a cold torch.compile, and `timing` (one file: a comparison is only made within one run; a record without a
     'timing' was timed sequentially)."""
     import json
+
+    from report import mark_warm_dynamo
 
     done = set()
     for f in sorted(results.glob("suite-*.json")):
         result = json.loads(f.read_text())
         if result.get("gpu") != gpu:
             continue
+        # A torch.compile that recompiled with a symbolic batch (report.mark_warm_dynamo) is no baseline: its group
+        # is measured again.
+        records = result.get("records", [])
+        mark_warm_dynamo(records)
         seen: dict[tuple[str, int, str], set[str]] = {}
-        for r in result.get("records", []):
-            if r.get("error") is None and r.get("timing", "sequential") == timing:
+        for r in records:
+            if r.get("error") is None and not r.get("warm_dynamo") and r.get("timing", "sequential") == timing:
                 seen.setdefault((r["model"], r["batch"], r["dtype"]), set()).add(r["method"])
         done |= {group for group, got in seen.items() if set(methods) <= got}
     return done
@@ -210,5 +218,4 @@ def stamped(prefix: str, t0: float):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE))
     sys.exit(main())

@@ -34,7 +34,7 @@ def _suite(path: Path, gpu: str, records: list[tuple]) -> None:
     import json
 
     path.write_text(json.dumps({"gpu": gpu, "records": [
-        {"model": m, "batch": b, "dtype": d, "method": method, **({"error": "x"} if err else {})}
+        {"model": m, "batch": b, "dtype": d, "method": method, "dynamo": "cold", **({"error": "x"} if err else {})}
         for m, b, d, method, err in records]}))
 
 
@@ -67,6 +67,20 @@ def test_skip_measured_counts_only_groups_timed_the_requested_way(tmp_path):
     both = ["torch_compile", "opara_default"]
     assert bench_run.measured(tmp_path, h200, both, "interleaved") == {("gpt2", 1, "float16")}
     assert bench_run.measured(tmp_path, h200, both, "sequential") == {("vit_b16", 1, "float16")}
+
+
+def test_skip_measured_measures_again_a_group_whose_torch_compile_was_a_dynamic_recompile(tmp_path):
+    import json
+
+    h200 = "NVIDIA H200"
+    recs = [{"model": "gpt2", "batch": b, "dtype": "float16", "method": m}
+            for b in (8, 1) for m in ("torch_compile", "opara_default")]  # b1's compile followed b8's, no reset
+    recs += [{"model": "resnet50", "batch": b, "dtype": "float16", "method": m, "dynamo": "cold"}
+             for b in (1, 8) for m in ("torch_compile", "opara_default")]  # each compiled after a reset
+    (tmp_path / "suite-1.json").write_text(json.dumps({"gpu": h200, "records": recs}))
+    assert bench_run.measured(tmp_path, h200, ["torch_compile", "opara_default"]) == {
+        ("gpt2", 8, "float16"), ("resnet50", 1, "float16"), ("resnet50", 8, "float16")}
+    assert ("gpt2", 1, "float16") in bench_run.measured(tmp_path, h200, ["opara_default"])
 
 
 def test_an_isolated_group_keeps_what_its_process_wrote_and_says_how_it_ended(tmp_path, capsys):
