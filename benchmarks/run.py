@@ -182,8 +182,6 @@ def measured(results: Path, gpu: str, methods: list[str], timing: str = "sequent
     """(model, batch, dtype) groups that one suite-*.json under `results` measured on `gpu` with every one of
     `methods`, no error, a cold torch.compile, and `timing` (one file: a comparison is only made within one run;
     a record without a 'timing' was timed sequentially)."""
-    import json
-
     from report import mark_warm_dynamo
 
     done = set()

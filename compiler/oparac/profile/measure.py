@@ -168,26 +168,24 @@ def time_graph_replays(graph: torch.cuda.CUDAGraph, device: torch.device, *, rep
                        replays: int = 10, sample_ms: float | None = None) -> float:
     """Median over `repeats` of the mean time of `replays` back-to-back replays, in ms. sample_ms: fewer replays
     (at least one) where `replays` of them would take longer than that, judged by one timed replay."""
-    samples = []
     with torch.cuda.device(device):
         graph.replay()
         torch.cuda.synchronize(device)
         if sample_ms is not None:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            replays = replays_spanning(sample_ms, start.elapsed_time(end), least=1, most=replays)
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(replays):
-                graph.replay()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / replays)
+            replays = replays_spanning(sample_ms, _replays_ms(graph, 1), least=1, most=replays)
+        samples = [_replays_ms(graph, replays) / replays for _ in range(repeats)]
     return statistics.median(samples)
+
+
+def _replays_ms(graph: torch.cuda.CUDAGraph, replays: int) -> float:
+    """The time of `replays` back-to-back replays between two events on the current stream, in ms."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
 
 
 def fill_random(tensors) -> None:
