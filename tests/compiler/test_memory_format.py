@@ -120,6 +120,14 @@ def test_bench_default_methods_fix_the_layout_auto_chooses_between(method, layou
     assert runner.plan.model.memory_format == layout and runner.plan.fusion.backend == "inductor"
 
 
+def test_bench_an_unknown_default_variant_is_refused_by_name():
+    from oparac.bench.methods import build
+
+    model, inputs = small_cnn()
+    with pytest.raises(ValueError, match="unknown method 'opara_default_nhwc': expected one of opara_default, "):
+        build("opara_default_nhwc", model, inputs, torch.device("cpu"))
+
+
 class _PatchEmbedding(torch.nn.Module):
     """A transformer's shape of convolution use: one patch-embedding convolution, then many linear layers."""
 

@@ -21,6 +21,7 @@ METHODS = ("eager", "cudagraph", "torch_compile", "ort_cuda", "opara", "opara_tu
 # option at its default (layout 'auto', fuse mode 'auto', the guard), which is what a user gets;
 # "opara_default_cl" and "opara_default_nchw": that plan with the layout fixed (NHWC, NCHW) instead of 'auto',
 # to measure what 'auto' chooses between.
+DEFAULT_LAYOUTS = {"opara_default": None, "opara_default_cl": "channels_last", "opara_default_nchw": "contiguous"}
 
 
 @dataclass
@@ -174,10 +175,11 @@ def build(method: str, model, inputs, device: torch.device, *, plan_options: dic
         # NHWC, which is what `--fuse inductor` now gives a convolution model; the tuned ones leave the layout
         # to 'auto', which lets the fused tuner try both.
         if method.startswith("opara_default"):  # `oparac compile --fuse inductor`, other options at their default
+            if method not in DEFAULT_LAYOUTS:
+                raise ValueError(f"unknown method {method!r}: expected one of {', '.join(DEFAULT_LAYOUTS)}")
             options["fuse"] = "inductor"
-            if method != "opara_default":
-                options["memory_format"] = {"opara_default_cl": "channels_last",
-                                            "opara_default_nchw": "contiguous"}[method]
+            if DEFAULT_LAYOUTS[method]:
+                options["memory_format"] = DEFAULT_LAYOUTS[method]
         elif method.endswith("_cl"):
             options["memory_format"] = "channels_last"
         elif not method.endswith("tuned"):
