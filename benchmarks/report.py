@@ -243,6 +243,7 @@ def write_markdown(paths: list[Path], out: Path) -> None:
     h200 = [p for p in sorted((Path(__file__).resolve().parent / "results").glob("suite-*.json"))
             if "H200" in json.loads(p.read_text())["gpu"] and p not in paths]
     if h200:
+        merged = merge(h200)
         text += ["## Never lose: the default fused plan on other model families (H200)", "",
                  f"From {', '.join(f'`benchmarks/results/{p.name}`' for p in h200)}. *default plan* is "
                  "`oparac compile --fuse inductor` with every other option at its default (method *opara_default*): "
@@ -276,8 +277,8 @@ def write_markdown(paths: list[Path], out: Path) -> None:
                  "model returned zeros whatever its backbone computed (its timings stand: the same kernels run on "
                  "any weights). The zoo now draws that head at random, and a test keeps every zoo model's output "
                  "dependent on its input.", "",
-                 never_lose(merge(h200)), ""]
-        chosen = layouts(merge(h200))
+                 never_lose(merged), ""]
+        chosen = layouts(merged)
         if chosen:
             text += ["### The default plan's layout (H200)", "",
                      "The default plan built NHWC (*opara_default_cl*) and NCHW (*opara_default_nchw*) in the same "
