@@ -195,10 +195,18 @@ def never_lose(result: dict) -> str:
         lines.append(f"| {model} | {batch} | {dtype} | {_fmt(tc and tc['ms_b2b'])} | {d['ms_b2b']:.3f} | "
                      f"{ratio(tc)} | {ratio(seq)} | {ratio(tc, 'ms_latency')} | {_fmt(k and k['ms_b2b'])} | "
                      f"{_fmt(cp)} | {f'{cp / best:.0%}' if cp else '-'} | {_fmt(d.get('max_abs_diff'), '.1e')}, "
-                     f"{_fmt(tc and tc.get('max_abs_diff'), '.1e')} | {_fmt(d.get('compile_s'), '.0f')}, "
-                     f"{_fmt(tc and tc.get('compile_s'), '.0f')} | {d.get('timing', 'alone')} | "
+                     f"{_fmt(tc and tc.get('max_abs_diff'), '.1e')} | {_compile_s(d)}, "
+                     f"{_compile_s(tc)} | {d.get('timing', 'alone')} | "
                      f"{d.get('plan', '')}{'' if d['method'] == 'opara_default' else ' (' + d['method'] + ')'} |")
     return "\n".join(lines)
+
+
+def _compile_s(rec: dict | None) -> str:
+    """A compile time, marked *(shared)* where it was not compiled from empty caches (Record.caches): before
+    2026-12-02T05:00 a group's methods shared inductor's and Triton's caches, so a later compile could be warm."""
+    if not rec:
+        return "-"
+    return _fmt(rec.get("compile_s"), ".0f") + ("" if rec.get("caches") == "empty" else " (shared)")
 
 
 def layouts(result: dict) -> str:
@@ -235,7 +243,10 @@ def write_markdown(paths: list[Path], out: Path) -> None:
             "ratio against torch.compile: that torch.compile was compiled in a process that had compiled the same "
             "forward at another batch before, so dynamo made the batch symbolic (automatic dynamic shapes) and it "
             "ran a dynamic-shape program with a warm compile; such a ratio may favour Opara. From "
-            "2026-12-02 every torch.compile build starts from a reset dynamo.", "",
+            "2026-12-02 every torch.compile build starts from a reset dynamo. *(shared)* after a compile time: that "
+            "method compiled with inductor's and Triton's caches shared with the methods built before it in its "
+            "group, so kernels they had compiled were cached and its compile time may be warm; from "
+            "2026-12-02T05:00 every compiling method starts from empty caches.", "",
             (Path(__file__).resolve().parent / "notes.md").read_text(), "",
             "## Batch-1 targets (fp32, back-to-back, against the sequential CUDA graph)", "", targets(result), "",
             "## Fused and parallel (`--fuse inductor`) against torch.compile, batch 1", "", fused_targets(result), "",

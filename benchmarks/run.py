@@ -149,7 +149,7 @@ def ended(rc: int) -> str:
 def run_group(name: str, batch: int, dtype: str, methods: list[str], device: torch.device, args, iters: int):
     """Each method's Record for one model, batch and dtype: built and timed together (interleaved), or each
     timed alone right after it was built (sequential: yielded as it is measured)."""
-    from oparac.bench.methods import CompileLog, Record, bench_method, build, measure_group, zoo_model
+    from oparac.bench.methods import CompileLog, Record, bench_method, build, compiles, measure_group, zoo_model
 
     model, inputs, reference = zoo_model(name, batch, dtype, device)
 
@@ -172,7 +172,8 @@ def run_group(name: str, batch: int, dtype: str, methods: list[str], device: tor
             yield with_logs(bench_method(method, name, model, inputs, dtype, device, reference, iters=iters,
                                          plan_options=options(method)))
         return
-    recs = [Record(model=name, batch=batch, dtype=dtype, method=m) for m in methods]
+    recs = [Record(model=name, batch=batch, dtype=dtype, method=m, caches="empty" if compiles(m) else None)
+            for m in methods]
     makes = [lambda m=m: build(m, model, inputs, device, plan_options=options(m)) for m in methods]
     yield from map(with_logs, measure_group(recs, makes, inputs, reference, device, rounds=args.rounds, iters=iters,
                                             warmup=20))

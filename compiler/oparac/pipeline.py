@@ -143,8 +143,8 @@ def fuse_detail(opts: CompileOptions, dev: torch.device) -> str:
     if opts.tune:
         return f"measuring fused candidates ({opts.fuse} compiles each segment)"
     if guarded(opts, dev) and opts.fuse_mode == "auto":
-        return (f"compiling with {opts.fuse}: segments ({opts.cut} cut), or the whole graph where the profile "
-                f"rules segments out")
+        return (f"compiling with {opts.fuse}: the whole graph, its kernels on streams; segments ({opts.cut} cut) "
+                f"too where the profile says they could beat it")
     return f"compiling segments with {opts.fuse} ({opts.cut} cut)"
 
 
@@ -152,8 +152,9 @@ def fuse_stage(plan: Plan, weights: dict | None, dev: torch.device, opts: Compil
                profile_cache=None) -> Plan:
     """Fusion of `plan`: on the CPU its segments only (they run unfused there); on the GPU compiled and measured,
     or with opts.tune chosen among fused candidates and the plan itself. An untuned 'auto' plan is guarded
-    (oparac.search.guard): where its profile rules segments out, only the whole graph is compiled and its kernels
-    put on streams. weights: bound on `dev` (bind_weights)."""
+    (oparac.search.guard): the whole graph is compiled first and its kernels put on streams, and segments are
+    compiled too only where the profile says they could clearly beat that. weights: bound on `dev`
+    (bind_weights)."""
     from oparac.fuse.segments import fuse_plan, measure_fused, measure_fused_runner
     from oparac.search.fused import tune_fused
 
@@ -179,20 +180,21 @@ def fuse_stage(plan: Plan, weights: dict | None, dev: torch.device, opts: Compil
                           nhwc_profile if opts.memory_format == "auto" else None, mode=opts.fuse_mode)
     # The fused plan's last rival, the unfused plan on one stream, in the layout an unfused plan gets.
     unfused_layout = "contiguous" if opts.memory_format == "auto" else None
-    if guarded(opts, dev) and opts.fuse_mode == "auto":
-        from oparac.search.guard import guard_whole_graph, segments_cannot_pay
+    kernels = opts.fuse_mode == "auto"
+    if guarded(opts, dev) and kernels:
+        from oparac.search.guard import guard_kernels_first, segments_cannot_pay
 
-        reason = segments_cannot_pay(plan)
-        kept = guard_whole_graph(plan, reason, weights, dev, opts.fuse, progress.note,
-                                 unfused_layout=unfused_layout) if reason else None
+        kept = guard_kernels_first(plan, weights, dev, opts.fuse, progress.note, ruled_out=segments_cannot_pay(plan),
+                                   cut=opts.cut, unfused_layout=unfused_layout)
         if kept is not None:
             return kept
+        kernels = False  # the whole graph's program cannot be put on streams: do not compile it again
     if not guarded(opts, dev):
         return measure_fused(fuse_plan(plan, opts.fuse, cut=opts.cut), weights, dev)[0]
     from oparac.search.guard import guard_fused
 
     fused, replay_ms, runner = measure_fused_runner(fuse_plan(plan, opts.fuse, cut=opts.cut), weights, dev)
-    return guard_fused(fused, replay_ms, weights, dev, opts.fuse, progress.note, kernels=opts.fuse_mode == "auto",
+    return guard_fused(fused, replay_ms, weights, dev, opts.fuse, progress.note, kernels=kernels,
                        runner=runner, unfused_layout=unfused_layout)
 
 

@@ -1,6 +1,7 @@
 """Baselines and Opara plans timed the same way in one process (docs/design.md, section 8)."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -52,6 +53,9 @@ class Record:
     # torch_compile: 'cold' where dynamo was reset before the compile (compiled_runner, from 2026-12-02); absent
     # in earlier records, whose compile could follow one of the same forward at another batch (report.py marks it)
     dynamo: str | None = None
+    # 'empty' where the method compiled from empty inductor and Triton caches (cold_compile_caches, from
+    # 2026-12-02T05:00); absent in earlier records, whose compile times after a group's first compile were warm
+    caches: str | None = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -64,7 +68,7 @@ class Record:
         if self.plan is None:
             d.pop("plan")
         for k in ("critical_path_ms", "critical_path_calibrated", "timing", "ms_b2b_rounds", "compile_stages",
-                  "compile_notes", "dynamo"):
+                  "compile_notes", "dynamo", "caches"):
             if d.get(k, 0) is None:
                 d.pop(k)
         return d
@@ -141,7 +145,46 @@ class SequentialGraph:
 
 
 def build(method: str, model, inputs, device: torch.device, *, plan_options: dict | None = None):
-    """Returns a callable running the model by `method` (setup, capture or compile included)."""
+    """Returns a callable running the model by `method` (setup, capture or compile included). A method that
+    compiles (torch_compile, every Opara method) compiles from empty caches (cold_compile_caches)."""
+    if compiles(method):
+        with cold_compile_caches():
+            return _build(method, model, inputs, device, plan_options)
+    return _build(method, model, inputs, device, plan_options)
+
+
+def compiles(method: str) -> bool:
+    """Whether building `method` compiles (build then runs it inside cold_compile_caches)."""
+    return method == "torch_compile" or method.startswith("opara")
+
+
+@contextlib.contextmanager
+def cold_compile_caches():
+    """Inductor's and Triton's caches empty, as on a user's first compile, for what runs inside.
+
+    Both keep what they compile on disk (inductor under TORCHINDUCTOR_CACHE_DIR: FX graphs, generated Python,
+    autotuning; Triton its kernels under TRITON_CACHE_DIR), and inductor keeps loaded modules in memory, all
+    shared by every compile of the process and the machine. The methods of one benchmark group compile many of
+    the same kernels (torch.compile's program and a plan's whole graph, the segments of two plans), so each
+    compile after the first would find them cached and record a warm compile time: until 2026-12-02T05:00 the
+    compile times of a group's later methods were such. Inside, both folders are new and empty and the
+    in-memory caches cleared (inductor's fresh_cache); inductor's compile workers are restarted first, since a
+    worker process keeps the cache folder it started with. The folders are kept until the process exits: a
+    compiled program may still load from them."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from torch._inductor import async_compile, utils
+
+    root = tempfile.mkdtemp(prefix="opara-bench-cache-")
+    atexit.register(shutil.rmtree, root, True)
+    async_compile.shutdown_compile_workers()
+    with utils.fresh_cache(dir=root, delete=False):
+        yield
+
+
+def _build(method: str, model, inputs, device: torch.device, plan_options: dict | None):
     if method == "eager":
         def eager(*xs):
             with torch.no_grad():
@@ -225,7 +268,8 @@ def compiled_runner(model, inputs, **compile_kwargs):
 
 def bench_method(method: str, name: str, model, inputs, dtype: str, device: torch.device, reference,
                  *, iters: int = 200, warmup: int = 20, plan_options: dict | None = None) -> Record:
-    rec = Record(model=name, batch=int(inputs[0].shape[0]), dtype=dtype, method=method)
+    rec = Record(model=name, batch=int(inputs[0].shape[0]), dtype=dtype, method=method,
+                 caches="empty" if compiles(method) else None)
     return measure_into(rec, lambda: build(method, model, inputs, device, plan_options=plan_options), inputs,
                         reference, device, iters=iters, warmup=warmup)
 

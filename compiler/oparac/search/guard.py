@@ -6,28 +6,33 @@ streams, 0.86x the sequential CUDA graph). The guard measures the chosen plan ag
 on the GPU before the plan is written, keeps the faster, and records both measurements and the decision in the
 plan's profile (`Profile.candidates`, `Profile.guard`), which `oparac inspect` shows.
 
-Unfused plans: a few interleaved replays of two captured graphs (about a second). Fused plans (fuse_mode 'auto'):
-first a prediction from the profile, before anything is compiled. Where the unfused schedule is one stream, or the
-simulator (which models no contention, so it errs towards streams) predicts its streams at less than 1/CLEAR_WIN
-times one stream, a segment-level plan cannot clearly pay: it would also lose fusion at every segment boundary.
-Its segments are then not compiled at all, and the plan is the kernel-level search's pick (the whole graph
-compiled once, its kernels on streams or on one stream, oparac.search.kernels), which is what the guard below
-would have compared it with. That saves the segment compile (and its worker processes) on transformers and chain
-CNNs, where the kernel-level plan won every measured head-to-head. Otherwise the alternative is
-the whole graph compiled by inductor as one program, which is what torch.compile fuses: with fuse_mode 'auto' its
-kernels are put on streams too (oparac.search.kernels, which keeps one stream where that is faster, and times the
-fused plan against its pick on the runners it has already captured), with 'segments' it runs as one segment on
-one stream. Compiling it costs about as much as torch.compile's own compile,
-so it is done only when the fused plan's streams do not clearly pay: when its replay is not at least CLEAR_WIN
-faster than its segments run one after another (their measured times, which `measure_fused` records). Where
-streams buy that much, merging the segments could only win back the fusion lost at segment boundaries, which on
-the models measured cost less than that.
+Unfused plans: a few interleaved replays of two captured graphs (about a second).
+
+Fused plans (fuse_mode 'auto') are built whole graph first. Inductor compiles the whole graph once (what
+torch.compile fuses) and the kernel-level search puts its kernels on streams or keeps one stream
+(oparac.search.kernels): that is one compile, about as long as torch.compile's own. Segments (fuse.segments, a
+compile of their own, in worker processes) are compiled as well only where the profile says they could clearly
+beat that plan:
+- not at all where the unfused schedule is one stream, or the simulator predicts its streams at less than
+  1/CLEAR_WIN times one stream (segments_cannot_pay): they would also lose fusion at every segment boundary;
+- otherwise once the kernel plan is measured, where the unfused schedule's predicted gain, discounted by how far
+  the simulator overrated streams on this model's kernels, is at least 1/CLEAR_WIN times the gain the kernels on
+  streams measured (segments_may_beat). On the H200 that skips them on the transformers, where the segment plan
+  lost to the kernel plan after a compile as long as torch.compile's (a Llama-style decoder: 21 s for a 43-stream
+  plan 10% slower), and keeps them on the widest CNNs, where segments in NHWC beat the kernels on streams.
+Both fused plans are then timed against each other in the same rounds.
+
+fuse_mode 'segments' (guard_fused): the segment plan, and the whole graph as one segment on one stream where
+the segments' streams do not clearly pay (their replay is not at least CLEAR_WIN faster than the segments run
+one after another, their measured times, which `measure_fused` records); with kernels=True (the fallback of
+'auto' where the whole graph could not be put on streams is kernels=False) the whole graph's kernels on
+streams instead.
 
 Whichever fused plan that keeps, it is last timed against the unfused plan on one stream (the sequential CUDA
 graph of the model's own ATen kernels, in the layout an unfused plan gets: unfused_rival), in the same rounds as
-its final measurement where there is one, and the unfused plan is written where it is faster: inductor's program
-can be slower than the eager kernels (docs/design.md, section 5), and a fused default must not lose to a plan
-that needs no compiler at all.
+its final measurement, and the unfused plan is written where it is faster: inductor's program can be slower than
+the eager kernels (docs/design.md, section 5), and a fused default must not lose to a plan that needs no
+compiler at all.
 """
 from __future__ import annotations
 
@@ -41,7 +46,9 @@ from oparac.fuse.segments import fuse_plan, measure_fused
 from oparac.schedule.build import make_schedule
 from oparac.search.tune import FINAL_ROUNDS, SINGLE, measure_rounds
 
-# A fused plan whose replay takes at most this fraction of its segments' summed times is kept unmeasured.
+# A clear win: at most this fraction of the time of the alternative. A fused plan whose replay takes at most this
+# fraction of its segments' summed times is kept unmeasured; segments are compiled next to the kernel plan only
+# where they are forecast to take at most this fraction of its time (segments_may_beat).
 CLEAR_WIN = 0.85
 # Below this predicted speedup of the unfused streams over one stream, segments are not compiled (fuse_mode 'auto').
 SEGMENTS_PREDICTED_GAIN = 1 / CLEAR_WIN
@@ -85,16 +92,22 @@ def segments_cannot_pay(plan: Plan) -> str | None:
     return None
 
 
-def guard_whole_graph(plan: Plan, reason: str, weights: dict, device: torch.device, backend: str,
-                      say=None, *, unfused_layout: str | None = None) -> Plan | None:
-    """The kernel-level search's pick for the unfused `plan` (segments not compiled, for `reason`), its guard line
-    saying why; None where the compiled program cannot be put on streams (the caller then fuses segments).
-    unfused_layout: the memory format of the unfused rival (default: the plan's)."""
+def guard_kernels_first(plan: Plan, weights: dict, device: torch.device, backend: str, say=None, *,
+                        ruled_out: str | None = None, cut: str = "maximal",
+                        unfused_layout: str | None = None) -> Plan | None:
+    """The default fused plan of the unfused `plan`: the kernel-level search's pick, and the segment plan (`cut`)
+    only where segments_may_beat says it could clearly beat that (never where the profile has `ruled_out`
+    segments: segments_cannot_pay's reason); the faster of the two, last against the unfused plan on one stream.
+    Its guard line says why segments were or were not compiled. None where the compiled program cannot be put on
+    streams (the caller then fuses segments). unfused_layout: the memory format of the unfused rival (default:
+    the plan's)."""
     from opara_runtime.fused.wrapper_ir import WrapperFormatError
+    from oparac.fuse.segments import measure_fused_runner
     from oparac.search.kernels import kernel_fused
 
     if say:
-        say(f"guard: segments not compiled: {reason}; compiling the whole graph once")
+        say(f"guard: segments not compiled: {ruled_out}; compiling the whole graph once" if ruled_out else
+            "guard: compiling the whole graph first, to put its kernels on streams")
     unfused = unfused_rival(plan, unfused_layout)
     try:
         search = kernel_fused(plan, weights, device, backend, say, rivals={UNFUSED: unfused})
@@ -102,10 +115,48 @@ def guard_whole_graph(plan: Plan, reason: str, weights: dict, device: torch.devi
         if say:
             say(f"guard: the whole graph's kernels cannot be put on streams ({e}); fusing segments instead")
         return None
-    kept = search.plan
-    line = f"guard: segments not compiled ({reason}); " + kept.profile.guard.removeprefix("guard: ")
-    kept = dataclasses.replace(kept, profile=dataclasses.replace(kept.profile, guard=line))
-    return against_unfused(kept, search.head_to_head["kernels"], unfused, search.head_to_head[UNFUSED], say)
+    worth, why = (False, ruled_out) if ruled_out else segments_may_beat(plan, search)
+    if not worth:
+        kept = search.plan
+        line = f"guard: segments not compiled ({why}); " + kept.profile.guard.removeprefix("guard: ")
+        kept = dataclasses.replace(kept, profile=dataclasses.replace(kept.profile, guard=line))
+        return against_unfused(kept, search.head_to_head["kernels"], unfused, search.head_to_head[UNFUSED], say)
+    if say:
+        say(f"guard: compiling the segments too ({why})")
+    fused, _, runner = measure_fused_runner(fuse_plan(plan, backend, cut=cut), weights, device)
+    try:
+        times = measure_rounds({"chosen": runner, "kernels": search.plan, UNFUSED: unfused}, weights, [device],
+                               rounds=FINAL_ROUNDS, repeats=5, replays=20)
+    finally:
+        del runner
+        gc.collect()
+    kept = _decide(fused, search.plan, times["chosen"], times["kernels"], say)
+    return against_unfused(kept, min(times["chosen"], times["kernels"]), unfused, times[UNFUSED], say)
+
+
+def segments_may_beat(plan: Plan, search) -> tuple[bool, str]:
+    """Whether the unfused `plan`'s segments could clearly beat the kernel-level plan that `search`
+    (oparac.search.kernels.KernelSearch) measured, and why, in a few words.
+
+    Both run the same fused work on streams; what differs is the schedule, and the fusion that segments lose at
+    their boundaries. The segments' gain over one stream is forecast as the unfused schedule's predicted gain,
+    divided by the simulator's error on this model's kernels: how much slower than predicted the kernel schedule
+    it rated fastest measured (at least 1: it models no contention, so it overrates streams, more the more of
+    them run at once). They are compiled where that forecast is at least 1/CLEAR_WIN times the gain that the
+    kernels on streams measured over their own one stream, the margin standing for the fusion lost."""
+    predicted = plan.profile.sequential_ms / plan.schedule.predicted_ms if plan.schedule.predicted_ms > 0 else 1.0
+    single_ms = search.schedules["single"][0]
+    realised = single_ms / search.ms if search.ms > 0 else 1.0
+    streamed = [v for name, v in search.schedules.items() if name != "single" and v[1] > 0]
+    error = 1.0
+    if streamed:
+        measured, forecast = min(streamed, key=lambda v: v[1])
+        error = max(1.0, measured / forecast)
+    forecast_gain, need = predicted / error, realised / CLEAR_WIN
+    why = (f"the profile predicts the {plan.schedule.num_streams}-stream schedule at {predicted:.2f}x one stream, "
+           f"{forecast_gain:.2f}x after the simulator's {error:.2f}x error on the kernels; beating the kernels on "
+           f"streams ({realised:.2f}x their one stream) clearly needs {need:.2f}x")
+    return forecast_gain >= need, why
 
 
 def guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.device, backend: str, say=None, *,
@@ -195,7 +246,7 @@ def against_unfused(kept: Plan, kept_ms: float, unfused: Plan, unfused_ms: float
 def _decide(chosen: Plan, single: Plan, chosen_ms: float, single_ms: float, say) -> Plan:
     if chosen_ms <= single_ms:
         verdict = Verdict("chosen", chosen_ms, single_ms,
-                          f"kept: {chosen_ms:.4f} ms against {single_ms:.4f} ms on one stream")
+                          f"kept: {chosen_ms:.4f} ms against {single_ms:.4f} ms for {describe(single)}")
         winner = chosen
     else:
         verdict = Verdict("single", chosen_ms, single_ms,

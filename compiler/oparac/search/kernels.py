@@ -25,8 +25,11 @@ from oparac.progress import Progress, as_progress
 from oparac.schedule import Costs, assign_streams, critical_path, order_launches, reduce_waits, simulate
 from oparac.schedule.dag import Dag
 
-# Schedules tried on the kernel DAG: (streams, order, max_streams); one stream is always measured too.
-KERNEL_CANDIDATES = (("opara", "opara", 0), ("opara", "opara", 4), ("opara", "opara", 2))
+# Schedules tried on the kernel DAG: (streams, order, max_streams); one stream is always measured too. The
+# uncapped one is held to the runtime's stream limit (MAX_KERNEL_STREAMS): a wide CNN's kernel DAG can ask for more
+# (Inception-v3 and HRNet-W18-small on the H200), and the cap 16 one sits between it and the narrow caps, which
+# were the best measured schedules on those models while the uncapped one could not be tried.
+KERNEL_CANDIDATES = (("opara", "opara", 0), ("opara", "opara", 16), ("opara", "opara", 4), ("opara", "opara", 2))
 TIMING_RUNS = 5
 REPRODUCE_CALLS = 3  # calls of each schedule compared with the one-stream program's outputs
 SLEEP_CYCLES = 50_000_000  # ~25 ms on a 2 GHz GPU: more than the host takes to queue a large model's kernels
@@ -118,8 +121,15 @@ def calibrated(kd: KernelDag, single_ms: float) -> KernelDag:
 
 
 def kernel_schedule(kd: KernelDag, streams: str, order: str, max_streams: int) -> KernelStreams:
+    """`streams`/`order` on the kernel DAG with at most `max_streams` streams (0: as many as the algorithm opens,
+    up to MAX_KERNEL_STREAMS, the most a plan may carry)."""
+    from opara_plan.validate import MAX_KERNEL_STREAMS
+
     costs = kd.costs()
     assignment = assign_streams(kd.dag, costs, algorithm=streams, max_streams=max_streams)
+    if assignment.num_streams > MAX_KERNEL_STREAMS:
+        max_streams = MAX_KERNEL_STREAMS
+        assignment = assign_streams(kd.dag, costs, algorithm=streams, max_streams=max_streams)
     launch = order_launches(kd.dag, assignment, costs, algorithm=order)
     stream = tuple(assignment.stream[k] for k in range(len(kd.ms)))
     waits = reduce_waits(kd.dag, assignment.stream, launch)
@@ -140,11 +150,13 @@ class KernelSearch(NamedTuple):
     """What kernel_fused found: the fastest kernel-level plan (its profile records every schedule tried), its
     replay time in the final rounds, and a head-to-head of it ('kernels') against each rival plan the caller
     passed (timed against each other only, so that picking the fastest of several schedules does not favour
-    the kernel-level side)."""
+    the kernel-level side). schedules: each schedule kept, by name ('single' the one-stream program), as
+    (measured ms, the simulator's predicted ms on the calibrated kernel times)."""
 
     plan: Plan
     ms: float
     head_to_head: dict[str, float]
+    schedules: dict[str, tuple[float, float]]
 
 
 def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
@@ -229,7 +241,8 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
     guard = (f"guard: kernel schedules measured, kept {best} ({schedules[best].num_streams} streams): "
              + ", ".join(f"{name} {times[name]:.4f} ms" for name in schedules))
     profile = dataclasses.replace(winner.profile, candidates=winner.profile.candidates + candidates, guard=guard)
-    return KernelSearch(dataclasses.replace(winner, profile=profile), times[best], head_to_head)
+    return KernelSearch(dataclasses.replace(winner, profile=profile), times[best], head_to_head,
+                        {name: (times[name], ks.predicted_ms) for name, ks in schedules.items()})
 
 
 def reproducing(runners: dict, single: Plan, progress: Progress) -> list[str]:

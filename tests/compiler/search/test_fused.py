@@ -156,7 +156,8 @@ def test_the_kernel_level_plan_is_a_candidate_in_auto_and_the_only_one_in_kernel
                        algorithm="opara/opara", critical_path_ms=0.2, predicted_ms=0.25)
     one = whole_graph(tiny_plan, "inductor")
     kernel_plan = dataclasses.replace(one, fusion=dataclasses.replace(one.fusion, kernels=ks))
-    monkeypatch.setattr(kernels, "kernel_fused", lambda plan, w, d, b, p: kernels.KernelSearch(kernel_plan, 0.3, {}))
+    monkeypatch.setattr(kernels, "kernel_fused", lambda plan, w, d, b, p: kernels.KernelSearch(
+        kernel_plan, 0.3, {}, {"single": (0.3, 0.3)}))
     monkeypatch.setattr(fuse, "measure_fused", lambda plan, weights, device: (plan, 1.0))
     monkeypatch.setattr(tune, "measure_rounds", lambda plans, *a, **k: {n: 0.3 if n == len(plans) - 1 else 1.0
                                                                         for n in plans})

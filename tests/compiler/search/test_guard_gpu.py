@@ -52,3 +52,25 @@ def test_fused_default_plan_is_guarded():
         chosen, others = _guard_candidates(plan)
         assert all(chosen.measured_ms <= c.measured_ms for c in others)
     torch.cuda.synchronize()
+
+
+def test_fused_default_plan_of_a_branchy_cnn_compiles_the_whole_graph_first():
+    # GoogLeNet's profile predicts its streams well above one stream, so segments are not ruled out up front:
+    # the whole graph's kernels are measured first, and segments are compiled only where they could beat them
+    model, inputs = zoo.googlenet()
+    model, inputs = model.cuda().eval(), tuple(x.cuda() for x in inputs)
+    notes = []
+    plan = oparac.compile(model, inputs, device="cuda", fuse="inductor", progress=notes.append)
+    assert any(n.startswith("guard: compiling the whole graph first") for n in notes)
+    measured = [c for c in plan.profile.candidates if "+kernels" in c.streams]
+    assert any(c.streams == "single+kernels" for c in measured), "the kernel search ran"
+    chosen = [c for c in plan.profile.candidates if c.chosen]
+    assert len(chosen) == 1
+    if "segments not compiled" in plan.profile.guard:
+        assert "clearly needs" in plan.profile.guard
+    else:
+        assert any(n.startswith("guard: compiling the segments too") for n in notes)
+        final = plan.profile.candidates[-3:]  # segments, kernels and unfused, timed in the same rounds
+        assert [c.chosen for c in final].count(True) == 1
+        assert min(final, key=lambda c: c.measured_ms).chosen
+    torch.cuda.synchronize()

@@ -67,6 +67,7 @@ def world(monkeypatch):
     monkeypatch.setattr(fused_pkg, "artifact_bytes", lambda fn: b"program")
     monkeypatch.setattr(fused_pkg, "cache_key", lambda device: "cpu-test")
     monkeypatch.setattr(measure, "timed_runner", timed_runner)
+    monkeypatch.setattr(tune, "timed_runner", timed_runner)  # measure_rounds captures through its own import
     monkeypatch.setattr(tune, "time_graph_replays", replays)
     return rec
 
@@ -267,17 +268,96 @@ def test_a_default_plan_whose_segments_cannot_pay_compiles_only_the_whole_graph(
     validate(out)
 
 
-def test_a_default_plan_whose_streams_may_pay_still_compiles_its_segments(world, monkeypatch, tiny_plan):
+def _no_segments(monkeypatch):
     from oparac.fuse import segments
 
-    compiled, given = [], []
-    measured = FakeRunner("segments", 1.2, torch.ones(2))
+    monkeypatch.setattr(segments, "measure_fused_runner", lambda *a: pytest.fail("segments were compiled"))
+
+
+def _segments_measured_at(monkeypatch, ms: float) -> list:
+    """measure_fused_runner faked: the segment plan's runner replays in `ms`; returns the plans it compiled."""
+    from oparac.fuse import segments
+
+    compiled = []
+    runner = FakeRunner("segments", ms, torch.ones(2))
     monkeypatch.setattr(segments, "measure_fused_runner",
-                        lambda plan, w, d: (compiled.append(plan) or plan, 0.5, measured))
-    monkeypatch.setattr(guard, "guard_fused", lambda fused, ms, *a, runner, **k: given.append(runner) or fused)
-    out = _fuse_default(_predicted(tiny_plan, 1.5), [])
-    assert compiled and out.fusion.mode == "segments" and not world["built"]
-    assert given == [measured]  # the guard gets the runner the segments were measured on
+                        lambda plan, w, d: (compiled.append(plan) or plan, ms, runner))
+    return compiled
+
+
+def test_a_default_plan_compiles_the_whole_graph_first_and_skips_segments_that_cannot_beat_it(
+        world, monkeypatch, tiny_plan):
+    # Llama-style: the unfused streams are predicted at 1.3x, the kernels on streams measured 1.25x
+    _no_segments(monkeypatch)
+    world["ms"] = {"single/program": 1.0, "opara/opara": 0.8, "opara/opara/cap 2": 0.9, "unfused": 2.0}
+    notes = []
+    out = _fuse_default(_predicted(tiny_plan, 1.3), notes)
+    assert out.fusion.mode == "kernels" and out.fusion.kernels.algorithm == "opara/opara"
+    assert out.profile.guard.startswith("guard: segments not compiled (the profile predicts the 2-stream schedule "
+                                        "at 1.30x one stream")
+    assert "(1.25x their one stream) clearly needs 1.47x" in out.profile.guard
+    assert out.profile.guard.endswith("the unfused plan on one stream: 2.0000 ms")
+    assert notes[0].startswith("guard: compiling the whole graph first")
+    validate(out)
+
+
+def test_a_default_plan_compiles_segments_too_where_they_could_clearly_beat_the_kernels(
+        world, monkeypatch, tiny_plan):
+    compiled = _segments_measured_at(monkeypatch, 0.6)
+    world["ms"] = {"single/program": 1.0, "opara/opara": 0.8, "opara/opara/cap 2": 0.9, "unfused": 2.0,
+                   "segments": 0.6}
+    notes = []
+    out = _fuse_default(_predicted(tiny_plan, 3.0), notes)
+    assert compiled and any(n.startswith("guard: compiling the segments too (the profile predicts") for n in notes)
+    # timed against the kernel plan and the unfused plan in the same rounds; the faster, segments, is written
+    assert out.fusion.mode == "segments" and world["timed"].count("segments") > 0
+    assert out.profile.guard.startswith("guard: kept: 0.6000 ms against 0.8000 ms for the whole graph's kernels on")
+    validate(out)
+
+
+def test_segments_compiled_next_to_the_kernel_plan_are_dropped_where_they_lose(world, monkeypatch, tiny_plan):
+    _segments_measured_at(monkeypatch, 0.95)
+    world["ms"] = {"single/program": 1.0, "opara/opara": 0.8, "opara/opara/cap 2": 0.9, "unfused": 2.0,
+                   "segments": 0.95}
+    out = _fuse_default(_predicted(tiny_plan, 3.0), [])
+    assert out.fusion.mode == "kernels" and out.fusion.kernels.algorithm == "opara/opara"
+    assert "the whole graph's kernels on 3 streams is faster: 0.8000 ms against 0.9500 ms" in out.profile.guard
+    validate(out)
+
+
+def _search(schedules: dict) -> kernels.KernelSearch:
+    best = min(schedules, key=lambda n: schedules[n][0])
+    return kernels.KernelSearch(None, schedules[best][0], {}, schedules)
+
+
+@pytest.mark.parametrize("predicted, schedules, worth", [
+    # a Llama-style decoder (H200, fp16, b1): unfused 43 streams at 1.40x; kernels 0.5045 ms on one stream,
+    # 0.4052 ms on 4 (that run did not record the forecast; 0.36 stands for one: any forecast gives this answer)
+    (1.40, {"single": (0.5045, 0.5045), "opara/opara/cap 4": (0.4052, 0.36)}, False),
+    # BERT-base: 1.18x predicted; the kernels on streams barely beat one stream
+    (1.18, {"single": (0.5938, 0.5938), "opara/opara": (0.5855, 0.4659), "opara/opara/cap 2": (0.5746, 0.5310)},
+     False),
+    # HRNet-W18-small: 2.76x predicted; 4 streams of kernels measured 1.72x, 1.30x slower than predicted
+    (2.76, {"single": (0.6768, 0.6745), "opara/opara/cap 4": (0.3935, 0.3018)}, True),
+    # a simulator that underrates streams is not taken at its word: its error counts as 1
+    (1.5, {"single": (1.0, 1.0), "opara/opara": (0.9, 1.2)}, True),
+])
+def test_segments_may_beat_the_kernels_where_their_discounted_forecast_clearly_does(tiny_plan, predicted, schedules,
+                                                                                    worth):
+    ok, why = guard.segments_may_beat(_predicted(tiny_plan, predicted), _search(schedules))
+    assert ok is worth, why
+    assert f"at {predicted:.2f}x one stream" in why
+
+
+def test_the_uncapped_kernel_schedule_is_held_to_the_runtimes_stream_limit():
+    from opara_plan.validate import MAX_KERNEL_STREAMS
+
+    n = MAX_KERNEL_STREAMS + 30  # that many independent kernels after one: the algorithm opens a stream each
+    kd = kernels.KernelDag(dag=Dag.from_edges(n + 1, [(0, k) for k in range(1, n + 1)]), ms=(0.1,) * (n + 1),
+                           launch=("triton",) * (n + 1), digest="ab" * 32)
+    ks = kernels.kernel_schedule(kd, "opara", "opara", 0)
+    assert ks.num_streams == MAX_KERNEL_STREAMS and ks.algorithm == f"opara/opara/cap {MAX_KERNEL_STREAMS}"
+    assert kernels.kernel_schedule(kd, "opara", "opara", 16).num_streams == 16
 
 
 def test_the_head_to_head_times_the_runner_the_segments_were_measured_on(world, tiny_plan):

@@ -1,0 +1,44 @@
+"""oparac.bench.methods.cold_compile_caches: every compile a benchmark times starts from empty inductor and Triton
+caches, so a group's later methods do not record a compile warmed by its earlier ones."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from oparac.bench import methods
+
+
+def _dirs() -> tuple[str | None, str | None]:
+    return os.environ.get("TORCHINDUCTOR_CACHE_DIR"), os.environ.get("TRITON_CACHE_DIR")
+
+
+def test_each_build_gets_new_empty_cache_folders_and_restarted_workers(monkeypatch):
+    from torch._inductor import async_compile
+
+    restarts = []
+    monkeypatch.setattr(async_compile, "shutdown_compile_workers", lambda: restarts.append(1))
+    before = _dirs()
+    seen = []
+    for _ in range(2):
+        with methods.cold_compile_caches():
+            inductor, triton = _dirs()
+            assert inductor and triton and os.path.isdir(inductor) and not os.listdir(inductor)
+            seen.append((inductor, triton))
+    assert _dirs() == before and len(restarts) == 2
+    assert len({s for pair in seen for s in pair}) == 4  # no folder is used twice
+
+
+def test_only_the_methods_that_compile_are_built_inside_them(monkeypatch):
+    inside = {}
+
+    def fake_build(method, model, inputs, device, plan_options):
+        inside[method] = _dirs()[0]
+        return lambda *xs: None
+    monkeypatch.setattr(methods, "_build", fake_build)
+    outer = _dirs()[0]
+    for m in ("cudagraph", "eager", "torch_compile", "opara_default", "opara_fused_kernels"):
+        methods.build(m, None, (), torch.device("cpu"))
+    assert inside["cudagraph"] == inside["eager"] == outer
+    assert len({inside[m] for m in ("torch_compile", "opara_default", "opara_fused_kernels")} - {outer}) == 3
+    assert [m for m in inside if methods.compiles(m)] == ["torch_compile", "opara_default", "opara_fused_kernels"]
