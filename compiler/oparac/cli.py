@@ -109,7 +109,8 @@ def _load_model(ref: str, shapes: str | None):
                    "neighbouring stream (fewer, bigger segments); --tune compares both")
 @click.option("--fuse-mode", type=click.Choice(FUSE_MODES), default="auto", show_default=True,
               help="segments: inductor fuses inside each stream segment; kernels: inductor fuses the whole graph "
-                   "and its kernels go on streams; auto: measure and keep the faster (GPU)")
+                   "and its kernels go on streams; auto: kernels, and segments too where the profile says they "
+                   "could clearly beat them; the faster is kept (GPU)")
 @click.option("--devices", default=None, metavar="cuda:0,cuda:1",
               help="several GPUs (HIOS); with --device cpu they are simulated for a preview plan")
 @click.option("--attention", type=click.Choice(ATTENTION_MODES), default="sdpa", show_default=True,

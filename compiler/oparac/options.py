@@ -65,8 +65,9 @@ class CompileOptions:
     one is present. tune: measure candidate schedules on the GPU. shapes: fixes an .onnx model's symbolic input
     dimensions ('x:1x3x224x224,ids:1x128:int64' or {'x': (1, 3, 224, 224), 'ids': ((1, 128), 'int64')}).
     fuse: '' or a backend that compiles each stream segment. cut: how a fused schedule becomes segments.
-    fuse_mode: 'segments', 'kernels' (the whole graph fused, its kernels on streams) or 'auto' (measured: the
-    guard, or the tuner, keeps the faster).
+    fuse_mode: 'segments', 'kernels' (the whole graph fused, its kernels on streams) or 'auto' (the kernel-level
+    plan, and segments where the profile says they could clearly beat it: the guard, or the tuner, keeps the
+    faster).
     devices: several GPUs (cuda:N) to map the ops onto; links: their copy costs for a preview plan.
     attention: SDPA as one kernel or as matrix products. memory_format: the layout of 4-D weights and inputs.
     guard: on a GPU, measure an untuned plan against one stream before it is written and keep the faster
