@@ -92,3 +92,15 @@ def test_a_run_of_both_layouts_shows_the_nhwc_default_and_the_layout_table(tmp_p
     only_default = _run(tmp_path / "suite-20261202T032656.json", "2026-12-02T03:26:56", [
         _rec("torch_compile", 1.158, 0.0), _rec("opara_default", 1.137, 0.0)])
     assert report.layouts(report.merge([only_default])) == ""
+
+
+def test_a_compile_time_taken_with_shared_caches_is_marked(tmp_path):
+    run = _run(tmp_path / "suite-20261202T052221.json", "2026-12-02T05:22:21", [
+        _rec("torch_compile", 0.556, 7.8e-3, compile_s=18.2, caches="empty"),
+        _rec("opara_default", 0.412, 7.8e-3, compile_s=22.7, caches="empty"),
+        dict(_rec("torch_compile", 0.607, 1e-2, compile_s=14.1), model="bert"),
+        dict(_rec("opara_default", 0.588, 1e-2, compile_s=19.7), model="bert")])
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                          for line in report.never_lose(report.merge([run])).splitlines()[4:])}
+    assert rows["llama"][12] == "23, 18"
+    assert rows["bert"][12] == "20 (shared), 14 (shared)"

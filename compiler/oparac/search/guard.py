@@ -17,10 +17,11 @@ beat that plan:
   1/CLEAR_WIN times one stream (segments_cannot_pay): they would also lose fusion at every segment boundary;
 - otherwise once the kernel plan is measured, where the unfused schedule's predicted gain, discounted by how far
   the simulator overrated streams on this model's kernels, is at least 1/CLEAR_WIN times the gain the kernels on
-  streams measured (segments_may_beat). On the H200 that skips them on the transformers, where the segment plan
-  lost to the kernel plan after a compile as long as torch.compile's (a Llama-style decoder: 21 s for a 43-stream
-  plan 10% slower), and keeps them on the widest CNNs, where segments in NHWC beat the kernels on streams.
-Both fused plans are then timed against each other in the same rounds.
+  streams measured (segments_may_beat). Where segments were compiled first they lost or tied on every model
+  measured on the H200 (a Llama-style decoder: 21 s compiling a 43-stream plan 10% slower); the rule skips them
+  on all of those but HRNet-W18-small (docs/design.md, section 5).
+Both fused plans are then timed against each other in the same rounds; segments that fail to compile leave the
+kernel plan, which is already measured.
 
 fuse_mode 'segments' (guard_fused): the segment plan, and the whole graph as one segment on one stream where
 the segments' streams do not clearly pay (their replay is not at least CLEAR_WIN faster than the segments run
@@ -117,13 +118,13 @@ def guard_kernels_first(plan: Plan, weights: dict, device: torch.device, backend
         return None
     worth, why = (False, ruled_out) if ruled_out else segments_may_beat(plan, search)
     if not worth:
-        kept = search.plan
-        line = f"guard: segments not compiled ({why}); " + kept.profile.guard.removeprefix("guard: ")
-        kept = dataclasses.replace(kept, profile=dataclasses.replace(kept.profile, guard=line))
-        return against_unfused(kept, search.head_to_head["kernels"], unfused, search.head_to_head[UNFUSED], say)
+        return _kernels_kept(search, why, unfused, say)
     if say:
         say(f"guard: compiling the segments too ({why})")
-    fused, _, runner = measure_fused_runner(fuse_plan(plan, backend, cut=cut), weights, device)
+    try:
+        fused, _, runner = measure_fused_runner(fuse_plan(plan, backend, cut=cut), weights, device)
+    except Exception as e:  # the kernel plan is measured already: a segment compile that fails is one rival fewer
+        return _kernels_kept(search, f"{type(e).__name__}: {e}", unfused, say, what="segments failed to compile")
     try:
         times = measure_rounds({"chosen": runner, "kernels": search.plan, UNFUSED: unfused}, weights, [device],
                                rounds=FINAL_ROUNDS, repeats=5, replays=20)
@@ -132,6 +133,15 @@ def guard_kernels_first(plan: Plan, weights: dict, device: torch.device, backend
         gc.collect()
     kept = _decide(fused, search.plan, times["chosen"], times["kernels"], say)
     return against_unfused(kept, min(times["chosen"], times["kernels"]), unfused, times[UNFUSED], say)
+
+
+def _kernels_kept(search, why: str, unfused: Plan, say, *, what: str = "segments not compiled") -> Plan:
+    """The kernel search's pick, its guard line saying what became of the segments and why, against the unfused
+    plan."""
+    kept = search.plan
+    line = f"guard: {what} ({why}); " + kept.profile.guard.removeprefix("guard: ")
+    kept = dataclasses.replace(kept, profile=dataclasses.replace(kept.profile, guard=line))
+    return against_unfused(kept, search.head_to_head["kernels"], unfused, search.head_to_head[UNFUSED], say)
 
 
 def segments_may_beat(plan: Plan, search) -> tuple[bool, str]:

@@ -325,6 +325,19 @@ def test_segments_compiled_next_to_the_kernel_plan_are_dropped_where_they_lose(w
     validate(out)
 
 
+def test_segments_that_fail_to_compile_leave_the_measured_kernel_plan(world, monkeypatch, tiny_plan):
+    from oparac.fuse import segments
+
+    def fails(*a):
+        raise RuntimeError("segment worker 3 exited with code 1")
+    monkeypatch.setattr(segments, "measure_fused_runner", fails)
+    world["ms"] = {"single/program": 1.0, "opara/opara": 0.8, "opara/opara/cap 2": 0.9, "unfused": 2.0}
+    out = _fuse_default(_predicted(tiny_plan, 3.0), [])
+    assert out.fusion.mode == "kernels" and out.fusion.kernels.algorithm == "opara/opara"
+    assert out.profile.guard.startswith("guard: segments failed to compile (RuntimeError: segment worker 3 exited")
+    validate(out)
+
+
 def _search(schedules: dict) -> kernels.KernelSearch:
     best = min(schedules, key=lambda n: schedules[n][0])
     return kernels.KernelSearch(None, schedules[best][0], {}, schedules)
