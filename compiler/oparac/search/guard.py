@@ -20,8 +20,8 @@ beat that plan:
   streams measured (segments_may_beat). Where segments were compiled first they lost or tied on every model
   measured on the H200 (a Llama-style decoder: 21 s compiling a 43-stream plan 10% slower); the rule skips them
   on all of those but HRNet-W18-small (docs/design.md, section 5).
-Both fused plans are then timed against each other in the same rounds; segments that fail to compile leave the
-kernel plan, which is already measured.
+Both fused plans are then timed against each other in the same rounds. Segments that fail to compile leave the
+kernel plan, which is already measured; a whole graph that fails to compile or run leaves the segments.
 
 fuse_mode 'segments' (guard_fused): the segment plan, and the whole graph as one segment on one stream where
 the segments' streams do not clearly pay (their replay is not at least CLEAR_WIN faster than the segments run
@@ -100,8 +100,8 @@ def guard_kernels_first(plan: Plan, weights: dict, device: torch.device, backend
     only where segments_may_beat says it could clearly beat that (never where the profile has `ruled_out`
     segments: segments_cannot_pay's reason); the faster of the two, last against the unfused plan on one stream.
     Its guard line says why segments were or were not compiled. None where the compiled program cannot be put on
-    streams (the caller then fuses segments). unfused_layout: the memory format of the unfused rival (default:
-    the plan's)."""
+    streams, or the whole graph fails to compile or run (the caller then fuses segments). unfused_layout: the
+    memory format of the unfused rival (default: the plan's)."""
     from opara_runtime.fused.wrapper_ir import WrapperFormatError
     from oparac.fuse.segments import measure_fused_runner
     from oparac.search.kernels import kernel_fused
@@ -115,6 +115,11 @@ def guard_kernels_first(plan: Plan, weights: dict, device: torch.device, backend
     except WrapperFormatError as e:
         if say:
             say(f"guard: the whole graph's kernels cannot be put on streams ({e}); fusing segments instead")
+        return None
+    except Exception as e:  # inductor failing on the whole graph need not fail a model whose segments compile
+        if say:
+            say(f"guard: the whole graph failed to compile or run ({type(e).__name__}: {e}); fusing segments "
+                f"instead")
         return None
     worth, why = (False, ruled_out) if ruled_out else segments_may_beat(plan, search)
     if not worth:

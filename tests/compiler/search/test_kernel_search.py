@@ -325,6 +325,22 @@ def test_segments_compiled_next_to_the_kernel_plan_are_dropped_where_they_lose(w
     validate(out)
 
 
+def test_a_whole_graph_that_fails_to_compile_leaves_the_segments(monkeypatch, tiny_plan):
+    from oparac.fuse import segments
+
+    def crash(*a, **k):
+        raise RuntimeError("inductor: LoweringException on the whole graph")
+    monkeypatch.setattr(kernels, "kernel_fused", crash)
+    compiled, given = [], []
+    monkeypatch.setattr(segments, "measure_fused_runner", lambda plan, w, d: (compiled.append(plan) or plan, 0.5, None))
+    monkeypatch.setattr(guard, "guard_fused", lambda fused, ms, *a, kernels, **k: given.append(kernels) or fused)
+    notes = []
+    out = _fuse_default(_predicted(tiny_plan, 3.0), notes)
+    assert compiled and out.fusion.mode == "segments"
+    assert given == [False], "the whole graph is not compiled a second time"
+    assert any("whole graph failed to compile or run (RuntimeError: inductor: Lowering" in n for n in notes)
+
+
 def test_segments_that_fail_to_compile_leave_the_measured_kernel_plan(world, monkeypatch, tiny_plan):
     from oparac.fuse import segments
 
