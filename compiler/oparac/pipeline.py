@@ -180,22 +180,21 @@ def fuse_stage(plan: Plan, weights: dict | None, dev: torch.device, opts: Compil
                           nhwc_profile if opts.memory_format == "auto" else None, mode=opts.fuse_mode)
     # The fused plan's last rival, the unfused plan on one stream, in the layout an unfused plan gets.
     unfused_layout = "contiguous" if opts.memory_format == "auto" else None
-    kernels = opts.fuse_mode == "auto"
-    if guarded(opts, dev) and kernels:
+    if guarded(opts, dev) and opts.fuse_mode == "auto":
         from oparac.search.guard import guard_kernels_first, segments_cannot_pay
 
         kept = guard_kernels_first(plan, weights, dev, opts.fuse, progress.note, ruled_out=segments_cannot_pay(plan),
                                    cut=opts.cut, unfused_layout=unfused_layout)
         if kept is not None:
             return kept
-        kernels = False  # the whole graph's program cannot be put on streams: do not compile it again
+        # else the whole graph's kernels could not be put on streams (or it failed): the segment plan is guarded
     if not guarded(opts, dev):
         return measure_fused(fuse_plan(plan, opts.fuse, cut=opts.cut), weights, dev)[0]
     from oparac.search.guard import guard_fused
 
     fused, replay_ms, runner = measure_fused_runner(fuse_plan(plan, opts.fuse, cut=opts.cut), weights, dev)
-    return guard_fused(fused, replay_ms, weights, dev, opts.fuse, progress.note, kernels=kernels,
-                       runner=runner, unfused_layout=unfused_layout)
+    return guard_fused(fused, replay_ms, weights, dev, opts.fuse, progress.note, runner=runner,
+                       unfused_layout=unfused_layout)
 
 
 def link_stage(gpus, dev: torch.device, target: Target, profile: Profile, links,

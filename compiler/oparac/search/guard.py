@@ -23,11 +23,10 @@ beat that plan:
 Both fused plans are then timed against each other in the same rounds. Segments that fail to compile leave the
 kernel plan, which is already measured; a whole graph that fails to compile or run leaves the segments.
 
-fuse_mode 'segments' (guard_fused): the segment plan, and the whole graph as one segment on one stream where
-the segments' streams do not clearly pay (their replay is not at least CLEAR_WIN faster than the segments run
-one after another, their measured times, which `measure_fused` records); with kernels=True (the fallback of
-'auto' where the whole graph could not be put on streams is kernels=False) the whole graph's kernels on
-streams instead.
+fuse_mode 'segments', and 'auto' where the whole graph's kernels could not be put on streams (guard_fused): the
+segment plan, and the whole graph as one segment on one stream where the segments' streams do not clearly pay
+(their replay is not at least CLEAR_WIN faster than the segments run one after another, their measured times,
+which `measure_fused` records).
 
 Whichever fused plan that keeps, it is last timed against the unfused plan on one stream (the sequential CUDA
 graph of the model's own ATen kernels, in the layout an unfused plan gets: unfused_rival), in the same rounds as
@@ -175,20 +174,19 @@ def segments_may_beat(plan: Plan, search) -> tuple[bool, str]:
 
 
 def guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.device, backend: str, say=None, *,
-                kernels: bool = False, runner=None, unfused_layout: str | None = None) -> Plan:
-    """`fused` (already compiled and measured: `fused_ms`) or the whole graph as one fused program: its kernels
-    on streams where that measures faster (kernels=True), else as one segment on one stream. runner: `fused`'s
-    captured runner where the caller has it (measure_fused_runner); the head-to-head then times it instead of
-    capturing `fused` again. It is released here. unfused_layout: as for guard_whole_graph."""
+                runner=None, unfused_layout: str | None = None) -> Plan:
+    """`fused` (already compiled and measured: `fused_ms`) or the whole graph as one segment on one stream.
+    runner: `fused`'s captured runner where the caller has it (measure_fused_runner); the head-to-head then times
+    it instead of capturing `fused` again. It is released here. unfused_layout: as for guard_kernels_first."""
     try:
-        return _guard_fused(fused, fused_ms, weights, device, backend, say, kernels, runner, unfused_layout)
+        return _guard_fused(fused, fused_ms, weights, device, backend, say, runner, unfused_layout)
     finally:
         del runner
         gc.collect()
 
 
-def _guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.device, backend: str, say,
-                 kernels: bool, runner, unfused_layout: str | None) -> Plan:
+def _guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.device, backend: str, say, runner,
+                 unfused_layout: str | None) -> Plan:
     serial_ms = sum(s.ms for s in fused.fusion.segments if s.ms > 0)
     unfused = unfused_rival(fused, unfused_layout)
     reason = None
@@ -204,21 +202,6 @@ def _guard_fused(fused: Plan, fused_ms: float, weights: dict, device: torch.devi
         return against_unfused(kept, timed["chosen"], unfused, timed[UNFUSED], say)
     if say:
         say("guard: compiling the whole graph as one program (the plan's streams do not clearly pay)")
-    if kernels:
-        from opara_runtime.fused.wrapper_ir import WrapperFormatError
-        from oparac.search.kernels import kernel_fused
-
-        try:
-            # The head-to-head runs inside the kernel search, on runners it has already captured.
-            search = kernel_fused(fused, weights, device, backend, say,
-                                  rivals={"chosen": fused if runner is None else runner, UNFUSED: unfused})
-        except WrapperFormatError as e:  # a program the kernel-level mode cannot read: the plain one segment
-            if say:
-                say(f"guard: the whole graph's kernels cannot be put on streams ({e}); measuring it as one segment")
-        else:
-            h2h = search.head_to_head
-            kept = _decide(fused, search.plan, h2h["chosen"], h2h["kernels"], say)
-            return against_unfused(kept, min(h2h["chosen"], h2h["kernels"]), unfused, h2h[UNFUSED], say)
     one, _ = measure_fused(fuse_plan(single_stream(fused), backend), weights, device)
     times = measure_rounds({"chosen": fused if runner is None else runner, "single": one, UNFUSED: unfused},
                            weights, [device], rounds=FINAL_ROUNDS, repeats=5, replays=20)

@@ -163,8 +163,7 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
                  progress: Progress | None = None, *, rivals: dict | None = None,
                  config: dict | None = None) -> KernelSearch:
     """The fastest kernel-level plan of `plan`'s graph (its streams or one stream, measured); with `rivals`
-    (name -> plan, e.g. the guard's segment-level plan, or a runner already captured for timing) also each
-    rival's time against it.
+    (name -> plan, e.g. the guard's unfused plan on one stream) also each rival's time against it.
 
     Every plan is captured once: the one-stream program's runner serves the calibration, the bit-for-bit check
     and the timing, each schedule's runner the check and the timing, and a rival's runner the head-to-head.
@@ -220,8 +219,7 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
         if rivals:
             if "kernels" in rivals:
                 raise ValueError("a rival plan may not be named 'kernels': that name is the kernel-level plan's")
-            pair = {f"rival {name}": timed_runner(p, weights, device) if isinstance(p, Plan) else p
-                    for name, p in rivals.items()}
+            pair = {f"rival {name}": timed_runner(p, weights, device) for name, p in rivals.items()}
             pair["kernels"] = runners[best]
             timed = time_rounds(pair, device, rounds=FINAL_ROUNDS, repeats=5, replays=replays)
             head_to_head = {name.removeprefix("rival "): ms for name, ms in timed.items()}
