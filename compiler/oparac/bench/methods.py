@@ -180,7 +180,8 @@ def cold_compile_caches():
     root = tempfile.mkdtemp(prefix="opara-bench-cache-")
     atexit.register(shutil.rmtree, root, True)
     async_compile.shutdown_compile_workers()
-    with utils.fresh_cache(dir=root, delete=False):
+    fresh_cache = getattr(utils, "fresh_cache", None) or utils.fresh_inductor_cache  # its name before torch 2.8
+    with fresh_cache(dir=root, delete=False):
         yield
 
 
