@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import statistics
+import time
 from typing import NamedTuple
 
 import torch
@@ -186,6 +187,7 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
     progress.note(f"fuse: whole graph compiled, {len(kd.ms)} kernels, {sum(kd.ms):.4f} ms of kernels, critical "
                   f"path {kd.critical_path_ms():.4f} ms, widest level {width}")
     key = cache_key(device)
+    started = time.perf_counter()
     # The one-stream runner is built before calibration; calibrating changes the recorded times only, not what
     # the program runs, so the same runner stands for the calibrated plan.
     runners = {"single": timed_runner(with_kernels(base_plan, one_stream(kd), blob, key), weights, device)}
@@ -213,6 +215,7 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
             del runners[name]
         gc.collect()
         schedules = {name: schedules[name] for name in kept}
+        captured_s = time.perf_counter() - started
         times = time_rounds(runners, device, rounds=FINAL_ROUNDS, repeats=5, replays=replays)
         best = min(times, key=lambda name: (times[name], name != "single"))  # a tie keeps one stream
         head_to_head: dict[str, float] = {}
@@ -231,7 +234,9 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
     # the unfused schedule is what the guard's segment prediction reads (schedule stage's note).
     progress.note("fuse: kernel schedules " + ", ".join(
         f"{name} ({ks.num_streams} streams) {times[name]:.4f} ms (predicted {ks.predicted_ms:.4f})"
-        for name, ks in schedules.items()))
+        for name, ks in schedules.items())
+        + f"; {captured_s:.1f} s capturing and checking them, {time.perf_counter() - started - captured_s:.1f} s "
+          f"timing them" + (" and the rivals" if rivals else ""))
     candidates = tuple(Candidate(streams=f"{name}+kernels", order=ks.algorithm.split("/")[1] if "/" in ks.algorithm
                                  else "", max_streams=0, predicted_ms=ks.predicted_ms, measured_ms=times[name],
                                  chosen=name == best) for name, ks in schedules.items())

@@ -92,6 +92,8 @@ def test_the_progress_line_gives_each_schedule_measured_and_predicted(world, tin
         assert f"{name} (" in line and f"ms (predicted {c.predicted_ms:.4f})" in line
     # The one-stream program's forecast is its calibrated kernels' sum: the replay it was scaled to.
     assert "single (1 streams) 1.0000 ms (predicted 1.0000)" in line
+    # and where the search's time went, so that a slow compile can be told apart from a slow search
+    assert " s capturing and checking them, " in line and line.endswith(" s timing them")
 
 
 def test_the_whole_graph_compiles_with_the_mode_options_unless_told_otherwise(world, monkeypatch, tiny_plan):
@@ -255,7 +257,7 @@ def test_a_default_plan_compiles_the_whole_graph_first_and_skips_segments_that_c
     assert out.fusion.mode == "kernels" and out.fusion.kernels.algorithm == "opara/opara"
     assert out.profile.guard.startswith("guard: segments not compiled (the profile predicts the 2-stream schedule "
                                         "at 1.30x one stream")
-    assert "(1.25x their one stream) clearly needs 1.47x" in out.profile.guard
+    assert "(1.25x their one stream) clearly needs 1.56x" in out.profile.guard
     assert out.profile.guard.endswith("the unfused plan on one stream: 2.0000 ms")
     assert notes[0].startswith("guard: compiling the whole graph first")
     validate(out)
@@ -335,8 +337,15 @@ def _search(schedules: dict) -> kernels.KernelSearch:
     # BERT-base: 1.18x predicted; the kernels on streams barely beat one stream
     (1.18, {"single": (0.5938, 0.5938), "opara/opara": (0.5855, 0.4659), "opara/opara/cap 2": (0.5746, 0.5310)},
      False),
-    # HRNet-W18-small: 2.76x predicted; 4 streams of kernels measured 1.72x, 1.30x slower than predicted
-    (2.76, {"single": (0.6768, 0.6745), "opara/opara/cap 4": (0.3935, 0.3018)}, True),
+    # HRNet-W18-small NCHW (suite-20261202T045957): 2.76x predicted; 4 streams of kernels measured 1.72x, 1.30x
+    # slower than predicted; the NCHW segments measured 0.3943 ms against the kernels' 0.3947 there: a tie
+    (2.76, {"single": (0.6768, 0.6745), "opara/opara/cap 4": (0.3935, 0.3018)}, False),
+    # HRNet-W18-small NHWC (suite-20261202T051833): forecast 2.21x against 1.88x measured on 23 streams; the
+    # segments compiled then measured 1.86x, 2% slower than the kernels: not a clear win
+    (2.76, {"single": (0.5603, 0.5650), "opara/opara": (0.2988, 0.2390), "opara/opara/cap 4": (0.3399, 0.2855)},
+     False),
+    # a graph far wider than its kernels' streams realise: segments forecast at 2.4x against 1.5x
+    (3.0, {"single": (1.0, 1.0), "opara/opara": (0.6667, 0.5333)}, True),
     # a simulator that underrates streams is not taken at its word: its error counts as 1
     (1.5, {"single": (1.0, 1.0), "opara/opara": (0.9, 1.2)}, True),
 ])
