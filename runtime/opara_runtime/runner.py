@@ -35,11 +35,13 @@ class Runner:
 
     def __init__(self, plan: Plan, weights: dict, device: torch.device, *, capture: bool | None = None,
                  devices=None, compiled_segments: bool = True, trust_compiled_code: bool = False,
-                 trusted_keys=None, pool=None) -> None:
+                 trusted_keys=None, pool=None, compiled=None) -> None:
         """device: the first device (inputs and outputs live there); devices: one per plan device id, by
         default consecutive GPUs from `device` (a plan for several GPUs; on the CPU every id is the CPU).
         compiled_segments=False compiles a fused plan's segments instead of loading the stored ones; they are
-        loaded only when trusted (trust_compiled_code, or signed by one of trusted_keys: fused.prepare_fused)."""
+        loaded only when trusted (trust_compiled_code, or signed by one of trusted_keys: fused.prepare_fused).
+        compiled: a fused plan's programs already in this process, used instead of the stored ones (the
+        compiler's timing runners: fused.prepare_fused)."""
         check_weights(plan, weights)
         if plan.fusion.backend and plan.schedule.num_devices > 1:
             raise PlanMismatchError("plan fusion: fused segments run on one GPU, this plan uses "
@@ -80,7 +82,8 @@ class Runner:
             from opara_runtime.fused import prepare_fused
 
             self.programs = prepare_fused(plan, device, base, use_artifacts=compiled_segments,
-                                          trust_compiled_code=trust_compiled_code, trusted_keys=trusted_keys)
+                                          trust_compiled_code=trust_compiled_code, trusted_keys=trusted_keys,
+                                          compiled=compiled)
         if use_graph:
             from opara_runtime.capture import CapturedPlan
 

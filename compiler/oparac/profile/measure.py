@@ -196,13 +196,14 @@ def fill_random(tensors) -> None:
                 t.copy_(torch.randn(t.shape, dtype=torch.float32, device=t.device).to(t.dtype))
 
 
-def timed_runner(plan, weights: dict, device: torch.device, devices=None):
+def timed_runner(plan, weights: dict, device: torch.device, devices=None, *, compiled=None):
     """A captured runner of `plan` for timing, its static inputs filled with random data (never time on
     zeros: they can run faster than real inputs). devices: one per plan device, for multi-GPU plans. A fused
     plan's stored programs are trusted: this process compiled them a moment ago (the tuner and the guard time
-    the plans they are about to write)."""
+    the plans they are about to write). compiled: those programs as this process holds them, run instead of
+    loading the stored copies (Runner)."""
     from opara_runtime.runner import Runner
 
-    runner = Runner(plan, weights, device, devices=devices, trust_compiled_code=True)
+    runner = Runner(plan, weights, device, devices=devices, trust_compiled_code=True, compiled=compiled)
     fill_random(runner.captured.static_inputs)
     return runner

@@ -20,15 +20,29 @@ HOW_TO_TRUST = ("stored programs run only from a plan signed by a trusted key (s
 
 
 def prepare_fused(plan: Plan, device: torch.device, base_values: list, *, use_artifacts: bool = True,
-                  trust_compiled_code: bool = False, trusted_keys=None) -> list[SegmentProgram]:
+                  trust_compiled_code: bool = False, trusted_keys=None, compiled=None) -> list[SegmentProgram]:
     """Segment programs ready to launch. The plan's stored programs are loaded, so deployment does not compile,
     when use_artifacts is True, they were made with this torch build and GPU, and they are trusted: the plan
     carries a valid signature by one of `trusted_keys` (paths or public keys; None: OPARA_TRUSTED_KEYS), or
     trust_compiled_code is True. Otherwise, or when one fails to load or to run, every segment is compiled
     here, with a warning saying why. A plan of fusion mode 'kernels' then has its program's kernels put on the
-    plan's streams (kernel_mode)."""
-    programs = _prepared(plan, device, base_values, use_artifacts=use_artifacts,
-                         trust_compiled_code=trust_compiled_code, trusted_keys=trusted_keys)
+    plan's streams (kernel_mode).
+
+    compiled: the plan's programs as this process already holds them (a list by program index, each having
+    run once), used as they are instead of loading or compiling: the compiler timing several kernel schedules
+    of the one program it has just compiled loads nothing per schedule. Nothing from a file is involved, so no
+    trust is asked. A kernel-mode program is shared by every runner made from it: each installs its own
+    schedule before capturing, which is what its captured graph then keeps."""
+    if compiled is not None:
+        programs = segment_programs(plan, device)
+        for prog in programs:
+            index = prog.segment.program
+            if not 0 <= index < len(compiled):
+                raise ValueError(f"segment program {index}: {len(compiled)} compiled programs were given")
+            prog.fn, prog.program = compiled[index], index
+    else:
+        programs = _prepared(plan, device, base_values, use_artifacts=use_artifacts,
+                             trust_compiled_code=trust_compiled_code, trusted_keys=trusted_keys)
     if plan.fusion.mode == "kernels" and device.type == "cuda":
         from opara_runtime.fused.kernel_mode import apply_kernel_streams
 

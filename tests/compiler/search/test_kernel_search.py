@@ -36,7 +36,7 @@ class FakeRunner:
 def world(monkeypatch):
     """Fakes for compile_whole, kernel_dag, the artifact, timed_runner and replay timing; returns the record of
     what was built and timed, and the knobs (per-schedule replay ms, outputs, failures)."""
-    rec = {"built": Counter(), "timed": [], "ms": {}, "differs": set(), "fails": set(), "configs": []}
+    rec = {"built": Counter(), "timed": [], "ms": {}, "differs": set(), "fails": set(), "configs": [], "ran": {}}
 
     def label(plan) -> str:
         if not plan.fusion.backend:
@@ -45,9 +45,10 @@ def world(monkeypatch):
             return "segments"
         return plan.fusion.kernels.algorithm
 
-    def timed_runner(plan, weights, device, devices=None):
+    def timed_runner(plan, weights, device, devices=None, compiled=None):
         name = label(plan)
         rec["built"][name] += 1
+        rec["ran"][name] = compiled
         if name in rec["fails"]:
             raise RuntimeError("capture failed")
         out = torch.ones(2) * (2.0 if name in rec["differs"] else 1.0)
@@ -59,7 +60,7 @@ def world(monkeypatch):
 
     def compile_whole(plan, weights, device, config=None):
         rec["configs"].append(config)
-        return [type("P", (), {"fn": None})()], []
+        return [type("P", (), {"fn": rec.setdefault("program", object())})()], []
     monkeypatch.setattr(kernels, "compile_whole", compile_whole)
     monkeypatch.setattr(kernels, "kernel_dag", lambda programs, base, device: kernels.KernelDag(
         dag=Dag.from_edges(len(MS), EDGES), ms=MS, launch=("triton",) * len(MS), digest="ab" * 32))
@@ -80,6 +81,13 @@ def test_every_schedule_is_captured_once_and_the_fastest_kept(world, tiny_plan):
     assert "single/program" in world["built"] and "segments" not in world["built"]
     chosen = [c for c in search.plan.profile.candidates if c.chosen]
     assert len(chosen) == 1 and chosen[0].measured_ms == 0.7
+
+
+def test_every_schedule_runs_the_program_compiled_here_and_rivals_their_own(world, tiny_plan):
+    # loading the stored program for each schedule would write and import every kernel again
+    kernels.kernel_fused(tiny_plan, {}, CPU, "inductor", rivals={"unfused": guard.single_stream(tiny_plan)})
+    assert world["ran"].pop("unfused") is None
+    assert world["ran"] and all(c == [world["program"]] for c in world["ran"].values())
 
 
 def test_the_progress_line_gives_each_schedule_measured_and_predicted(world, tiny_plan):

@@ -54,6 +54,19 @@ def test_plan_with_artifacts_loads_without_compiling(compiled, monkeypatch):
     with pytest.raises(AssertionError, match="must not compile"):  # the caller may refuse the stored code
         fused.prepare_fused(stored, CPU, base, use_artifacts=False, trust_compiled_code=True)
 
+def test_programs_held_in_process_run_as_they_are(compiled, monkeypatch):
+    # the compiler's timing runners: neither a load nor a compile, and no trust asked (nothing came from a file)
+    plan, base, programs = compiled
+    stored = _with_programs(plan, programs)
+    monkeypatch.setattr(torch._inductor, "standalone_compile", lambda *a, **k: pytest.fail("compiled"))
+    monkeypatch.setattr(fused.prepare, "load_artifact", lambda blob: pytest.fail("loaded"))
+    held = [programs[k].fn for k in range(len(programs))]
+    got = fused.prepare_fused(stored, CPU, base, compiled=held)
+    assert [p.fn for p in got] == [held[s.program] for s in stored.fusion.segments]
+    torch.testing.assert_close(run_segments(stored, got, base), _reference(stored, base))
+    with pytest.raises(ValueError, match=f"segment program {len(held) - 1}: {len(held) - 1} compiled programs"):
+        fused.prepare_fused(stored, CPU, base, compiled=held[:-1])
+
 def _with_programs(plan, programs):
     blobs, index = stored_programs(programs)
     segments = tuple(dataclasses.replace(s, program=k) for s, k in zip(plan.fusion.segments, index))

@@ -131,10 +131,11 @@ def test_load_hands_the_trust_options_to_the_segments(tiny_plan, monkeypatch, tm
     with pytest.raises(Stop):
         opara_runtime.load(plan, {"w": torch.randn(3, 3)}, device="cpu", capture=True, trust_compiled_code=True,
                            trusted_keys=[key])
-    assert seen == {"use_artifacts": True, "trust_compiled_code": True, "trusted_keys": [key]}
+    # load() never hands in-process programs: a loaded plan's programs come from the file, under its trust rules
+    assert seen == {"use_artifacts": True, "trust_compiled_code": True, "trusted_keys": [key], "compiled": None}
     with pytest.raises(Stop):
         opara_runtime.load(plan, {"w": torch.randn(3, 3)}, device="cpu", capture=True)
-    assert seen == {"use_artifacts": True, "trust_compiled_code": False, "trusted_keys": None}
+    assert seen == {"use_artifacts": True, "trust_compiled_code": False, "trusted_keys": None, "compiled": None}
 
 
 @pytest.mark.slow
