@@ -16,6 +16,7 @@ from opara_runtime.fused.kernel_streams import CudaLauncher, KernelScheduleError
 from opara_runtime.fused.wrapper_ir import WrapperFormatError, WrapperProgram, parse_wrapper
 
 _MAX_DEPTH = 12
+_REPLACED = "_opara_replaced_call"  # on an installed streamed call: the wrapper's call it stands in for
 
 
 def compiled_graph_of(fn):
@@ -79,6 +80,10 @@ class KernelProgram:
         self._set(self.original)
 
     def _set(self, call) -> None:
+        if call is not self.original:
+            # A program opened again while a schedule is installed (the compiler captures several schedules of one
+            # program, each runner installing its own) finds the wrapper's own call through this tag.
+            setattr(call, _REPLACED, self.original)
         if self._slot is None:
             self.graph.current_callable = call
         else:
@@ -91,11 +96,19 @@ def _is_wrapper_call(f) -> bool:
             and isinstance(getattr(func, "__globals__", None), dict))
 
 
+def _wrapper_call(f):
+    """The wrapper's call that `f` is, or that `f` (a streamed call installed before) replaced; else None."""
+    replaced = getattr(f, _REPLACED, None)
+    if replaced is not None:
+        return replaced
+    return f if _is_wrapper_call(f) else None
+
+
 def _locate_call(graph):
     """(the closure cell holding the wrapper's call, or None for the graph's attribute itself; the call)."""
     top = graph.current_callable
-    if _is_wrapper_call(top):
-        return None, top
+    if _wrapper_call(top) is not None:
+        return None, _wrapper_call(top)
     frontier, seen = [top], set()
     for _ in range(4):
         nxt = []
@@ -108,8 +121,8 @@ def _locate_call(graph):
                     v = cell.cell_contents
                 except ValueError:
                     continue
-                if _is_wrapper_call(v):
-                    return cell, v
+                if _wrapper_call(v) is not None:
+                    return cell, _wrapper_call(v)
                 if callable(v):
                     nxt.append(v)
         frontier = nxt

@@ -46,7 +46,13 @@ def prepare_fused(plan: Plan, device: torch.device, base_values: list, *, use_ar
     if plan.fusion.mode == "kernels" and device.type == "cuda":
         from opara_runtime.fused.kernel_mode import apply_kernel_streams
 
-        apply_kernel_streams(programs, plan.fusion.kernels, device)
+        if apply_kernel_streams(programs, plan.fusion.kernels, device) is None and compiled is not None:
+            # A loaded plan may run on one stream (it warned); a schedule timed for the compiler may not: it
+            # would be measured as the one-stream program under its own name.
+            from opara_runtime.fused.kernel_streams import KernelScheduleError
+
+            raise KernelScheduleError(f"kernel schedule {plan.fusion.kernels.algorithm} could not be put on the "
+                                      f"program compiled in this process")
     return programs
 
 

@@ -181,11 +181,19 @@ def test_a_real_inductor_program_is_opened_and_its_streamed_call_matches(free):
     sim = _CpuLauncher()
     opened._set(build_call(prog, opened.namespace, stream, order, sim, free=free))
     got = compiled(x, w, v)
+    # Opened again with that schedule installed (the compiler's runners share one program): it finds the
+    # wrapper's own call, not the streamed one, and installs its schedule in the same place.
+    again = KernelProgram(compiled)
+    assert again.original is opened.original and again.wrapper.digest == prog.digest
+    other = _CpuLauncher()
+    again._set(build_call(again.wrapper, again.namespace, (0,) * prog.num_kernels, order, other, free=free))
+    assert all(torch.equal(a, b) for a, b in zip(compiled(x, w, v), want)) and other.forks == 1
     opened.restore()
     assert sim.forks == 1 and sim.joins == 1
     for a, b in zip(got, want, strict=True):
         assert torch.equal(a, b)
     assert all(torch.equal(a, b) for a, b in zip(compiled(x, w, v), want))
+    assert other.forks == 1  # restored: the wrapper's own call runs, on no launcher
 
 
 class _CpuLauncher:
