@@ -285,11 +285,16 @@ def write_markdown(paths: list[Path], out: Path) -> None:
                  "that changes only ViT-B/16, whose attention input projection ran as a batch of 197 small GEMMs in Opara's plans); values "
                  "computed from shapes alone are folded into constants (Swin-T's graph goes from 906 ops to 521; "
                  "GPT-2, BERT and the Llama decoder lose their mask ops); and attention given a folded causal mask "
-                 "is built causal, without the mask (GPT-2, Llama). Every ViT-B/16 row so far shows a max abs diff "
-                 "of 0 that checks nothing: torchvision zero-initialises ViT's classification head, so the zoo's "
-                 "model returned zeros whatever its backbone computed (its timings stand: the same kernels run on "
-                 "any weights). The zoo now draws that head at random, and a test keeps every zoo model's output "
-                 "dependent on its input.", "",
+                 "is built causal, without the mask (GPT-2, Llama). ViT-B/16 rows before 2026-12-02T17:00 showed a "
+                 "max abs diff of 0 that checked nothing: torchvision zero-initialises ViT's classification head, "
+                 "so the zoo's model returned zeros whatever its backbone computed (their timings stood: the same "
+                 "kernels run on any weights); the zoo now draws that head at random, and the rows here are from "
+                 "after that. ViT-B/16 float32 at batch 8 differs from eager by 6.7e-4 where torch.compile differs "
+                 "by 5.1e-6: that is cuDNN's TF32 convolution (PyTorch's default for float32) in the NHWC layout "
+                 "the default plan runs the patch embedding in. Against the model in float64, eager in NHWC is off "
+                 "by the same 6.7e-4 and the plan by 6.6e-4, and with TF32 convolutions off eager, eager NHWC and "
+                 "the plan are all within 5e-6 (`benchmarks/layout_precision.py`, "
+                 "`layout-precision-20261202T181737.json`).", "",
                  never_lose(merged), ""]
         chosen = layouts(merged)
         if chosen:
