@@ -23,6 +23,8 @@ if str(HERE) not in sys.path:
 
 
 def max_abs(got, want) -> float:
+    """oparac.bench.methods.max_abs_diff in float64: the truth is float64, and the differences sought (~1e-6) are
+    near float32's own rounding of it."""
     import torch.utils._pytree as pytree
 
     return max((a.double() - b.double()).abs().max().item()
@@ -77,7 +79,6 @@ def main(argv=None) -> int:
             torch.backends.cudnn.allow_tf32 = tf32
             record[f"cudnn_tf32_{'on' if tf32 else 'off'}"] = errors(model, inputs, truth, device)
             print(tf32, record[f"cudnn_tf32_{'on' if tf32 else 'off'}"], flush=True)
-            torch._dynamo.reset()
     finally:
         torch.backends.cudnn.allow_tf32 = saved
     write_result(path, dict(header, records=[record]))

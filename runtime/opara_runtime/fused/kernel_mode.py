@@ -107,8 +107,8 @@ def _wrapper_call(f):
 def _locate_call(graph):
     """(the closure cell holding the wrapper's call, or None for the graph's attribute itself; the call)."""
     top = graph.current_callable
-    if _wrapper_call(top) is not None:
-        return None, _wrapper_call(top)
+    if (call := _wrapper_call(top)) is not None:
+        return None, call
     frontier, seen = [top], set()
     for _ in range(4):
         nxt = []
@@ -121,8 +121,8 @@ def _locate_call(graph):
                     v = cell.cell_contents
                 except ValueError:
                     continue
-                if _wrapper_call(v) is not None:
-                    return cell, _wrapper_call(v)
+                if (call := _wrapper_call(v)) is not None:
+                    return cell, call
                 if callable(v):
                     nxt.append(v)
         frontier = nxt
