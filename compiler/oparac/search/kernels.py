@@ -9,7 +9,8 @@ event after every kernel, queued behind a sleep kernel so that the GPU never wai
 time the kernels, not the launches. Opara's stream assignment and launch order run on that DAG with those times,
 and a few schedules (different stream caps, and the one-stream program itself) are measured as replays of their
 captured graphs (the times are first scaled to sum to the one-stream replay: eager timing charges each kernel its
-event's cost too): all of them run the same compiled program, so trying one costs a capture, not a compile.
+event's cost too): all of them run the same compiled program, so trying one costs a capture, not a compile. Where
+the critical path leaves streams less than STREAMS_MIN_BOUND to win, none is tried: one stream is kept.
 """
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ from oparac.schedule.dag import Dag
 # (Inception-v3 and HRNet-W18-small on the H200), and the cap 16 one sits between it and the narrow caps, which
 # were the best measured schedules on those models while the uncapped one could not be tried.
 KERNEL_CANDIDATES = (("opara", "opara", 0), ("opara", "opara", 16), ("opara", "opara", 4), ("opara", "opara", 2))
+# Streamed schedules are tried only where the critical path leaves them this much to win: the kernels' summed time
+# over the longest path through them (on the H200 the streams realised a tenth to a third of that bound where it was
+# small: ViT-B/16 fp32 batch 8, bound 1.018, best schedule 0.2% faster than one stream; Swin-T fp16, 1.08 and 1.3%).
+# Below it the one-stream program is kept without capturing or timing any other schedule, which saves about a
+# second a schedule on a large model.
+STREAMS_MIN_BOUND = 1.03
 TIMING_RUNS = 5
 REPRODUCE_CALLS = 3  # calls of each schedule compared with the one-stream program's outputs
 SLEEP_CYCLES = 50_000_000  # ~25 ms on a 2 GHz GPU: more than the host takes to queue a large model's kernels
@@ -203,7 +210,13 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
         kd = calibrated(kd, single_ms)
         replays = replays_for(single_ms)  # every schedule replays in about the one-stream time
         schedules = {"single": one_stream(kd)}
-        for streams, order, cap in KERNEL_CANDIDATES:
+        bound = streams_bound(kd)
+        skipped = None
+        if bound < STREAMS_MIN_BOUND:
+            skipped = (f"the critical path allows streams at most {bound:.3f}x one stream, less than the "
+                       f"{STREAMS_MIN_BOUND:.2f}x worth trying")
+            progress.note(f"fuse: kernel schedules on streams not tried: {skipped}")
+        for streams, order, cap in () if skipped else KERNEL_CANDIDATES:
             ks = kernel_schedule(kd, streams, order, cap)
             if ks.stream not in {s.stream for s in schedules.values()} and _streamable(kd, ks, progress):
                 schedules[ks.algorithm] = ks
@@ -214,14 +227,18 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
                     runners[name] = timed_runner(p, weights, device, compiled=compiled)
                 except Exception as e:  # a schedule that cannot be captured is one fewer candidate
                     progress.note(f"fuse: kernel schedule {name} dropped: it failed to run ({type(e).__name__}: {e})")
-        kept = reproducing(runners, plans["single"], progress)
-        for name in [n for n in runners if n not in kept]:
-            del runners[name]
-        gc.collect()
-        schedules = {name: schedules[name] for name in kept}
+        if len(runners) > 1:  # nothing to check the one-stream program against otherwise
+            kept = reproducing(runners, plans["single"], progress)
+            for name in [n for n in runners if n not in kept]:
+                del runners[name]
+            gc.collect()
+            schedules = {name: schedules[name] for name in kept}
         captured_s = time.perf_counter() - started
-        times = time_rounds(runners, device, rounds=FINAL_ROUNDS, repeats=5, replays=replays)
-        best = min(times, key=lambda name: (times[name], name != "single"))  # a tie keeps one stream
+        # The one-stream program alone needs no rounds of its own where it is timed against the rivals anyway.
+        times = (time_rounds(runners, device, rounds=FINAL_ROUNDS, repeats=5, replays=replays)
+                 if len(runners) > 1 or not rivals else {})
+        # a tie keeps one stream
+        best = min(times, key=lambda name: (times[name], name != "single")) if times else "single"
         head_to_head: dict[str, float] = {}
         if rivals:
             if "kernels" in rivals:
@@ -231,6 +248,7 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
             timed = time_rounds(pair, device, rounds=FINAL_ROUNDS, repeats=5, replays=replays)
             head_to_head = {name.removeprefix("rival "): ms for name, ms in timed.items()}
             del pair
+            times = times or {"single": head_to_head["kernels"]}
     finally:
         del runners, compiled
         gc.collect()
@@ -245,11 +263,18 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
                                  else "", max_streams=0, predicted_ms=ks.predicted_ms, measured_ms=times[name],
                                  chosen=name == best) for name, ks in schedules.items())
     winner = plans[best]
-    guard = (f"guard: kernel schedules measured, kept {best} ({schedules[best].num_streams} streams): "
+    guard = (f"guard: kernel schedules {f'on streams not tried ({skipped})' if skipped else 'measured'}, kept "
+             f"{best} ({schedules[best].num_streams} streams): "
              + ", ".join(f"{name} {times[name]:.4f} ms" for name in schedules))
     profile = dataclasses.replace(winner.profile, candidates=winner.profile.candidates + candidates, guard=guard)
     return KernelSearch(dataclasses.replace(winner, profile=profile), times[best], head_to_head,
                         {name: (times[name], ks.predicted_ms) for name, ks in schedules.items()})
+
+
+def streams_bound(kd: KernelDag) -> float:
+    """The most any schedule of `kd` can gain over one stream by its own times: their sum over the critical path."""
+    path = kd.critical_path_ms()
+    return sum(kd.ms) / path if path > 0 else 1.0
 
 
 def reproducing(runners: dict, single: Plan, progress: Progress) -> list[str]:

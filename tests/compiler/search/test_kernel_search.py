@@ -140,6 +140,45 @@ def test_a_schedule_that_does_not_reproduce_or_capture_is_dropped(world, tiny_pl
     assert "opara/opara" not in world["timed"] and set(world["timed"]) == {"single/program"}
 
 
+def _kernel_dag(monkeypatch, edges, ms):
+    monkeypatch.setattr(kernels, "kernel_dag", lambda programs, base, device: kernels.KernelDag(
+        dag=Dag.from_edges(len(ms), edges), ms=ms, launch=("triton",) * len(ms), digest="ab" * 32))
+
+
+def test_streams_are_not_tried_where_the_critical_path_leaves_them_too_little(world, monkeypatch, tiny_plan):
+    # a chain of four and a short branch beside it: 1.02x at best, under STREAMS_MIN_BOUND
+    edges, ms = [(0, 1), (1, 2), (2, 3)], (0.5, 0.5, 0.5, 0.5, 0.04)
+    _kernel_dag(monkeypatch, edges, ms)
+    world["ms"] = {"single/program": 2.0, "unfused": 2.2}
+    notes = []
+    search = kernels.kernel_fused(tiny_plan, {}, CPU, "inductor", notes.append,
+                                  rivals={"unfused": guard.single_stream(tiny_plan)})
+    assert search.plan.fusion.kernels.algorithm == "single/program"
+    assert set(world["built"]) == {"single/program", "unfused"}  # no other schedule captured
+    # one stream is timed for calibration and then only against the rival: no rounds of its own
+    assert world["timed"].count("unfused") == tune.FINAL_ROUNDS
+    assert world["timed"].count("single/program") == 1 + tune.FINAL_ROUNDS
+    assert search.ms == 2.0 and search.head_to_head == {"unfused": 2.2, "kernels": 2.0}
+    assert search.schedules == {"single": (2.0, pytest.approx(2.0))}
+    assert any("not tried: the critical path allows streams at most 1.020x one stream, less than the 1.03x" in n
+               for n in notes), notes
+    assert search.plan.profile.guard.startswith("guard: kernel schedules on streams not tried (the critical path")
+    assert "kept single (1 streams): single 2.0000 ms" in search.plan.profile.guard
+    # without rivals the one stream still gets its final rounds
+    world["timed"].clear()
+    assert kernels.kernel_fused(tiny_plan, {}, CPU, "inductor").ms == 2.0
+    assert world["timed"] == ["single/program"] * (1 + tune.FINAL_ROUNDS)
+
+
+def test_the_streams_bound_is_the_kernels_sum_over_their_critical_path():
+    def bound(n, edges, ms):
+        return kernels.streams_bound(kernels.KernelDag(dag=Dag.from_edges(n, edges), ms=ms, launch=("triton",) * n,
+                                                       digest="ab" * 32))
+    assert bound(2, [], (1.0, 1.0)) == 2.0
+    assert bound(3, [(0, 1)], (1.0, 2.0, 0.5)) == pytest.approx(3.5 / 3.0)
+    assert bound(2, [(0, 1)], (0.0, 0.0)) == 1.0  # nothing timed: nothing to win
+
+
 def test_a_rival_may_not_take_the_kernel_plans_name(world, tiny_plan):
     with pytest.raises(ValueError, match="may not be named 'kernels'"):
         kernels.kernel_fused(tiny_plan, {}, CPU, "inductor", rivals={"kernels": tiny_plan})

@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]
 def test_fused_googlenet_matches_and_embeds_artifacts(tmp_path):
     model, inputs = zoo.googlenet()
     model, inputs = model.cuda(), tuple(x.cuda() for x in inputs)
-    plan = oparac.compile(model, inputs, device="cuda", fuse="inductor")
+    # segment-level: the default ('auto') keeps GoogLeNet's whole-graph kernels on streams, one segment
+    plan = oparac.compile(model, inputs, device="cuda", fuse="inductor", fuse_mode="segments")
     assert plan.fusion.backend == "inductor" and len(plan.fusion.segments) > 1
     assert all(seg.ms > 0 for seg in plan.fusion.segments)
     assert plan.fusion.programs and all(seg.program >= 0 for seg in plan.fusion.segments), \
@@ -43,7 +44,7 @@ def test_coarse_fused_googlenet_matches_with_no_more_segments():
 
     model, inputs = zoo.googlenet()
     model, inputs = model.cuda(), tuple(x.cuda() for x in inputs)
-    plan = oparac.compile(model, inputs, device="cuda", fuse="inductor", cut="coarse")
+    plan = oparac.compile(model, inputs, device="cuda", fuse="inductor", fuse_mode="segments", cut="coarse")
     assert plan.schedule.stream_algorithm == "opara+coarse" and plan.fusion.programs
     maximal = make_schedule(plan.graph, plan.profile.ops, streams="opara", order="opara", max_streams=0)
     assert len(plan.fusion.segments) <= len(cut_segments(maximal))
