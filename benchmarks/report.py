@@ -102,16 +102,25 @@ def merge(paths: list[Path]) -> dict:
             raise SystemExit(f"cannot merge runs of different machines: {r['gpu']} vs {first['gpu']}")
     dates = sorted(r["date"] for r in results)
     # Ratios compare methods of one run: each (model, batch, dtype) group comes whole from the newest file
-    # (names sort by time) that measured it.
+    # (names sort by time) that measured it. A newer run in which every method of a group failed (its process
+    # died, say) does not erase the measurement before it: it is kept aside as `failed`, which the never-lose
+    # table lists under its rows.
     groups: dict[tuple, list] = {}
-    for r in results:
+    failed: dict[tuple, dict] = {}
+    for r, path in zip(results, sorted(paths)):
         mine: dict[tuple, list] = {}
         for rec in r["records"]:
             mine.setdefault((rec["model"], rec["batch"], rec["dtype"]), []).append(rec)
-        groups.update(mine)
+        for key, group in mine.items():
+            if all("error" in rec for rec in group):
+                failed[key] = {"file": Path(path).name, "error": group[0]["error"]}
+            else:
+                groups[key] = group
+                failed.pop(key, None)
     records = [rec for group in groups.values() for rec in group]
     return {"gpu": first["gpu"], "torch": first["torch"], "cuda": first["cuda"],
-            "date": dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}", "records": records}
+            "date": dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}", "records": records,
+            "failed": failed}
 
 
 FUSED_TARGETS_VS_TORCH_COMPILE = {"googlenet": 1.25, "inception_v3": 1.25, "nasnet": 1.25, "resnet50": 1.0,
@@ -198,6 +207,9 @@ def never_lose(result: dict) -> str:
                      f"{_fmt(tc and tc.get('max_abs_diff'), '.1e')} | {_compile_s(d)}, "
                      f"{_compile_s(tc)} | {d.get('timing', 'alone')} | "
                      f"{d.get('plan', '')}{'' if d['method'] == 'opara_default' else ' (' + d['method'] + ')'} |")
+    for (model, batch, dtype), f in sorted(result.get("failed", {}).items()):
+        lines += ["", f"A later run of {model} batch {batch} {dtype} failed in every method (`{f['file']}`: "
+                      f"{f['error']}); its row, if any, is from the run before."]
     return "\n".join(lines)
 
 

@@ -104,3 +104,21 @@ def test_a_compile_time_taken_with_shared_caches_is_marked(tmp_path):
                                           for line in report.never_lose(report.merge([run])).splitlines()[4:])}
     assert rows["llama"][12] == "23, 18"
     assert rows["bert"][12] == "20 (shared), 14 (shared)"
+
+
+def test_a_run_that_failed_in_every_method_keeps_the_measurement_before_it_and_is_listed(tmp_path):
+    old = _run(tmp_path / "suite-20261201T114826.json", "2026-12-01T11:48:26", [
+        _rec("torch_compile", 0.53, 7.8e-3), _rec("opara_default", 0.466, 7.8e-3)])
+    died = "not measured: the group's process exited with status 1 before this method's figures were written"
+    crashed = _run(tmp_path / "suite-20261203T120546.json", "2026-12-03T12:05:46", [
+        {**_rec("torch_compile", 0.0, None), "error": died}, {**_rec("opara_default", 0.0, None), "error": died}])
+    table = report.never_lose(report.merge([old, crashed]))
+    row = next(line for line in table.splitlines() if line.startswith("| llama"))
+    assert [c.strip() for c in row.strip("|").split("|")][3:6] == ["0.530", "0.466", "1.14x"]
+    assert (f"A later run of llama batch 1 float16 failed in every method (`suite-20261203T120546.json`: {died})"
+            in table)
+    # a run after it that measures the group again replaces both
+    again = _run(tmp_path / "suite-20261203T130000.json", "2026-12-03T13:00:00", [
+        _rec("torch_compile", 0.52, 7.8e-3), _rec("opara_default", 0.4, 7.8e-3)])
+    table = report.never_lose(report.merge([old, crashed, again]))
+    assert "failed in every method" not in table and "| 0.520 | 0.400 |" in table
