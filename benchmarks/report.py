@@ -93,7 +93,8 @@ def mark_warm_dynamo(records: list[dict]) -> None:
 
 def merge(paths: list[Path]) -> dict:
     """Records of several runs of one session (same GPU, torch and CUDA) as one result."""
-    results = [json.loads(Path(p).read_text()) for p in sorted(paths)]
+    paths = sorted(paths)
+    results = [json.loads(Path(p).read_text()) for p in paths]
     for r in results:
         mark_warm_dynamo(r["records"])
     first = results[0]
@@ -107,7 +108,7 @@ def merge(paths: list[Path]) -> dict:
     # table lists under its rows.
     groups: dict[tuple, list] = {}
     failed: dict[tuple, dict] = {}
-    for r, path in zip(results, sorted(paths)):
+    for r, path in zip(results, paths):
         mine: dict[tuple, list] = {}
         for rec in r["records"]:
             mine.setdefault((rec["model"], rec["batch"], rec["dtype"]), []).append(rec)

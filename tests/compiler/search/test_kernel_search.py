@@ -32,6 +32,12 @@ class FakeRunner:
         return (self.output.clone(),)
 
 
+def _kernel_dag(monkeypatch, edges, ms):
+    """kernel_dag faked: the whole graph's kernels are `ms` long with dependencies `edges`."""
+    monkeypatch.setattr(kernels, "kernel_dag", lambda programs, base, device: kernels.KernelDag(
+        dag=Dag.from_edges(len(ms), edges), ms=ms, launch=("triton",) * len(ms), digest="ab" * 32))
+
+
 @pytest.fixture
 def world(monkeypatch):
     """Fakes for compile_whole, kernel_dag, the artifact, timed_runner and replay timing; returns the record of
@@ -62,8 +68,7 @@ def world(monkeypatch):
         rec["configs"].append(config)
         return [type("P", (), {"fn": rec.setdefault("program", object())})()], []
     monkeypatch.setattr(kernels, "compile_whole", compile_whole)
-    monkeypatch.setattr(kernels, "kernel_dag", lambda programs, base, device: kernels.KernelDag(
-        dag=Dag.from_edges(len(MS), EDGES), ms=MS, launch=("triton",) * len(MS), digest="ab" * 32))
+    _kernel_dag(monkeypatch, EDGES, MS)
     monkeypatch.setattr(fused_pkg, "artifact_bytes", lambda fn: b"program")
     monkeypatch.setattr(fused_pkg, "cache_key", lambda device: "cpu-test")
     monkeypatch.setattr(measure, "timed_runner", timed_runner)
@@ -138,11 +143,6 @@ def test_a_schedule_that_does_not_reproduce_or_capture_is_dropped(world, tiny_pl
     assert any("cap 2 dropped: it failed to run" in n for n in notes)
     # what was dropped is never timed; the final rounds time only what was kept
     assert "opara/opara" not in world["timed"] and set(world["timed"]) == {"single/program"}
-
-
-def _kernel_dag(monkeypatch, edges, ms):
-    monkeypatch.setattr(kernels, "kernel_dag", lambda programs, base, device: kernels.KernelDag(
-        dag=Dag.from_edges(len(ms), edges), ms=ms, launch=("triton",) * len(ms), digest="ab" * 32))
 
 
 def test_streams_are_not_tried_where_the_critical_path_leaves_them_too_little(world, monkeypatch, tiny_plan):
