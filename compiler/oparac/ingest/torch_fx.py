@@ -14,6 +14,7 @@ from oparac.ingest.export_errors import export_error, quiet_export
 from oparac.ingest.causal_attention import causal_attention, mask_of
 from oparac.ingest.fold_constants import FOLD_BUDGET_BYTES, fold_constants, nbytes, read_by_kept_ops
 from oparac.ingest.graph_builder import MAX_CONSTANT_BYTES, GraphBuilder
+from oparac.ingest.module_state import kept_module_state
 from oparac.ingest.weight_products import fold_weight_product
 from oparac.models.reference import warn_if_training
 
@@ -35,24 +36,20 @@ def graph_from_module(model: torch.nn.Module, example_inputs: tuple, *,
                       decompositions: dict | None = None, fold: bool = True) -> tuple[GraphBuilder, str]:
     """Export `model` on `example_inputs` to the functional ATen graph (`decompositions`: ops lowered further,
     see ingest/attention.py). The model is exported in eval mode (warned about if it is in train mode) and left
-    in the mode it came in."""
+    as it came in (ingest/module_state.py)."""
     _check_inputs(example_inputs)
     _check_arity(model, example_inputs)
     check_weights(model.named_parameters(), model.named_buffers())
     warn_if_training(model, "the model")
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     try:
-        with quiet_export():
+        with kept_module_state(model), quiet_export():
+            model.eval()
             ep = torch.export.export(model, tuple(example_inputs), strict=False)
             ep = ep.run_decompositions(decompositions or {})
     except OparaError:
         raise
     except Exception as e:  # export raises many kinds of errors for untraceable models
         raise export_error(e) from None
-    finally:
-        for m, training in modes:
-            m.training = training
     return graph_from_exported(ep, fold=fold), "torch.export"
 
 

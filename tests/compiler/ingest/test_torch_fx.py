@@ -275,3 +275,52 @@ def test_train_mode_warns_through_the_cli(tmp_path):
         result = CliRunner().invoke(main, ["compile", "helpers.models:dropper_in_train_mode", "-o",
                                            str(tmp_path / "d.plan"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
+
+
+class SharedWindow(torch.nn.Module):
+    """Two blocks sharing one list attribute, as Swin-T's blocks of a stage share their window_size."""
+
+    def __init__(self):
+        super().__init__()
+        window = [2, 2]
+        self.blocks = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(2))
+        for block in self.blocks:
+            block.window = window
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x) * (block.window[0] * block.window[1])
+        return x
+
+
+def test_compiling_leaves_the_model_as_it_came_so_its_torch_compile_is_not_compiled_again():
+    # Non-strict export replaces module attributes with equal copies (here the shared list); torch.compile guards
+    # on identity, so a model torch.compile had compiled was compiled again after oparac had compiled it.
+    model = SharedWindow().eval()
+    x = torch.randn(2, 4)
+    backend_calls = []
+
+    def counting(gm, example):
+        backend_calls.append(gm)
+        return gm.forward
+    compiled = torch.compile(model, backend=counting)
+    with torch.no_grad():
+        compiled(x)
+    window = model.blocks[0].window
+    oparac.compile(model, (x,), device="cpu")
+    assert model.blocks[0].window is window and model.blocks[1].window is window
+    with torch.no_grad():
+        compiled(x)
+    assert len(backend_calls) == 1
+
+
+def test_a_value_export_changed_is_not_put_back():
+    from oparac.ingest.module_state import kept_module_state
+
+    m = torch.nn.Linear(2, 2)
+    kept, changed, odd = [1, 2], [3], [torch.ones(2)]
+    m.kept, m.changed, m.odd = kept, changed, odd
+    with kept_module_state(m):
+        m.kept, m.changed, m.odd = [1, 2], [4], [torch.ones(2)]
+        m.train(False)
+    assert m.kept is kept and m.changed == [4] and m.odd is not odd and m.training
