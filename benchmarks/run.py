@@ -67,6 +67,8 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("the benchmark suite needs a CUDA GPU", file=sys.stderr)
         return 1
+    from oparac.bench.methods import free_cached_memory
+
     device = torch.device("cuda")
     records = []
     out = Path(args.out)
@@ -93,7 +95,10 @@ def main(argv=None) -> int:
                         records.append(rec.as_dict())
                         write_result(path, dict(header, records=records))
                         print(f"{name} b{batch} {dtype} {rec.method}: {shown(rec)}", flush=True)
-                    torch.cuda.empty_cache()
+                    if not free_cached_memory([]):  # the process's CUDA context is gone: no later group can run
+                        print(f"wrote {path}; stopped after {name} b{batch} {dtype}: a CUDA error left the process "
+                              "unusable", flush=True)
+                        return 1
                 else:
                     records += run_isolated(name, batch, dtype, methods, group_argv(args, name, batch, dtype))
                     write_result(path, dict(header, records=records))

@@ -289,7 +289,7 @@ def measure_into(rec: Record, make, inputs, reference, device: torch.device, *, 
         except Exception as e:  # a baseline that cannot run is reported, not fatal
             rec.error = _error(e)
     fn = None
-    torch.cuda.empty_cache()
+    free_cached_memory([rec])
     return rec
 
 
@@ -317,8 +317,25 @@ def measure_group(recs: list[Record], makes: list, inputs, reference, device: to
                     rec.ms_b2b, rec.ms_b2b_rounds = statistics.median(b2b[rec.method]), b2b[rec.method]
                     rec.ms_latency, rec.timing = statistics.median(walls[rec.method]), "interleaved"
     fns.clear()
-    torch.cuda.empty_cache()
+    free_cached_memory(recs)
     return recs
+
+
+def free_cached_memory(recs: list[Record]) -> bool:
+    """torch.cuda.empty_cache() after a group; False where it reports a CUDA error the group's work left behind.
+
+    An error such as an illegal memory access is reported by whatever call synchronizes next, and it poisons the
+    process: every figure taken since may be wrong. Each of `recs` then drops its figures and says so (keeping
+    an error it already had), so the group's results are written with the reason instead of its process dying
+    with nothing written (benchmarks/group_probe.py finds the step that failed)."""
+    try:
+        torch.cuda.empty_cache()
+    except Exception as e:  # the CUDA context is unusable: report it in every record
+        for rec in recs:
+            rec.ms_b2b = rec.ms_latency = rec.ms_b2b_rounds = rec.timing = None
+            rec.error = rec.error or f"a CUDA error surfaced after the group ran, figures dropped: {_error(e)}"[:300]
+        return False
+    return True
 
 
 def build_into(rec: Record, make, inputs, reference, device: torch.device):

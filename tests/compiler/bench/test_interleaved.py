@@ -72,3 +72,23 @@ def test_a_failure_while_timing_marks_every_timed_method(monkeypatch):
     recs = [Record(model="m", batch=1, dtype="float32", method=n) for n in ("a", "b")]
     measure_group(recs, [lambda: (lambda t: t)] * 2, (x,), x, torch.device("cpu"), rounds=3, iters=4, warmup=1)
     assert [r.error for r in recs] == ["timing the group failed: RuntimeError: illegal memory access"] * 2
+
+
+def test_a_cuda_error_reported_after_the_group_drops_its_figures_and_says_why(monkeypatch):
+    # An illegal address is sticky and reported by the next synchronizing call: here the cache release after the
+    # timing. The group's records are kept, with the reason, rather than the process dying with nothing written.
+    _no_cuda(monkeypatch, [])
+
+    def poisoned():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    monkeypatch.setattr(torch.cuda, "empty_cache", poisoned)
+    x = torch.ones(2)
+    recs = [Record(model="m", batch=1, dtype="float32", method=n) for n in ("a", "b")]
+    measure_group(recs, [lambda: (lambda t: t), lambda: None], (x,), x, torch.device("cpu"), rounds=3, iters=4,
+                  warmup=1)
+    a, b = recs
+    assert a.ms_b2b is a.ms_latency is a.ms_b2b_rounds is a.timing is None
+    assert a.error == ("a CUDA error surfaced after the group ran, figures dropped: "
+                       "RuntimeError: CUDA error: an illegal memory access was encountered")
+    assert b.error.startswith("TypeError")  # its own build error (None is not callable) is kept
+    assert not methods.free_cached_memory([])
