@@ -8,6 +8,10 @@ Two open questions of issue 18 are about the program rather than the schedule:
   not, and the gap moved with the order methods were timed in: docs/design.md, sections 6.1 and 8).
 - Combo (horizontal) kernels: inductor can merge small independent kernels into one launch; the 'combo' variants
   measure them on both sides, against the kernel-level plan's streams.
+- Kernel selection: where the critical path of inductor's kernels leaves streams no room to reach 1.15x
+  torch.compile (GPT-2, Swin-T), only faster kernels can. The 'autotune' variants benchmark Triton GEMM templates
+  against cuBLAS and fuse epilogues into the templates (max_autotune, what torch.compile's mode='max-autotune'
+  sets on top of CUDA graphs); 'autotune-cd' adds coordinate-descent tuning of every kernel's launch config.
 
 Each Opara variant is the kernel-level search (oparac.search.kernels.kernel_fused) with that compile's options:
 its one-stream program and its best schedule, as replays of their captured graphs, then the kept plan timed like
@@ -27,7 +31,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 # name -> inductor options on top of each side's own (Opara: INDUCTOR_KERNEL_CONFIG; torch.compile: cudagraphs)
 VARIANTS = {"default": {}, "reuse": {"allow_buffer_reuse": True}, "no-reuse": {"allow_buffer_reuse": False},
-            "combo": {"combo_kernels": True}}
+            "combo": {"combo_kernels": True}, "autotune": {"max_autotune": True},
+            "autotune-cd": {"max_autotune": True, "coordinate_descent_tuning": True}}
 
 
 def opara_config(variant: str) -> dict:
@@ -84,7 +89,8 @@ def measure_model(name: str, args) -> Path:
                            reference, device, iters=args.iters, warmup=20)
         result["records"].append(dict(rec.as_dict(), **extra))
         write_result(path, result)
-        print(f"{name} {method}: {rec.ms_b2b} ms b2b ({rec.plan or rec.error or 'ok'})", flush=True)
+        print(f"{name} {method}: {rec.ms_b2b} ms b2b, compiled in {rec.compile_s} s ({rec.plan or rec.error or 'ok'})",
+              flush=True)
 
     for variant in filter(None, args.compile.split(",")):
         # each variant compiles afresh: compiled_runner resets dynamo first
