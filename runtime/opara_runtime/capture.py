@@ -10,6 +10,7 @@ from opara_runtime.devices import node_device
 from opara_runtime.execute import StreamLauncher
 from opara_runtime.graph_inputs import CopyAheadFeed, InputFeed, in_graph_copies
 from opara_runtime.ops import materialize
+from opara_runtime.workspaces import graph_owned_workspaces
 
 
 class CapturedPlan:
@@ -25,7 +26,8 @@ class CapturedPlan:
         self.static_inputs = [base_values[i] for i, n in enumerate(plan.graph.nodes) if n.kind == "input"]
         self.base_values = base_values
         with torch.cuda.device(device):
-            # Warm-up creates cuBLAS/cuDNN handles and workspaces for every stream before capture.
+            # Warm-up creates cuBLAS/cuDNN handles for every stream before capture (their workspaces are made
+            # again inside it, from the graph's pool: workspaces.py).
             side = torch.cuda.Stream(device=device)
             side.wait_stream(torch.cuda.current_stream(device))
             with named_failures("warm-up", device), torch.cuda.stream(side):
@@ -53,7 +55,7 @@ class CapturedPlan:
             # An explicit capture stream on the first device: torch.cuda.graph's default one is made once per
             # process, on whichever device was current at the first capture.
             capture_stream = pool.stream(device, 0) if pool is not None else torch.cuda.Stream(device=device)
-            with named_failures("capture", device), contextlib.ExitStack() as routed:
+            with named_failures("capture", device), graph_owned_workspaces(), contextlib.ExitStack() as routed:
                 for d, device_pool in pools.items():  # not `pool`: that names the shared GraphPool
                     routed.enter_context(torch.cuda.use_mem_pool(device_pool, device=d))
                 with torch.cuda.graph(self.graph, stream=capture_stream,

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -215,3 +218,41 @@ def test_plan_for_another_gpu_is_refused():
     target = dataclasses.replace(plan.target, compute_capability=(7, 5))
     with pytest.raises(PlanMismatchError, match="compute capability 7.5"):
         opara_runtime.load(dataclasses.replace(plan, target=target), model, device="cuda")
+
+
+def test_a_plan_on_streams_survives_torch_compile_clearing_the_cublas_workspaces():
+    # torch.compile(mode="reduce-overhead") drops every cached cuBLAS workspace whenever it records a graph. A plan
+    # whose side streams used workspaces made by the warm-up, outside the graph's pool, then wrote memory that the
+    # allocator had handed to other tensors or released (opara_runtime/workspaces.py). In a process of its own: an
+    # illegal memory access would poison this one.
+    code = textwrap.dedent("""
+        import torch
+        import opara_runtime, oparac
+
+        class Wide(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.branches = torch.nn.ModuleList(torch.nn.Linear(1024, 1024) for _ in range(4))
+
+            def forward(self, x):
+                return torch.cat([b(x) for b in self.branches], dim=1)
+
+        torch.backends.cuda.matmul.allow_tf32 = False
+        model = Wide().cuda().eval()
+        x = torch.randn(256, 1024, device="cuda")
+        plan = oparac.compile(model, (x,), device="cuda", guard=False)
+        assert plan.schedule.num_streams > 1, plan.schedule.num_streams
+        runner = opara_runtime.load(plan, model)
+        want = runner(x)
+        for _ in range(3):
+            torch._C._cuda_clearCublasWorkspaces()
+            torch.cuda.empty_cache()
+            filler = [torch.full((8 << 20,), 7.0, device="cuda") for _ in range(8)]  # takes freed memory
+            got = runner(x)
+            torch.cuda.synchronize()
+            assert torch.equal(got, want)
+            assert all(bool((f == 7.0).all()) for f in filler), "a replay wrote into another tensor"
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.utils._pytree as pytree
 
+from opara_runtime.workspaces import graph_owned_workspaces
 from oparac.profile.measure import time_alternating, time_gpu, time_interleaved
 from oparac.progress import Lines
 
@@ -134,7 +135,7 @@ class SequentialGraph:
                 model(*self.static)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(self.graph):
+        with torch.no_grad(), graph_owned_workspaces(), torch.cuda.graph(self.graph):
             self.out = model(*self.static)
 
     def __call__(self, *inputs):
