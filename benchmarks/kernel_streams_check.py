@@ -28,7 +28,8 @@ def main(argv=None) -> int:
     from opara_runtime.fused.kernel_mode import KernelProgram
     from oparac.models import zoo
     from oparac.pipeline import bind_weights
-    from oparac.search.kernels import compile_whole, kernel_dag, kernel_schedule, one_stream, whole_graph, with_kernels
+    from oparac.search.kernels import (KERNEL_CANDIDATES, compile_whole, kernel_dag, kernel_schedule, one_stream,
+                                       whole_graph, with_kernels)
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="llama")
@@ -88,7 +89,8 @@ def main(argv=None) -> int:
         del runner
         return outs
 
-    schedules = [one_stream(kd)] + [kernel_schedule(kd, "opara", "opara", cap) for cap in (0, 4)]
+    # the kernel search's candidates: uncapped, then caps of 16, 4 and 2 streams
+    schedules = [one_stream(kd)] + [kernel_schedule(kd, *candidate) for candidate in KERNEL_CANDIDATES]
     # The one-stream program in its own order is inductor's call verbatim, `del`s and all; every other schedule
     # is rewritten (all buffers allocated up front). A one-stream schedule in another order (Opara's, capped at
     # one stream) is rewritten too: it tells a difference of the rewrite from one of the streams.
@@ -96,8 +98,16 @@ def main(argv=None) -> int:
     if any(rewritten.stream) or tuple(rewritten.launch_order) == tuple(range(len(kd.ms))):
         rewritten = None
     records, first, unfreed = [], None, {}
+    out = Path(args.out) / f"kernel-streams-check-{name}.json"
+
+    def save():  # after every schedule: a CUDA error that kills the process leaves the schedules before it
+        out.write_text(json.dumps({"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__,
+                                   "model": args.model, "dtype": args.dtype, "cudnn_sdp": not args.no_cudnn_sdp,
+                                   "free_compared": args.free, "free_on_streams_default": default_free,
+                                   "errors_to_float32": errors, "records": records}, indent=1))
     for ks, free in ([(s, default_free) for s in schedules[:1]] + ([(rewritten, default_free)] if rewritten else [])
                      + [(s, f) for s in schedules[1:] for f in ((False, True) if args.free else (default_free,))]):
+        print(f"{ks.algorithm} on {ks.num_streams} streams, freeing {free}", flush=True)
         outs = outputs(ks, free)
         first = outs[0] if first is None else first
         rec = {"schedule": ks.algorithm, "streams": ks.num_streams, "free_on_streams": free,
@@ -118,11 +128,8 @@ def main(argv=None) -> int:
                                  Path(args.out) / f"streamed-{name}.py")
             print(rec["probe"], flush=True)
         records.append(rec)
-    out = Path(args.out) / f"kernel-streams-check-{name}.json"
-    out.write_text(json.dumps({"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__,
-                               "model": args.model, "dtype": args.dtype, "cudnn_sdp": not args.no_cudnn_sdp,
-                               "free_compared": args.free, "free_on_streams_default": default_free,
-                               "errors_to_float32": errors, "records": records}, indent=1))
+        save()
+    save()
     print(f"wrote {out}")
     return 0
 
