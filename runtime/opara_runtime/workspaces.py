@@ -7,8 +7,9 @@ used. Where that workspace was allocated outside the graph's private pool (by th
 eagerly before the capture), clearing the map hands its memory back to the caching allocator, which gives it to
 other tensors or releases it to the driver (empty_cache, which every capture calls), and the graph's next replay
 overwrites those tensors or faults with an illegal memory access. That can happen in any process that also runs
-torch.compile: a Swin-T benchmark group did, on the H200, after torch.compile recompiled and re-recorded behind
-a plan that put its kernels on 21 streams (docs/design.md, section 7).
+torch.compile, and is the likeliest cause of the illegal memory access that twice killed a Swin-T benchmark group
+on the H200, where torch.compile recompiled and recorded again behind a plan with 21 streams (docs/design.md,
+section 7; not yet confirmed on a GPU).
 
 Cleared right before the capture, every stream's workspace is allocated during it, from the graph's own pool, which
 lives as long as the graph; cleared right after, the map lets go of them, so no eager matmul on the same streams

@@ -1,11 +1,12 @@
 """The user's model as it came in, after torch.export has traced it.
 
 Compiling a model must not change it. Export is run in eval mode, so each module's training flag is put back.
-Non-strict export (torch 2.11) also replaces each module's list, tuple and dict attributes with equal copies
-(Conv2d.stride, LayerNorm.normalized_shape, Swin-T's window_size, ...), which code comparing them by identity
+Non-strict export also replaces each module's list, tuple and dict attributes with equal copies (Conv2d.stride,
+LayerNorm.normalized_shape, Swin-T's window_size, ...; seen with torch 2.14), which code comparing them by identity
 notices: torch.compile's guard that two Swin-T blocks share one window_size list fails, and a model compiled by
-torch.compile before oparac compiled it is compiled again on its next call (34 s on the H200). The original
-objects are put back wherever export left an equal copy; a value export really changed is left as it is."""
+torch.compile before oparac compiled it is compiled again on its next call (a 34 s call on the H200, torch 2.11).
+The original objects are put back wherever export left an equal copy; a value export really changed is left as
+it is."""
 from __future__ import annotations
 
 import contextlib
