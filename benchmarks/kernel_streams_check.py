@@ -13,7 +13,6 @@ import argparse
 import ast
 import copy
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ def main(argv=None) -> int:
     from opara_runtime.fused.kernel_mode import KernelProgram
     from oparac.models import zoo
     from oparac.pipeline import bind_weights
+    from results_io import write_result
     from oparac.search.kernels import (KERNEL_CANDIDATES, compile_whole, kernel_dag, kernel_schedule, one_stream,
                                        whole_graph, with_kernels)
 
@@ -101,10 +101,10 @@ def main(argv=None) -> int:
     out = Path(args.out) / f"kernel-streams-check-{name}.json"
 
     def save():  # after every schedule: a CUDA error that kills the process leaves the schedules before it
-        out.write_text(json.dumps({"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__,
-                                   "model": args.model, "dtype": args.dtype, "cudnn_sdp": not args.no_cudnn_sdp,
-                                   "free_compared": args.free, "free_on_streams_default": default_free,
-                                   "errors_to_float32": errors, "records": records}, indent=1))
+        write_result(out, {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__,
+                           "model": args.model, "dtype": args.dtype, "cudnn_sdp": not args.no_cudnn_sdp,
+                           "free_compared": args.free, "free_on_streams_default": default_free,
+                           "errors_to_float32": errors, "records": records})
     for ks, free in ([(s, default_free) for s in schedules[:1]] + ([(rewritten, default_free)] if rewritten else [])
                      + [(s, f) for s in schedules[1:] for f in ((False, True) if args.free else (default_free,))]):
         print(f"{ks.algorithm} on {ks.num_streams} streams, freeing {free}", flush=True)
@@ -197,4 +197,5 @@ def probe(ks, same, opened, streamed_path: Path) -> dict:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # results_io
     sys.exit(main())
