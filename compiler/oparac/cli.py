@@ -123,8 +123,11 @@ def _load_model(ref: str, shapes: str | None):
               help="Ed25519 private key (PEM, from `oparac keygen`) to sign the plan with")
 @click.option("--no-guard", is_flag=True,
               help="skip measuring the plan against one stream before writing it (GPU; untuned plans)")
+@click.option("--merge-projections", is_flag=True,
+              help="experimental: linears reading the same activation (BERT's Q/K/V, Llama's gate and up) as one "
+                   "GEMM over their weights, stacked at load (PyTorch models; not yet measured on a GPU)")
 def compile_cmd(model, output, shapes, batches, streams, order, max_streams, dtype, device, tune, fuse, cut, fuse_mode,
-                devices, attention, memory_format, sign_key, no_guard) -> None:
+                devices, attention, memory_format, sign_key, no_guard, merge_projections) -> None:
     """Compile MODEL (.pt2, .onnx or package.module:factory) into a plan file (a plan set with --batch or several
     --shapes)."""
     from oparac.pipeline import compile_ref
@@ -133,7 +136,7 @@ def compile_cmd(model, output, shapes, batches, streams, order, max_streams, dty
     options = CompileOptions(streams=streams, order=order, max_streams=max_streams, dtype=dtype, device=device,
                              tune=tune, shapes=shapes, fuse=fuse, cut=cut, fuse_mode=fuse_mode, devices=devices,
                              attention=attention,
-                             memory_format=memory_format, guard=not no_guard)
+                             memory_format=memory_format, guard=not no_guard, merge_projections=merge_projections)
     key = None
     if sign_key:
         from opara_plan.signing import load_private_key

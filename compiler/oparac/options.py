@@ -72,6 +72,8 @@ class CompileOptions:
     attention: SDPA as one kernel or as matrix products. memory_format: the layout of 4-D weights and inputs.
     guard: on a GPU, measure an untuned plan against one stream before it is written and keep the faster
     (oparac.search.guard); a tuned plan always has the single-stream schedule among its candidates.
+    merge_projections: linears that read the same activation as one GEMM over their weights, stacked at load
+    (PyTorch models; ingest/merge_projections.py). Off by default: not yet measured on a GPU.
     """
 
     streams: str = "opara"
@@ -89,6 +91,7 @@ class CompileOptions:
     attention: str = "sdpa"
     memory_format: str = "auto"
     guard: bool = True
+    merge_projections: bool = False
 
     def __post_init__(self) -> None:
         _choice("streams", self.streams, STREAM_ALGORITHMS)

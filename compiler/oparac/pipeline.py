@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from opara_plan import (Graph, ModelError, ModelInfo, Plan, Profile, Target, TensorSpec, Tool, graph_fingerprint,
-                        validate)
+from opara_plan import (Graph, ModelError, ModelInfo, Plan, Profile, Target, TensorSpec, Tool, UnsupportedOpError,
+                        graph_fingerprint, validate)
 from opara_plan.validate import require_allowed_ops
 from oparac import __version__
 from oparac.ingest.graph_builder import GraphBuilder
@@ -62,8 +62,8 @@ def compile(model, example_inputs=None, options: CompileOptions | None = None, *
     stages = Stages(hook)
     gpus = opts.devices or ()
     dev = resolve_device(opts, hook)
-    builder, source = stages.run("ingest", "exporting the model to ATen", lambda: ingest(
-        model, example_inputs, opts.dtype, opts.shapes, opts.attention))
+    builder, source = stages.run("ingest", "exporting the model to ATen", lambda: ingest_merged(
+        model, example_inputs, opts, hook))
     graph = builder.build()
     require_allowed_ops(graph)  # refused now, naming the op, not after profiling by the final validate()
     memory_format, why = resolve_memory_format(opts.memory_format, graph, opts.fuse, opts.tune)
@@ -244,10 +244,28 @@ def compile_ref(ref: str, options: CompileOptions | None = None, *, progress=Non
     return compile(model, inputs, opts, progress=progress, profile_cache=profile_cache)
 
 
+def ingest_merged(model, example_inputs, opts: CompileOptions, hook) -> tuple[GraphBuilder, str]:
+    """ingest() with opts.merge_projections: where a consumer of a merged projection's slice cannot take its
+    strides (a view merging the sliced dimension), the model is ingested again without merging, and the note
+    says why."""
+    if not opts.merge_projections:
+        return ingest(model, example_inputs, opts.dtype, opts.shapes, opts.attention)
+    try:
+        builder, source = ingest(model, example_inputs, opts.dtype, opts.shapes, opts.attention, merge=True)
+    except UnsupportedOpError as e:
+        hook.note(f"ingest: projections not merged ({e}); compiling them as they are")
+        return ingest(model, example_inputs, opts.dtype, opts.shapes, opts.attention)
+    linears, groups = builder.merged_projections
+    hook.note(f"ingest: {linears} projections merged into {groups} GEMMs over stacked weights" if linears
+              else "ingest: no projections to merge (merge_projections)")
+    return builder, source
+
+
 def ingest(model, example_inputs, dtype: str, shapes: str | dict | None = None,
-           attention: str = "sdpa", fold: bool = True) -> tuple[GraphBuilder, str]:
+           attention: str = "sdpa", fold: bool = True, merge: bool = False) -> tuple[GraphBuilder, str]:
     """The plan graph of a model and the front end that made it. fold=False keeps input-independent values as ops
-    (the allowlist generator reads every op the front ends can emit: a model over the folding budget keeps them)."""
+    (the allowlist generator reads every op the front ends can emit: a model over the folding budget keeps them).
+    merge: sibling projections as one GEMM (PyTorch modules and ExportedPrograms; ingest/merge_projections.py)."""
     from oparac.ingest.attention import decompositions
     from oparac.ingest.torch_fx import graph_from_exported, graph_from_fx, graph_from_module
 
@@ -261,7 +279,8 @@ def ingest(model, example_inputs, dtype: str, shapes: str | dict | None = None,
         if dtype != "float32":
             raise ModelError("an ExportedProgram is compiled in the dtype it was exported in; pass the "
                              "nn.Module to compile in another dtype")
-        return graph_from_exported(model.run_decompositions(decompositions(attention)), fold=fold), "torch.export"
+        return (graph_from_exported(model.run_decompositions(decompositions(attention)), fold=fold, merge=merge),
+                "torch.export")
     if not isinstance(model, torch.nn.Module):
         raise ModelError(f"model: expected an nn.Module, fx.GraphModule or ExportedProgram, "
                          f"found {type(model).__name__}")
@@ -273,7 +292,7 @@ def ingest(model, example_inputs, dtype: str, shapes: str | dict | None = None,
     if isinstance(model, torch.fx.GraphModule):
         return graph_from_fx(model, example_inputs, decompositions=decompositions(attention), fold=fold)
     # graph_from_module exports in eval mode, warns if the model was in train mode, and restores the mode.
-    return graph_from_module(model, example_inputs, decompositions=decompositions(attention), fold=fold)
+    return graph_from_module(model, example_inputs, decompositions=decompositions(attention), fold=fold, merge=merge)
 
 
 def model_weights(model) -> dict:

@@ -6,7 +6,7 @@ from opara_plan.errors import (ExecutionError, InputError, ModelError, OparaErro
 from opara_plan.digest import plan_digest
 from opara_plan.fingerprint import graph_fingerprint
 from opara_plan.segments import cut_segments
-from opara_plan.schema import (FUSION_MODES, MEMORY_FORMATS, NO_FUSION, NO_KERNEL_STREAMS, KernelStreams, SCHEMA_VERSION, Candidate, Fusion, Segment, Graph, KernelInfo, Link, ModelInfo, Node, OpProfile,
+from opara_plan.schema import (CONCAT_PARAM, MAX_CONCAT_PARTS, FUSION_MODES, MEMORY_FORMATS, NO_FUSION, NO_KERNEL_STREAMS, KernelStreams, SCHEMA_VERSION, Candidate, Fusion, Segment, Graph, KernelInfo, Link, ModelInfo, Node, OpProfile,
                                OutTree, Plan, Profile, Ref, Schedule, Signature, Sym, Target, TensorMeta, TensorSpec,
                                Tool)
 from opara_plan.validate import COPY_TARGET, DTYPE_SIZES, is_copy, iter_refs, node_refs, validate

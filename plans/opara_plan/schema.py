@@ -14,9 +14,12 @@ from typing import Union
 # 1.4 adds Fusion.mode and Fusion.kernels (the kernel-level fused mode), written only for such a plan: older plans
 # load unchanged, and a 1.3 reader ignores both keys and runs the plan's one segment as compiled, on one stream
 # (correct, only without the kernel streams).
-SCHEMA_VERSION: tuple[int, int] = (1, 4)
+SCHEMA_VERSION: tuple[int, int] = (1, 5)
 FORMAT = "opara-plan"
 NODE_KINDS = ("input", "param", "constant", "op", "output")
+# A param node of this target stacks the weights its args name (schema 1.5; oparac's merged projections).
+CONCAT_PARAM = "concat"
+MAX_CONCAT_PARTS = 64
 # How the runtime lays out 4-D floating-point weights and inputs: NCHW as given, or NHWC (channels_last).
 MEMORY_FORMATS = ("contiguous", "channels_last")
 # Field metadata: the codec writes the field only when its value differs from the default.
@@ -56,7 +59,8 @@ class Node:
 
     kind 'input' and 'param' name a model input or a weight (state-dict key / ONNX initializer);
     'constant' carries its bytes in `data`; 'op' calls the ATen overload `target`; the single
-    'output' node lists the flat model outputs in `args`.
+    'output' node lists the flat model outputs in `args`. A param with target CONCAT_PARAM (1.5) is the
+    weights its `args` name, concatenated along dimension 0 when the plan is loaded (merged projections).
     """
 
     kind: str

@@ -7,7 +7,8 @@ from opara_plan.allowlist import ALLOWED_OPS
 from opara_plan.clocks import iter_clocks
 from opara_plan.errors import PlanFormatError, UnsupportedOpError
 from opara_plan.fingerprint import graph_fingerprint
-from opara_plan.schema import FUSION_MODES, MEMORY_FORMATS, NO_KERNEL_STREAMS, NODE_KINDS, Graph, Plan, Ref, Sym
+from opara_plan.schema import (CONCAT_PARAM, FUSION_MODES, MAX_CONCAT_PARTS, MEMORY_FORMATS, NO_KERNEL_STREAMS,
+                               NODE_KINDS, Graph, Plan, Ref, Sym)
 
 DTYPE_SIZES = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
@@ -81,8 +82,13 @@ def _check_graph(plan: Plan) -> None:
         raise PlanFormatError(f"plan field graph.nodes: expected 1..{MAX_NODES} nodes, found {len(nodes)}")
     if nodes[-1].kind != "output" or sum(n.kind == "output" for n in nodes) != 1:
         raise PlanFormatError("plan field graph.nodes: expected exactly one 'output' node, the last")
+    params: dict[str, tuple] = {}  # name -> what it binds: weights are placed once per name
     for i, node in enumerate(nodes):
         where = f"plan node {i} ({node.target or node.kind} {node.name!r})"
+        if node.kind == "param" and params.setdefault(node.name, (node.target, node.args, node.outputs)) != (
+                node.target, node.args, node.outputs):
+            raise PlanFormatError(f"{where}: another param of this name binds something else; a name binds one "
+                                  f"weight")
         if node.kind not in NODE_KINDS:
             raise PlanFormatError(f"{where}: kind must be one of {NODE_KINDS}, found {node.kind!r}")
         if node.kind == "op" and node.target.count(".") != 2:
@@ -90,8 +96,13 @@ def _check_graph(plan: Plan) -> None:
         if node.kind == "op" and node.target not in ALLOWED_OPS:
             raise PlanFormatError(f"{where}: op {node.target} is not on Opara's allowlist (opara_plan/allowlist.py); "
                                   f"a plan may run only the ATen ops Opara's front ends emit")
-        if node.kind not in ("op", "output") and (node.args or node.kwargs):
+        if node.kind == "param" and node.target == CONCAT_PARAM:
+            _check_concat_param(node, where)
+        elif node.kind not in ("op", "output") and (node.args or node.kwargs):
             raise PlanFormatError(f"{where}: a {node.kind} node takes no arguments")
+        elif node.kind in ("input", "param", "constant") and node.target:
+            raise PlanFormatError(f"{where}: {'an' if node.kind == 'input' else 'a'} {node.kind} node has no target"
+                                  + (f" ('{CONCAT_PARAM}' is a param's only one)" if node.kind == "param" else ""))
         if node.kind != "output" and not node.outputs:
             raise PlanFormatError(f"{where}: output metadata missing")
         for o, meta in enumerate(node.outputs):
@@ -115,6 +126,20 @@ def _check_graph(plan: Plan) -> None:
                 raise PlanFormatError(f"{where}: refers to output {ref.index} of node {ref.node}, "
                                       f"which has {len(src.outputs)} outputs")
         _check_syms(node.args, where)
+
+
+def _check_concat_param(node, where: str) -> None:
+    """A merged weight: 2..MAX_CONCAT_PARTS distinct weight names, nothing else (the runtime checks each part's
+    shape against the model and the declared output when it binds them)."""
+    parts = node.args
+    if node.kwargs or not 2 <= len(parts) <= MAX_CONCAT_PARTS or not all(isinstance(p, str) and p for p in parts):
+        raise PlanFormatError(f"{where}: a '{CONCAT_PARAM}' param names 2..{MAX_CONCAT_PARTS} weights, found "
+                              f"{len(parts)} arguments{' and keyword arguments' if node.kwargs else ''}"
+                              f"{'' if all(isinstance(p, str) and p for p in parts) else ', not all of them names'}")
+    if len(set(parts)) != len(parts):
+        raise PlanFormatError(f"{where}: a '{CONCAT_PARAM}' param names a weight twice")
+    if not node.outputs or not node.outputs[0].shape:
+        raise PlanFormatError(f"{where}: a '{CONCAT_PARAM}' param needs at least one dimension to stack along")
 
 
 def _check_syms(arg, where):

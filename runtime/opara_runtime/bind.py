@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from opara_plan import ModelError, Plan, PlanMismatchError
+from opara_plan import CONCAT_PARAM, ModelError, Plan, PlanMismatchError
 from opara_runtime.devices import node_device
 from opara_runtime.ops import dtype_name, in_layout, spec_text, torch_dtype
 
@@ -37,25 +37,39 @@ def weights_of(model) -> dict[str, torch.Tensor]:
 
 
 def check_weights(plan: Plan, weights: dict[str, torch.Tensor]) -> None:
-    """PlanMismatchError naming the first param whose presence, shape or dtype differs from the plan."""
+    """PlanMismatchError naming the first param whose presence, shape or dtype differs from the plan. A merged
+    param (target CONCAT_PARAM) checks each weight it stacks: each present, of the plan's dtype, and together
+    the declared shape along dimension 0."""
     precision = plan.model.precision
     for i, node in enumerate(plan.graph.nodes):
         if node.kind != "param":
             continue
         meta = node.outputs[0]
-        w = weights.get(node.name)
-        if w is None:
-            raise PlanMismatchError(f"the model has no parameter {node.name!r}, which the plan needs as "
-                                    f"{spec_text(meta.dtype, meta.shape)} (plan node {i}); is this the model "
-                                    f"the plan was compiled for?")
-        found = dtype_name(w.dtype)
-        if tuple(w.shape) != meta.shape:
-            raise PlanMismatchError(f"parameter {node.name!r}: the plan expects {spec_text(meta.dtype, meta.shape)}, "
-                                    f"the model has {spec_text(found, tuple(w.shape))}")
-        castable = meta.dtype == precision and precision in _REDUCED and w.is_floating_point()
-        if found != meta.dtype and not castable:
-            raise PlanMismatchError(f"parameter {node.name!r}: the plan expects {spec_text(meta.dtype, meta.shape)}, "
-                                    f"the model has {spec_text(found, tuple(w.shape))}")
+        if node.target == CONCAT_PARAM:
+            parts = [_checked_weight(weights, name, meta.dtype, None, precision, i) for name in node.args]
+            same_rest = all(p.dim() == len(meta.shape) and tuple(p.shape[1:]) == meta.shape[1:] for p in parts)
+            if not same_rest or sum(p.shape[0] for p in parts) != meta.shape[0]:
+                found = ", ".join(f"{name!r} {list(p.shape)}" for name, p in zip(node.args, parts))
+                raise PlanMismatchError(f"parameter {node.name!r} (plan node {i}): the plan stacks {found} into "
+                                        f"{spec_text(meta.dtype, meta.shape)}, which they do not make")
+        else:
+            _checked_weight(weights, node.name, meta.dtype, meta.shape, precision, i)
+
+
+def _checked_weight(weights: dict[str, torch.Tensor], name: str, dtype: str, shape, precision: str, i: int):
+    """The model's weight `name`, checked to be of `dtype` (or castable to the plan's reduced precision) and of
+    `shape` (None: any); PlanMismatchError otherwise."""
+    w = weights.get(name)
+    wanted = spec_text(dtype, shape) if shape is not None else f"{dtype} weight"
+    if w is None:
+        raise PlanMismatchError(f"the model has no parameter {name!r}, which the plan needs as {wanted} (plan node "
+                                f"{i}); is this the model the plan was compiled for?")
+    found = dtype_name(w.dtype)
+    castable = dtype == precision and precision in _REDUCED and w.is_floating_point()
+    if (shape is not None and tuple(w.shape) != shape) or (found != dtype and not castable):
+        raise PlanMismatchError(f"parameter {name!r}: the plan expects {wanted}, the model has "
+                                f"{spec_text(found, tuple(w.shape))}")
+    return w
 
 
 def weights_on_device(plan: Plan, weights: dict[str, torch.Tensor], device: torch.device, *,
@@ -68,7 +82,11 @@ def weights_on_device(plan: Plan, weights: dict[str, torch.Tensor], device: torc
     for i, node in enumerate(plan.graph.nodes):
         if node.kind == "param" and node.name not in placed and (only is None or node_device(plan, i) == only):
             dtype = torch_dtype(node.outputs[0].dtype)
-            placed[node.name] = in_layout(weights[node.name].detach().to(device=device, dtype=dtype), memory_format)
+            if node.target == CONCAT_PARAM:  # merged projections: stacked once here, from the model's weights
+                weight = torch.cat([weights[name].detach().to(device=device, dtype=dtype) for name in node.args])
+            else:
+                weight = weights[node.name].detach().to(device=device, dtype=dtype)
+            placed[node.name] = in_layout(weight, memory_format)
     return placed
 
 

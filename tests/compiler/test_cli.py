@@ -373,3 +373,14 @@ def test_verify_passes_the_trust_flags_to_the_runtime(plan_path, flags, trust, m
 def test_every_command_that_runs_a_plan_takes_the_trust_flags(command):
     names = {p.name for p in main.commands[command].params}
     assert {"trust_compiled_code", "trusted_keys"} <= names
+
+
+def test_compile_merges_projections_when_asked(tmp_path):
+    from opara_plan import CONCAT_PARAM, load_plan
+
+    path = tmp_path / "attn.plan"
+    result = CliRunner().invoke(main, ["compile", "helpers.models:attention", "-o", str(path), "--device", "cpu",
+                                       "--merge-projections"])
+    assert result.exit_code == 0, result.output
+    stacked = [n for n in load_plan(path).graph.nodes if n.kind == "param" and n.target == CONCAT_PARAM]
+    assert [n.args for n in stacked] == [("q.weight", "k.weight", "v.weight"), ("q.bias", "k.bias", "v.bias")]

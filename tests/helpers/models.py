@@ -1,6 +1,7 @@
 """Small models the tests compile, importable as `helpers.models:NAME` model references: a CNN with what
 channels_last plans must handle, a two-branch model wide enough to split across GPUs, models the front end
-must explain (a cache output, train mode), and attention whose float32 error verify must judge."""
+must explain (a cache output, train mode), attention whose float32 error verify must judge, and attention with
+sibling projections to merge."""
 from __future__ import annotations
 
 import torch
@@ -122,3 +123,28 @@ def offset_attention():
 
 def off_by_one_percent():
     return OffsetAttention(gain=1.01).eval(), tuple(torch.randn(1, 2, 16, 8) for _ in range(3))
+
+
+class Attention(nn.Module):
+    """Query, key and value projections of one input, split into heads (BERT's pattern), and an output one;
+    flat_value adds a projection whose output is viewed across the sliced dimension, which a merge cannot take."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, bias: bool = True, flat_value: bool = False) -> None:
+        super().__init__()
+        self.heads, self.flat_value = heads, flat_value
+        self.q, self.k, self.v = (nn.Linear(dim, dim, bias=bias) for _ in range(3))
+        self.out = nn.Linear(dim, dim)
+        self.flat = nn.Linear(dim, dim) if flat_value else None
+
+    def forward(self, x):
+        b, s, d = x.shape
+        q, k, v = (p(x).view(b, s, self.heads, d // self.heads).transpose(1, 2) for p in (self.q, self.k, self.v))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, s, d)
+        if self.flat_value:  # a view merging the sliced dimension with another: a slice cannot take it
+            y = y + self.flat(x).view(b, s * d).view(b, s, d)
+        return self.out(y)
+
+
+def attention():
+    """Attention and an example input: three sibling projections for --merge-projections."""
+    return Attention().eval(), (torch.randn(1, 8, 32),)

@@ -114,3 +114,43 @@ def test_streamed_clocks_equal_the_whole_table():
     assert start == {0: [0, 0], 1: [0, 0], 2: [1, 0], 3: [2, 1]}
     assert [(i, k, c.tolist()) for i, k, c in iter_clocks(order, stream, 2, waits)] == \
         [(i, seq[i], start[i]) for i in order]
+
+
+_W = (TensorMeta((3, 3), "float32"),)
+
+
+def test_a_stacked_param_names_the_weights_it_concatenates(tiny_plan):
+    nodes = list(tiny_plan.graph.nodes)
+    nodes[1] = Node(kind="param", name="a+b", target="concat", args=("a", "b"), outputs=_W)
+    validate(_graph(tiny_plan, nodes))
+
+
+@pytest.mark.parametrize("node, message", [
+    (Node(kind="param", name="w", target="concat", args=("a",), outputs=_W), r"names 2..64 weights, found 1"),
+    (Node(kind="param", name="w", target="concat", args=tuple(f"w{k}" for k in range(65)), outputs=_W),
+     r"names 2..64 weights, found 65"),
+    (Node(kind="param", name="w", target="concat", args=("a", Ref(0)), outputs=_W), r"not all of them names"),
+    (Node(kind="param", name="w", target="concat", args=("a", ""), outputs=_W), r"not all of them names"),
+    (Node(kind="param", name="w", target="concat", args=("a", "b"), kwargs=(("dim", 1),), outputs=_W),
+     r"and keyword arguments"),
+    (Node(kind="param", name="w", target="concat", args=("a", "a"), outputs=_W), r"names a weight twice"),
+    (Node(kind="param", name="w", target="concat", args=("a", "b"), outputs=(TensorMeta((), "float32"),)),
+     r"needs at least one dimension"),
+    (Node(kind="param", name="w", target="aten.cat.default", args=("a", "b"), outputs=_W),
+     r"a param node takes no arguments"),
+    (Node(kind="param", name="w", target="stack", outputs=_W), r"a param node has no target \('concat' is"),
+    (Node(kind="input", name="w", target="concat", outputs=_W), r"an input node has no target"),
+])
+def test_a_malformed_stacked_param_is_refused_naming_the_node(tiny_plan, node, message):
+    nodes = list(tiny_plan.graph.nodes)
+    nodes[1] = node
+    with pytest.raises(PlanFormatError, match=r"plan node 1 .*" + message):
+        validate(_graph(tiny_plan, nodes))
+
+
+def test_two_params_of_one_name_must_bind_the_same_weight(tiny_plan):
+    # Weights are placed once per name: a second param of the name binding something else would get the first's.
+    nodes = list(tiny_plan.graph.nodes)
+    nodes[0] = Node(kind="param", name="w", target="concat", args=("a", "b"), outputs=(TensorMeta((2, 3), "float32"),))
+    with pytest.raises(PlanFormatError, match=r"plan node 1 \(param 'w'\): another param of this name binds"):
+        validate(_graph(tiny_plan, nodes))

@@ -256,3 +256,14 @@ def test_a_plan_on_streams_survives_torch_compile_clearing_the_cublas_workspaces
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+def test_merged_projections_match_eager_and_the_unmerged_plan_fused_and_unfused():
+    # BERT-base's Q/K/V as one GEMM over weights stacked at load (ingest/merge_projections.py), on the GPU.
+    model, inputs = zoo.bert()
+    model, inputs = model.cuda(), tuple(x.cuda() for x in inputs)
+    for fuse in ("", "inductor"):
+        plan = oparac.compile(model, inputs, device="cuda", fuse=fuse, merge_projections=True)
+        assert sum(n.kind == "param" and n.target == "concat" for n in plan.graph.nodes) == 24
+        verdict = verify(plan, model, device="cuda", trust_compiled_code=True)  # compiled here, a moment ago
+        assert verdict.ok, f"fuse={fuse!r}: rel {verdict.max_rel:.2e}"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from opara_plan import Graph, Node, OutTree, Ref, Sym, TensorMeta, UnsupportedOpError
+from opara_plan import CONCAT_PARAM, Graph, Node, OutTree, Ref, Sym, TensorMeta, UnsupportedOpError
 from opara_runtime.ops import constant_bytes, dtype_name, op_target, resolve_op
 
 MAX_CONSTANT_BYTES = 64 * 1024 * 1024
@@ -47,6 +47,8 @@ class GraphBuilder:
         self.nodes: list[Node] = []
         self._meta: list[object] = []  # meta tensor, or tuple of them, per node
         self._constant_bytes = 0
+        # (linears, groups) built as slices of merged linears (ingest/merge_projections)
+        self.merged_projections = (0, 0)
 
     def _add(self, node: Node, meta) -> int:
         self.nodes.append(node)
@@ -62,6 +64,16 @@ class GraphBuilder:
 
     def param(self, name: str, shape, dtype: torch.dtype) -> Ref:
         return self._leaf("param", name, shape, dtype)
+
+    def stacked_param(self, parts: list[str], shapes: list, dtype: torch.dtype) -> Ref:
+        """A param that is the weights `parts` (of `shapes`) concatenated along dimension 0 at load (CONCAT_PARAM),
+        named after them."""
+        shape = (sum(s[0] for s in shapes), *shapes[0][1:])
+        t = torch.empty(shape, dtype=dtype, device="meta")
+        name = "+".join(parts)
+        node = Node(kind="param", name=name, target=CONCAT_PARAM, args=tuple(parts),
+                    outputs=(tensor_meta(t, f"param {name!r}"),))
+        return Ref(self._add(node, t))
 
     def _leaf(self, kind: str, name: str, shape, dtype) -> Ref:
         t = torch.empty(tuple(shape), dtype=dtype, device="meta")

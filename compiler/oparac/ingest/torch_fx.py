@@ -14,6 +14,7 @@ from oparac.ingest.export_errors import export_error, quiet_export
 from oparac.ingest.causal_attention import causal_attention, mask_of
 from oparac.ingest.fold_constants import FOLD_BUDGET_BYTES, fold_constants, nbytes, read_by_kept_ops
 from oparac.ingest.graph_builder import MAX_CONSTANT_BYTES, GraphBuilder
+from oparac.ingest.merge_projections import LINEAR, is_view, only_merged_use, sibling_projections
 from oparac.ingest.module_state import kept_module_state
 from oparac.ingest.weight_products import fold_weight_product
 from oparac.models.reference import warn_if_training
@@ -32,11 +33,11 @@ METADATA_ASSERTIONS = frozenset({"aten._assert_tensor_metadata", "aten.sym_const
                                  "aten.sym_constrain_range"})
 
 
-def graph_from_module(model: torch.nn.Module, example_inputs: tuple, *,
-                      decompositions: dict | None = None, fold: bool = True) -> tuple[GraphBuilder, str]:
+def graph_from_module(model: torch.nn.Module, example_inputs: tuple, *, decompositions: dict | None = None,
+                      fold: bool = True, merge: bool = False) -> tuple[GraphBuilder, str]:
     """Export `model` on `example_inputs` to the functional ATen graph (`decompositions`: ops lowered further,
-    see ingest/attention.py). The model is exported in eval mode (warned about if it is in train mode) and left
-    as it came in (ingest/module_state.py)."""
+    see ingest/attention.py; merge: sibling projections as one GEMM, ingest/merge_projections.py). The model is
+    exported in eval mode (warned about if it is in train mode) and left as it came in (ingest/module_state.py)."""
     _check_inputs(example_inputs)
     _check_arity(model, example_inputs)
     check_weights(model.named_parameters(), model.named_buffers())
@@ -50,7 +51,7 @@ def graph_from_module(model: torch.nn.Module, example_inputs: tuple, *,
         raise
     except Exception as e:  # export raises many kinds of errors for untraceable models
         raise export_error(e) from None
-    return graph_from_exported(ep, fold=fold), "torch.export"
+    return graph_from_exported(ep, fold=fold, merge=merge), "torch.export"
 
 
 def check_weights(*named) -> None:
@@ -100,8 +101,9 @@ def _check_arity(model: torch.nn.Module, example_inputs) -> None:
                          f"{len(example_inputs)} tensors were given; if it takes a list of tensors, {_WRAP_HINT}")
 
 
-def graph_from_exported(ep: torch.export.ExportedProgram, *, fold: bool = True) -> GraphBuilder:
-    """The plan graph of an exported program; fold: compute input-independent values now (ingest/fold_constants)."""
+def graph_from_exported(ep: torch.export.ExportedProgram, *, fold: bool = True, merge: bool = False) -> GraphBuilder:
+    """The plan graph of an exported program; fold: compute input-independent values now (ingest/fold_constants);
+    merge: linears reading one activation as one GEMM over their stacked weights (ingest/merge_projections)."""
     from torch.export.graph_signature import InputKind, OutputKind
 
     check_weights(ep.state_dict.items(), ep.constants.items())
@@ -115,6 +117,11 @@ def graph_from_exported(ep: torch.export.ExportedProgram, *, fold: bool = True) 
     lifted = {node: ep.constants.get(specs[node.name].target) for node in ep.graph.nodes if node.op == "placeholder"
               and node.name in specs and specs[node.name].kind == InputKind.CONSTANT_TENSOR}
     constants = _Folded(ep.graph, {n: v for n, v in lifted.items() if isinstance(v, torch.Tensor)}, b, fold)
+    parameters = {node: specs[node.name].target for node in ep.graph.nodes if node.op == "placeholder"
+                  and node.name in specs and specs[node.name].kind == InputKind.PARAMETER}
+    merges = sibling_projections(ep.graph, parameters) if merge else {}
+    b.merged_projections = (len(merges), len({id(m) for m in merges.values()}))
+    strided: set[torch.fx.Node] = set()  # nodes reading a merged linear's slice, directly or through others
     for node in ep.graph.nodes:
         if node.op == "placeholder":
             spec = specs.get(node.name)
@@ -124,6 +131,8 @@ def graph_from_exported(ep: torch.export.ExportedProgram, *, fold: bool = True) 
                 raise ModelError(f"input {node.name!r}: expected a tensor input, found {type(val).__name__}")
             if kind == InputKind.USER_INPUT:
                 env[node] = b.input(node.name, val.shape, val.dtype)
+            elif node in parameters and only_merged_use(node, merges):
+                env[node] = None  # bound only inside a stacked weight
             elif kind in (InputKind.PARAMETER, InputKind.BUFFER):
                 # Non-persistent buffers (BERT's position_ids) are model state too: bound like weights.
                 env[node] = b.param(spec.target, val.shape, val.dtype)
@@ -131,8 +140,18 @@ def graph_from_exported(ep: torch.export.ExportedProgram, *, fold: bool = True) 
                 env[node] = _lifted_constant(ep, spec, b) if constants.needed(node) else None
             else:
                 raise UnsupportedOpError(f"input {node.name!r}: {kind.name} inputs are not supported")
+        elif node.op == "call_function" and node in merges:
+            if node not in env:  # the group's first linear builds them all
+                _merged(merges[node], env, b)
+            strided.add(node)
         elif node.op == "call_function":
-            env[node] = constants.build(node, env)
+            # A view of a slice (or of a view of one) has other strides than export traced: its metadata is worked
+            # out afresh, so a view the slice cannot take is refused here, not at load. An op that computes a new
+            # tensor lays it out as it did for the unmerged input (same dimension order), so its trace stands.
+            reads_slice = is_view(node) and any(a in strided for a in node.all_input_nodes)
+            if reads_slice:
+                strided.add(node)
+            env[node] = constants.build(node, env, traced_meta=not reads_slice)
         elif node.op == "output":
             _output(node, env, b, ep.call_spec.out_spec)
         else:
@@ -159,11 +178,12 @@ class _Folded:
     def _read(self, node: torch.fx.Node) -> bool:
         return read_by_kept_ops(node, self.values, self.unbuilt, self.unread)
 
-    def build(self, node: torch.fx.Node, env):
+    def build(self, node: torch.fx.Node, env, *, traced_meta: bool = True):
         """A call_function node in the plan graph: its folded value as a constant where a kept op reads it (None
-        where none does), else the op itself (rewritten where causal_attention rewrote it)."""
+        where none does), else the op itself (rewritten where causal_attention rewrote it; traced_meta: its
+        output metadata from export's trace, else computed from its plan inputs)."""
         if node not in self.values:
-            return _call(node, env, self.b, self.rewrites.get(node))
+            return _call(node, env, self.b, self.rewrites.get(node), traced_meta=traced_meta)
         return self.b.constant(node.name, self.values[node]) if self._read(node) else None
 
     def needed(self, node: torch.fx.Node) -> bool:
@@ -178,8 +198,9 @@ def _lifted_constant(ep, spec, b: GraphBuilder) -> Ref:
     return b.constant(spec.target, value)
 
 
-def _call(node: torch.fx.Node, env, b: GraphBuilder, rewrite: tuple | None = None):
-    """The op `node` calls, built; rewrite: (args, kwargs) to call it with instead of the node's own."""
+def _call(node: torch.fx.Node, env, b: GraphBuilder, rewrite: tuple | None = None, *, traced_meta: bool = True):
+    """The op `node` calls, built; rewrite: (args, kwargs) to call it with instead of the node's own;
+    traced_meta=False: its output metadata computed on meta tensors of its plan inputs instead of export's."""
     target = node.target
     if target is operator.getitem:
         src, index = node.args
@@ -201,11 +222,28 @@ def _call(node: torch.fx.Node, env, b: GraphBuilder, rewrite: tuple | None = Non
     args = pytree.tree_map_only(torch.fx.Node, lambda n: _ref_of(n, env, node), node_args)
     kwargs = pytree.tree_map_only(torch.fx.Node, lambda n: _ref_of(n, env, node), node_kwargs)
     if target is torch.ops.aten._native_batch_norm_legit_no_training.default and _only_first_output_used(node):
-        return _inference_batch_norm(node, args, b)
+        return _inference_batch_norm(node, args, b, traced_meta)
     folded = fold_weight_product(b, op_target(target), args, kwargs, node.name)
     if folded is not None:
         return folded
-    return b.op(target, args, kwargs, name=node.name, meta=node.meta.get("val"))
+    return b.op(target, args, kwargs, name=node.name, meta=node.meta.get("val") if traced_meta else None)
+
+
+def _merged(merge, env, b: GraphBuilder) -> None:
+    """One linear over the group's stacked weights (and biases), and each of the group's linears as its slice of
+    the output, placed where the group's first linear was (every weight is a leaf, so all are defined there)."""
+    first = merge.linears[0]
+    weight_vals = [n.args[1].meta["val"] for n in merge.linears]
+    dtype = weight_vals[0].dtype
+    args = [env[first.args[0]], b.stacked_param(list(merge.weights), [tuple(v.shape) for v in weight_vals], dtype)]
+    if merge.biases is not None:
+        args.append(b.stacked_param(list(merge.biases), [tuple(n.args[2].meta["val"].shape) for n in merge.linears],
+                                    dtype))
+    out = b.op(LINEAR, tuple(args), name=f"{first.name}_merged")
+    last, start = b.meta_of(out).dim() - 1, 0
+    for node, width in zip(merge.linears, merge.widths):
+        env[node] = b.op(torch.ops.aten.slice.Tensor, (out, last, start, start + width), name=node.name)
+        start += width
 
 
 def _unbuilt_assertion(node: torch.fx.Node) -> bool:
@@ -219,14 +257,14 @@ def _only_first_output_used(node: torch.fx.Node) -> bool:
     return all(u.target is operator.getitem and u.args[1] == 0 for u in node.users)
 
 
-def _inference_batch_norm(node: torch.fx.Node, args, b: GraphBuilder):
+def _inference_batch_norm(node: torch.fx.Node, args, b: GraphBuilder, traced_meta: bool = True):
     """Export's functional inference batch norm launches ATen's native kernel; eager PyTorch runs
     `batch_norm`, which picks cuDNN on a GPU and is faster there. Same function, no state written
     (training=False), so the plan calls what eager calls. Only output 0 exists afterwards."""
     x, weight, bias, mean, var, momentum, eps = args
     val = node.meta.get("val")
     ref = b.op(torch.ops.aten.batch_norm.default, (x, weight, bias, mean, var, False, momentum, eps, True),
-               name=node.name, meta=val[0] if val is not None else None)
+               name=node.name, meta=val[0] if val is not None and traced_meta else None)
     return (ref,)
 
 

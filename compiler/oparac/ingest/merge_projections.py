@@ -1,0 +1,91 @@
+"""Sibling projections merged into one GEMM (compile option merge_projections; off by default until measured).
+
+Linears that read the same activation through weights of their own (BERT's query, key and value; a Llama block's
+q, k and v, and its MLP's gate and up) become one linear over their weights stacked, and each consumer reads its
+slice of the output, a view. At batch 1 each of those GEMMs is too small to fill the GPU, so several of them take
+about as long each as one over the stacked weight (same rows, the columns of all), and streams recovered little of
+that (BERT-base fp16 on the H200: its best kernel schedule was 3% faster than one stream, docs/design.md 6.1);
+torch.compile does not merge them either.
+
+The stacked weight is no constant of the plan: its param node names the weights it stacks (CONCAT_PARAM), and the
+runtime concatenates them when it binds the model's weights, so new weights still take effect and the plan
+carries no weight bytes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.fx
+
+from oparac.ingest.weight_products import leading_dims_merge
+
+LINEAR = torch.ops.aten.linear.default
+
+
+@dataclass(frozen=True)
+class Merge:
+    """Linears reading one activation, in graph order, their weights' (and biases') parameter names."""
+
+    linears: tuple[torch.fx.Node, ...]
+    weights: tuple[str, ...]
+    biases: tuple[str, ...] | None
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(int(n.args[1].meta["val"].shape[0]) for n in self.linears)
+
+
+def sibling_projections(graph: torch.fx.Graph, parameters: dict[torch.fx.Node, str]) -> dict[torch.fx.Node, Merge]:
+    """Each linear of a mergeable group -> its Merge. `parameters`: the placeholders that are the model's
+    parameters, with their names. A group is two or more linears reading the same activation (one whose leading
+    dimensions merge, as ATen's own GEMM wants), each weight a distinct 2-D parameter of one dtype, and each with a
+    parameter bias or none without one."""
+    groups: dict[tuple, list[torch.fx.Node]] = {}
+    for node in graph.nodes:
+        key = _group_key(node, parameters)
+        if key is not None:
+            groups.setdefault(key, []).append(node)
+    merges = {}
+    for members in groups.values():
+        weights = tuple(parameters[n.args[1]] for n in members)
+        if len(members) < 2 or len(set(weights)) != len(weights):
+            continue
+        has_bias = len(members[0].args) > 2 and members[0].args[2] is not None
+        biases = tuple(parameters[n.args[2]] for n in members) if has_bias else None
+        if biases is not None and len(set(biases)) != len(biases):
+            continue
+        merge = Merge(tuple(members), weights, biases)
+        merges.update((n, merge) for n in members)
+    return merges
+
+
+def _group_key(node: torch.fx.Node, parameters: dict) -> tuple | None:
+    """(activation, dtype, bias or not) for a linear that may merge with others of the same key; None otherwise."""
+    if node.op != "call_function" or node.target is not LINEAR or node.kwargs or len(node.args) not in (2, 3):
+        return None
+    x, w = node.args[0], node.args[1]
+    bias = node.args[2] if len(node.args) > 2 else None
+    if not isinstance(x, torch.fx.Node) or w not in parameters or (bias is not None and bias not in parameters):
+        return None
+    xv, wv = x.meta.get("val"), w.meta.get("val")
+    if not isinstance(xv, torch.Tensor) or not isinstance(wv, torch.Tensor) or wv.dim() != 2 or xv.dim() < 2:
+        return None
+    if xv.dim() > 2 and not leading_dims_merge(xv):  # weight_products spells those out as eager runs them
+        return None
+    if bias is not None and (bias.meta.get("val") is None or bias.meta["val"].dim() != 1):
+        return None
+    return (x, wv.dtype, bias is not None)
+
+
+def is_view(node: torch.fx.Node) -> bool:
+    """Whether `node` is an ATen view (its output aliases its input: strides follow the input's)."""
+    target = node.target
+    return (isinstance(target, torch._ops.OpOverload) and bool(target._schema.returns)
+            and target._schema.returns[0].alias_info is not None and not target._schema.is_mutable)
+
+
+def only_merged_use(placeholder: torch.fx.Node, merges: dict) -> bool:
+    """Whether every user of a parameter reads it as a merged linear's weight or bias (it then needs no node)."""
+    users = list(placeholder.users)
+    return bool(users) and all(u in merges and placeholder in u.args[1:3] for u in users)
