@@ -79,10 +79,12 @@ def _group_key(node: torch.fx.Node, parameters: dict) -> tuple | None:
 
 
 def is_view(node: torch.fx.Node) -> bool:
-    """Whether `node` is an ATen view (its output aliases its input: strides follow the input's)."""
+    """Whether `node` is an ATen view (its output aliases its input: strides follow the input's), or
+    _unsafe_view, which is one without saying so in its schema."""
     target = node.target
-    return (isinstance(target, torch._ops.OpOverload) and bool(target._schema.returns)
-            and target._schema.returns[0].alias_info is not None and not target._schema.is_mutable)
+    if not isinstance(target, torch._ops.OpOverload) or not target._schema.returns or target._schema.is_mutable:
+        return False
+    return target._schema.returns[0].alias_info is not None or target is torch.ops.aten._unsafe_view.default
 
 
 def only_merged_use(placeholder: torch.fx.Node, merges: dict) -> bool:
