@@ -70,7 +70,8 @@ def test_an_unknown_keyword_is_named_with_the_valid_ones():
     with pytest.raises(ModelError) as e:
         oparac.compile(model, inputs, device="cpu", stream="opara")
     assert str(e.value) == ("compile(): unknown option 'stream'; valid options: streams, order, max_streams, dtype, "
-                            "device, tune, shapes, fuse, cut, fuse_mode, devices, links, attention, memory_format, guard")
+                            "device, tune, shapes, fuse, cut, fuse_mode, devices, links, attention, memory_format, guard, "
+                            "merge_projections")
     with pytest.raises(ModelError, match=r"unknown options 'a', 'b'"):
         CompileOptions.from_keywords(b=1, a=2)
     with pytest.raises(ModelError, match="options: expected a CompileOptions, found dict"):
