@@ -384,3 +384,6 @@ def test_compile_merges_projections_when_asked(tmp_path):
     assert result.exit_code == 0, result.output
     stacked = [n for n in load_plan(path).graph.nodes if n.kind == "param" and n.target == CONCAT_PARAM]
     assert [n.args for n in stacked] == [("q.weight", "k.weight", "v.weight"), ("q.bias", "k.bias", "v.bias")]
+    shown = CliRunner().invoke(main, ["inspect", str(path)])
+    assert shown.exit_code == 0 and "2 of them stacked at load" in shown.output, shown.output
+    assert json.loads(CliRunner().invoke(main, ["inspect", str(path), "--json"]).output)["graph"]["stacked_params"] == 2

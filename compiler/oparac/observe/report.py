@@ -16,7 +16,8 @@ def print_summary(info: dict, console: Console | None = None) -> None:
     rows = [
         ("model", f"{m['source']}, {m['precision']}{layout}, inputs {ins}"),
         ("fingerprint", m["fingerprint"]),
-        ("nodes", f"{g['nodes']} ({g['ops']} ops, {g['kernels']} kernels, {g['params']} params)"),
+        ("nodes", f"{g['nodes']} ({g['ops']} ops, {g['kernels']} kernels, {g['params']} params"
+                  + (f", {g['stacked_params']} of them stacked at load" if g.get("stacked_params") else "") + ")"),
         ("streams", f"{s['streams']} ({s['stream_algorithm']} / order {s['order_algorithm']}, "
                     f"cap {s['max_streams'] or 'none'}), kernels per stream {s['kernels_per_stream']}"),
         ("waits", str(s["waits"])),

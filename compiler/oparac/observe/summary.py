@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from opara_plan import Plan, is_copy
+from opara_plan import CONCAT_PARAM, Plan, is_copy
 
 
 def summarize(plan: Plan) -> dict:
@@ -20,6 +20,8 @@ def summarize(plan: Plan) -> dict:
                               for x in plan.model.outputs]},
         "graph": {"nodes": len(nodes), "ops": len(ops), "kernels": len(kernels),
                   "params": sum(n.kind == "param" for n in nodes),
+                  # merged projections: weights the runtime stacks at load (ingest/merge_projections.py)
+                  "stacked_params": sum(n.kind == "param" and n.target == CONCAT_PARAM for n in nodes),
                   "constants": sum(n.kind == "constant" for n in nodes)},
         "schedule": {"streams": s.num_streams, "stream_algorithm": s.stream_algorithm,
                      "order_algorithm": s.order_algorithm, "max_streams": s.max_streams,
