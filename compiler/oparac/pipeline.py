@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from opara_plan import (Graph, ModelError, ModelInfo, Plan, Profile, Target, TensorSpec, Tool, UnsupportedOpError,
-                        graph_fingerprint, validate)
+from opara_plan import (Graph, ModelError, ModelInfo, Plan, Profile, Target, TensorSpec, Tool, graph_fingerprint,
+                        validate)
 from opara_plan.validate import require_allowed_ops
 from oparac import __version__
 from oparac.ingest.graph_builder import GraphBuilder
@@ -62,8 +62,10 @@ def compile(model, example_inputs=None, options: CompileOptions | None = None, *
     stages = Stages(hook)
     gpus = opts.devices or ()
     dev = resolve_device(opts, hook)
-    builder, source = stages.run("ingest", "exporting the model to ATen", lambda: ingest_merged(
-        model, example_inputs, opts, hook))
+    builder, source = stages.run("ingest", "exporting the model to ATen", lambda: ingest(
+        model, example_inputs, opts.dtype, opts.shapes, opts.attention, merge=opts.merge_projections))
+    if opts.merge_projections:
+        note_merge(builder, hook)
     graph = builder.build()
     require_allowed_ops(graph)  # refused now, naming the op, not after profiling by the final validate()
     memory_format, why = resolve_memory_format(opts.memory_format, graph, opts.fuse, opts.tune)
@@ -244,21 +246,16 @@ def compile_ref(ref: str, options: CompileOptions | None = None, *, progress=Non
     return compile(model, inputs, opts, progress=progress, profile_cache=profile_cache)
 
 
-def ingest_merged(model, example_inputs, opts: CompileOptions, hook) -> tuple[GraphBuilder, str]:
-    """ingest() with opts.merge_projections: where a consumer of a merged projection's slice cannot take its
-    strides (a view merging the sliced dimension), the model is ingested again without merging, and the note
-    says why."""
-    if not opts.merge_projections:
-        return ingest(model, example_inputs, opts.dtype, opts.shapes, opts.attention)
-    try:
-        builder, source = ingest(model, example_inputs, opts.dtype, opts.shapes, opts.attention, merge=True)
-    except UnsupportedOpError as e:
-        hook.note(f"ingest: projections not merged ({e}); compiling them as they are")
-        return ingest(model, example_inputs, opts.dtype, opts.shapes, opts.attention)
+def note_merge(builder: GraphBuilder, hook) -> None:
+    """What merge_projections did: how many projections it merged, or why it gave up (a consumer that cannot
+    view a slice, torch_fx.graph_from_exported)."""
     linears, groups = builder.merged_projections
-    hook.note(f"ingest: {linears} projections merged into {groups} GEMMs over stacked weights" if linears
-              else "ingest: no projections to merge (merge_projections)")
-    return builder, source
+    if builder.merge_refused:
+        hook.note(f"ingest: projections not merged ({builder.merge_refused}); compiling them as they are")
+    elif linears:
+        hook.note(f"ingest: {linears} projections merged into {groups} GEMMs over stacked weights")
+    else:
+        hook.note("ingest: no projections to merge (merge_projections)")
 
 
 def ingest(model, example_inputs, dtype: str, shapes: str | dict | None = None,

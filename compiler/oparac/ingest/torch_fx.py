@@ -103,7 +103,20 @@ def _check_arity(model: torch.nn.Module, example_inputs) -> None:
 
 def graph_from_exported(ep: torch.export.ExportedProgram, *, fold: bool = True, merge: bool = False) -> GraphBuilder:
     """The plan graph of an exported program; fold: compute input-independent values now (ingest/fold_constants);
-    merge: linears reading one activation as one GEMM over their stacked weights (ingest/merge_projections)."""
+    merge: linears reading one activation as one GEMM over their stacked weights (ingest/merge_projections).
+    Where a consumer cannot view a merged linear's slice, the same program is built again without merging, and
+    the builder's merge_refused says why."""
+    if not merge:
+        return _graph_of_exported(ep, fold, merge=False)
+    try:
+        return _graph_of_exported(ep, fold, merge=True)
+    except UnsupportedOpError as e:
+        b = _graph_of_exported(ep, fold, merge=False)
+        b.merge_refused = str(e)
+        return b
+
+
+def _graph_of_exported(ep: torch.export.ExportedProgram, fold: bool, *, merge: bool) -> GraphBuilder:
     from torch.export.graph_signature import InputKind, OutputKind
 
     check_weights(ep.state_dict.items(), ep.constants.items())
