@@ -39,13 +39,14 @@ def weights_of(model) -> dict[str, torch.Tensor]:
 def check_weights(plan: Plan, weights: dict[str, torch.Tensor]) -> None:
     """PlanMismatchError naming the first param whose presence, shape or dtype differs from the plan. A merged
     param (target CONCAT_PARAM) checks each weight it stacks: each present, of the plan's dtype, and together
-    the declared shape along dimension 0."""
+    the declared shape along dimension 0; where `weights` already holds the stack under the param's own name
+    (weights_on_device's result, which tuning, buckets and replicas hand to their runners), that is checked."""
     precision = plan.model.precision
     for i, node in enumerate(plan.graph.nodes):
         if node.kind != "param":
             continue
         meta = node.outputs[0]
-        if node.target == CONCAT_PARAM:
+        if node.target == CONCAT_PARAM and node.name not in weights:
             parts = [_checked_weight(weights, name, meta.dtype, None, precision, i) for name in node.args]
             same_rest = all(p.dim() == len(meta.shape) and tuple(p.shape[1:]) == meta.shape[1:] for p in parts)
             if not same_rest or sum(p.shape[0] for p in parts) != meta.shape[0]:
@@ -82,7 +83,7 @@ def weights_on_device(plan: Plan, weights: dict[str, torch.Tensor], device: torc
     for i, node in enumerate(plan.graph.nodes):
         if node.kind == "param" and node.name not in placed and (only is None or node_device(plan, i) == only):
             dtype = torch_dtype(node.outputs[0].dtype)
-            if node.target == CONCAT_PARAM:  # merged projections: stacked once here, from the model's weights
+            if node.target == CONCAT_PARAM and node.name not in weights:  # merged projections: stacked once
                 weight = torch.cat([weights[name].detach().to(device=device, dtype=dtype) for name in node.args])
             else:
                 weight = weights[node.name].detach().to(device=device, dtype=dtype)

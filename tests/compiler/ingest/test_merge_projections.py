@@ -62,6 +62,26 @@ def test_a_model_missing_a_stacked_weight_is_refused_naming_it():
         opara_runtime.load(plan, weights, device="cpu")
 
 
+def test_weights_placed_once_keep_their_stack_for_every_runner_built_from_them():
+    # Tuning, the guard, buckets and replicas place the weights once (weights_on_device) and build runners from that
+    # dict, which holds each stack under its param's name rather than the weights it was made of.
+    from opara_runtime.bind import weights_of, weights_on_device
+    from opara_runtime.runner import Runner
+
+    model, x = Attention().eval(), torch.randn(1, 8, 32)
+    plan = oparac.compile(model, (x,), device="cpu", merge_projections=True)
+    placed = weights_on_device(plan, weights_of(model), torch.device("cpu"))
+    assert "q.weight" not in placed and placed["q.weight+k.weight+v.weight"].shape == (96, 32)
+    again = weights_on_device(plan, placed, torch.device("cpu"))
+    assert again["q.weight+k.weight+v.weight"].data_ptr() == placed["q.weight+k.weight+v.weight"].data_ptr()
+    with torch.no_grad():
+        torch.testing.assert_close(Runner(plan, placed, torch.device("cpu"))(x), model(x), rtol=1e-5, atol=1e-6)
+    placed["q.weight+k.weight+v.weight"] = torch.zeros(64, 32)
+    with pytest.raises(PlanMismatchError, match=r"parameter 'q.weight\+k.weight\+v.weight': the plan expects "
+                                                r"float32\[96, 32\]"):
+        Runner(plan, placed, torch.device("cpu"))
+
+
 def test_where_a_slice_cannot_take_a_consumers_view_nothing_is_merged_and_the_note_says_why():
     model, x = Attention(flat_value=True).eval(), torch.randn(1, 8, 32)
     notes = []
