@@ -123,9 +123,9 @@ def _load_model(ref: str, shapes: str | None):
               help="Ed25519 private key (PEM, from `oparac keygen`) to sign the plan with")
 @click.option("--no-guard", is_flag=True,
               help="skip measuring the plan against one stream before writing it (GPU; untuned plans)")
-@click.option("--merge-projections", is_flag=True,
-              help="experimental: linears reading the same activation (BERT's Q/K/V, Llama's gate and up) as one "
-                   "GEMM over their weights, stacked at load (PyTorch models; not yet measured on a GPU)")
+@click.option("--merge-projections/--no-merge-projections", default=True, show_default=True,
+              help="linears reading the same activation (BERT's Q/K/V, Llama's gate and up) as one GEMM over "
+                   "their weights, stacked at load (PyTorch models)")
 def compile_cmd(model, output, shapes, batches, streams, order, max_streams, dtype, device, tune, fuse, cut, fuse_mode,
                 devices, attention, memory_format, sign_key, no_guard, merge_projections) -> None:
     """Compile MODEL (.pt2, .onnx or package.module:factory) into a plan file (a plan set with --batch or several

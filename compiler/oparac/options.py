@@ -73,7 +73,8 @@ class CompileOptions:
     guard: on a GPU, measure an untuned plan against one stream before it is written and keep the faster
     (oparac.search.guard); a tuned plan always has the single-stream schedule among its candidates.
     merge_projections: linears that read the same activation as one GEMM over their weights, stacked at load
-    (PyTorch models; ingest/merge_projections.py). Off by default: not yet measured on a GPU.
+    (PyTorch models; ingest/merge_projections.py). On by default, since it measured faster on the H200
+    (docs/design.md section 2); False compiles every linear as it is.
     """
 
     streams: str = "opara"
@@ -91,7 +92,7 @@ class CompileOptions:
     attention: str = "sdpa"
     memory_format: str = "auto"
     guard: bool = True
-    merge_projections: bool = False
+    merge_projections: bool = True
 
     def __post_init__(self) -> None:
         _choice("streams", self.streams, STREAM_ALGORITHMS)

@@ -248,14 +248,12 @@ def compile_ref(ref: str, options: CompileOptions | None = None, *, progress=Non
 
 def note_merge(builder: GraphBuilder, hook) -> None:
     """What merge_projections did: how many projections it merged, or why it gave up (a consumer that cannot
-    view a slice, torch_fx.graph_from_exported)."""
+    view a slice, torch_fx.graph_from_exported); nothing where the model has none to merge (the default)."""
     linears, groups = builder.merged_projections
     if builder.merge_refused:
         hook.note(f"ingest: projections not merged ({builder.merge_refused}); compiling them as they are")
     elif linears:
         hook.note(f"ingest: {linears} projections merged into {groups} GEMMs over stacked weights")
-    else:
-        hook.note("ingest: no projections to merge (merge_projections)")
 
 
 def ingest(model, example_inputs, dtype: str, shapes: str | dict | None = None,

@@ -375,15 +375,18 @@ def test_every_command_that_runs_a_plan_takes_the_trust_flags(command):
     assert {"trust_compiled_code", "trusted_keys"} <= names
 
 
-def test_compile_merges_projections_when_asked(tmp_path):
+def test_compile_merges_projections_unless_told_not_to(tmp_path):
     from opara_plan import CONCAT_PARAM, load_plan
 
+    def stacked(*flags):
+        result = CliRunner().invoke(main, ["compile", "helpers.models:attention", "-o", str(path), "--device", "cpu",
+                                           *flags])
+        assert result.exit_code == 0, result.output
+        return [n.args for n in load_plan(path).graph.nodes if n.kind == "param" and n.target == CONCAT_PARAM]
+
     path = tmp_path / "attn.plan"
-    result = CliRunner().invoke(main, ["compile", "helpers.models:attention", "-o", str(path), "--device", "cpu",
-                                       "--merge-projections"])
-    assert result.exit_code == 0, result.output
-    stacked = [n for n in load_plan(path).graph.nodes if n.kind == "param" and n.target == CONCAT_PARAM]
-    assert [n.args for n in stacked] == [("q.weight", "k.weight", "v.weight"), ("q.bias", "k.bias", "v.bias")]
+    assert stacked("--no-merge-projections") == []
+    assert stacked() == [("q.weight", "k.weight", "v.weight"), ("q.bias", "k.bias", "v.bias")]
     shown = CliRunner().invoke(main, ["inspect", str(path)])
     assert shown.exit_code == 0 and "2 of them stacked at load" in shown.output, shown.output
     assert json.loads(CliRunner().invoke(main, ["inspect", str(path), "--json"]).output)["graph"]["stacked_params"] == 2

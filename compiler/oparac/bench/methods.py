@@ -22,10 +22,10 @@ METHODS = ("eager", "cudagraph", "torch_compile", "ort_cuda", "opara", "opara_tu
 # (the whole graph fused, its kernels on streams) or segments; "opara_default": `--fuse inductor` with every other
 # option at its default (layout 'auto', fuse mode 'auto', the guard), which is what a user gets;
 # "opara_default_cl" and "opara_default_nchw": that plan with the layout fixed (NHWC, NCHW) instead of 'auto',
-# to measure what 'auto' chooses between; "opara_default_merged": that plan with --merge-projections (any
-# "_merged" method merges).
+# to measure what 'auto' chooses between; "opara_default_unmerged": that plan with --no-merge-projections (any
+# "_unmerged" method; "opara_default_merged" named the default plan with merging when it was not the default).
 DEFAULT_LAYOUTS = {"opara_default": None, "opara_default_cl": "channels_last", "opara_default_nchw": "contiguous",
-                   "opara_default_merged": None}
+                   "opara_default_merged": None, "opara_default_unmerged": None}
 
 
 @dataclass
@@ -213,8 +213,8 @@ def _build(method: str, model, inputs, device: torch.device, plan_options: dict 
             options["attention"] = "math"
         if "coarse" in method:
             options["cut"] = "coarse"
-        if "merged" in method:
-            options["merge_projections"] = True
+        if "unmerged" in method:
+            options["merge_projections"] = False
         if "kernels" in method:
             options["fuse_mode"] = "kernels"
         elif "segments" in method:

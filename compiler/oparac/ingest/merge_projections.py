@@ -1,4 +1,4 @@
-"""Sibling projections merged into one GEMM (compile option merge_projections; off by default until measured).
+"""Sibling projections merged into one GEMM (compile option merge_projections, on by default).
 
 Linears that read the same activation through weights of their own (BERT's query, key and value; a Llama block's
 q, k and v, and its MLP's gate and up) become one linear over their weights stacked, and each consumer reads its

@@ -25,7 +25,7 @@ def test_sibling_projections_become_one_gemm_over_weights_stacked_at_load(bias):
     model, x = Attention(bias=bias).eval(), torch.randn(2, 8, 32)
     notes = []
     plan = oparac.compile(model, (x,), device="cpu", merge_projections=True, progress=notes.append)
-    plain = oparac.compile(model, (x,), device="cpu")
+    plain = oparac.compile(model, (x,), device="cpu", merge_projections=False)
     assert (_linears(plain), _linears(plan)) == (4, 2)
     stacked = _stacked(plan)
     assert [n.args for n in stacked] == [("q.weight", "k.weight", "v.weight")] + (
@@ -92,7 +92,7 @@ def test_where_a_slice_cannot_take_a_consumers_view_nothing_is_merged_and_the_no
         torch.testing.assert_close(opara_runtime.load(plan, model, device="cpu")(x), model(x))
 
 
-def test_off_by_default_and_linears_of_different_inputs_stay_apart():
+def test_on_by_default_off_when_asked_and_linears_of_different_inputs_stay_apart():
     class TwoInputs(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -101,7 +101,10 @@ def test_off_by_default_and_linears_of_different_inputs_stay_apart():
         def forward(self, x, y):
             return self.a(x) + self.b(y)
     model, x = Attention().eval(), torch.randn(1, 4, 32)
-    assert not _stacked(oparac.compile(model, (x,), device="cpu"))
+    notes = []
+    assert len(_stacked(oparac.compile(model, (x,), device="cpu"))) == 2
+    assert not _stacked(oparac.compile(model, (x,), device="cpu", merge_projections=False, progress=notes.append))
     two = TwoInputs().eval()
     assert not _stacked(oparac.compile(two, (torch.randn(2, 8), torch.randn(2, 8)), device="cpu",
-                                       merge_projections=True))
+                                       progress=notes.append))
+    assert not any("merged" in str(n) for n in notes)  # nothing to report where nothing was merged
