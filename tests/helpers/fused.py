@@ -12,7 +12,8 @@ CPU = torch.device("cpu")
 
 
 class TwoBranches(torch.nn.Module):
-    """Two equal branches on two streams: their segments have the same code on inputs of the same layout."""
+    """Two equal branches on two streams: their segments have the same code on inputs of the same layout. Compile it
+    with merge_projections=False: merged, its two linears would be one GEMM (ingest/merge_projections.py)."""
 
     def __init__(self):
         super().__init__()
@@ -28,7 +29,7 @@ def two_branches():
 
     model = TwoBranches().eval()
     x = torch.randn(4, 16)
-    plan = fuse_plan(oparac.compile(model, (x,), device="cpu"), "inductor")
+    plan = fuse_plan(oparac.compile(model, (x,), device="cpu", merge_projections=False), "inductor")
     runner = Runner(plan, dict(model.named_parameters()), CPU, capture=False)
     base = list(runner._base)
     base[runner._input_ids[0]] = x
