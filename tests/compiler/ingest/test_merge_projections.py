@@ -82,6 +82,22 @@ def test_weights_placed_once_keep_their_stack_for_every_runner_built_from_them()
         Runner(plan, placed, torch.device("cpu"))
 
 
+def test_plan_sets_and_replicas_of_a_merged_plan_stack_once_and_match_eager():
+    from opara_runtime import RunnerPool
+    from oparac.buckets import compile_buckets
+
+    model, x = Attention().eval(), torch.randn(2, 8, 32)
+    runner = opara_runtime.load(compile_buckets(model, (x,), batches=(1, 2), device="cpu"), model)
+    stack = runner.weights["q.weight+k.weight+v.weight"]
+    assert all(r._base[i].data_ptr() == stack.data_ptr() for r in runner.runners
+               for i, n in enumerate(r.plan.graph.nodes) if n.name == "q.weight+k.weight+v.weight")
+    pool = RunnerPool(oparac.compile(model, (x,), device="cpu"), model, replicas=2)
+    with torch.no_grad():
+        for batch in (x[:1], x):
+            torch.testing.assert_close(runner(batch), model(batch), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(pool(x), model(x), rtol=1e-5, atol=1e-6)
+
+
 def test_where_a_slice_cannot_take_a_consumers_view_nothing_is_merged_and_the_note_says_why():
     model, x = Attention(flat_value=True).eval(), torch.randn(1, 8, 32)
     notes = []
