@@ -126,8 +126,12 @@ def _load_model(ref: str, shapes: str | None):
 @click.option("--merge-projections/--no-merge-projections", default=True, show_default=True,
               help="linears reading the same activation (BERT's Q/K/V, Llama's gate and up) as one GEMM over "
                    "their weights, stacked at load (PyTorch models)")
+@click.option("--merge-convolutions", is_flag=True,
+              help="experimental: convolutions reading the same activation with the same kernel size, stride and "
+                   "padding (an Inception block's 1x1 convs) as one over their stacked weights (PyTorch models; not "
+                   "yet measured on a GPU)")
 def compile_cmd(model, output, shapes, batches, streams, order, max_streams, dtype, device, tune, fuse, cut, fuse_mode,
-                devices, attention, memory_format, sign_key, no_guard, merge_projections) -> None:
+                devices, attention, memory_format, sign_key, no_guard, merge_projections, merge_convolutions) -> None:
     """Compile MODEL (.pt2, .onnx or package.module:factory) into a plan file (a plan set with --batch or several
     --shapes)."""
     from oparac.pipeline import compile_ref
@@ -136,7 +140,8 @@ def compile_cmd(model, output, shapes, batches, streams, order, max_streams, dty
     options = CompileOptions(streams=streams, order=order, max_streams=max_streams, dtype=dtype, device=device,
                              tune=tune, shapes=shapes, fuse=fuse, cut=cut, fuse_mode=fuse_mode, devices=devices,
                              attention=attention,
-                             memory_format=memory_format, guard=not no_guard, merge_projections=merge_projections)
+                             memory_format=memory_format, guard=not no_guard, merge_projections=merge_projections,
+                             merge_convolutions=merge_convolutions)
     key = None
     if sign_key:
         from opara_plan.signing import load_private_key

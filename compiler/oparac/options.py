@@ -74,7 +74,9 @@ class CompileOptions:
     (oparac.search.guard); a tuned plan always has the single-stream schedule among its candidates.
     merge_projections: linears that read the same activation as one GEMM over their weights, stacked at load
     (PyTorch models; ingest/merge_projections.py). On by default, since it measured faster on the H200
-    (docs/design.md section 2); False compiles every linear as it is.
+    (docs/design.md section 2); False compiles every linear as it is. merge_convolutions: convolutions that read
+    the same activation with the same kernel size, stride, padding and dilation (an Inception block's 1x1 convs)
+    likewise, one convolution over their stacked weights; experimental, off by default: not yet measured.
     """
 
     streams: str = "opara"
@@ -93,6 +95,7 @@ class CompileOptions:
     memory_format: str = "auto"
     guard: bool = True
     merge_projections: bool = True
+    merge_convolutions: bool = False
 
     def __post_init__(self) -> None:
         _choice("streams", self.streams, STREAM_ALGORITHMS)
@@ -105,7 +108,7 @@ class CompileOptions:
         low, high = MAX_STREAMS_RANGE
         if type(self.max_streams) is not int or not low <= self.max_streams <= high:
             raise ModelError(f"max_streams: expected an int in {low}..{high} (0: no cap), found {self.max_streams!r}")
-        for flag in ("tune", "guard"):
+        for flag in ("tune", "guard", "merge_projections", "merge_convolutions"):
             if not isinstance(getattr(self, flag), bool):
                 raise ModelError(f"{flag}: expected True or False, found {getattr(self, flag)!r}")
         # None (the CLI's unset --fuse) means no fusion, as '' does.
@@ -134,6 +137,11 @@ class CompileOptions:
                              "'maximal'")
         if self.fuse and self.devices is not None and len(self.devices) > 1:
             raise ModelError("fuse: fused plans run on one GPU; compile with one device or without --fuse")
+
+    @property
+    def merged_kinds(self) -> tuple[str, ...]:
+        """The kinds of sibling op the ingest merges (ingest/merge_projections.MERGEABLE)."""
+        return ("linear",) * self.merge_projections + ("convolution",) * self.merge_convolutions
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

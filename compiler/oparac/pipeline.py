@@ -63,8 +63,8 @@ def compile(model, example_inputs=None, options: CompileOptions | None = None, *
     gpus = opts.devices or ()
     dev = resolve_device(opts, hook)
     builder, source = stages.run("ingest", "exporting the model to ATen", lambda: ingest(
-        model, example_inputs, opts.dtype, opts.shapes, opts.attention, merge=opts.merge_projections))
-    if opts.merge_projections:
+        model, example_inputs, opts.dtype, opts.shapes, opts.attention, merge=opts.merged_kinds))
+    if opts.merged_kinds:
         note_merge(builder, hook)
     graph = builder.build()
     require_allowed_ops(graph)  # refused now, naming the op, not after profiling by the final validate()
@@ -253,14 +253,15 @@ def note_merge(builder: GraphBuilder, hook) -> None:
     if builder.merge_refused:
         hook.note(f"ingest: projections not merged ({builder.merge_refused}); compiling them as they are")
     elif linears:
-        hook.note(f"ingest: {linears} projections merged into {groups} GEMMs over stacked weights")
+        hook.note(f"ingest: {linears} projections merged into {groups} ops over stacked weights")
 
 
 def ingest(model, example_inputs, dtype: str, shapes: str | dict | None = None,
-           attention: str = "sdpa", fold: bool = True, merge: bool = False) -> tuple[GraphBuilder, str]:
+           attention: str = "sdpa", fold: bool = True, merge: tuple[str, ...] = ()) -> tuple[GraphBuilder, str]:
     """The plan graph of a model and the front end that made it. fold=False keeps input-independent values as ops
     (the allowlist generator reads every op the front ends can emit: a model over the folding budget keeps them).
-    merge: sibling projections as one GEMM (PyTorch modules and ExportedPrograms; ingest/merge_projections.py)."""
+    merge: the kinds of sibling ops ("linear", "convolution") merged into one (PyTorch modules and
+    ExportedPrograms; ingest/merge_projections.py)."""
     from oparac.ingest.attention import decompositions
     from oparac.ingest.torch_fx import graph_from_exported, graph_from_fx, graph_from_module
 

@@ -37,6 +37,7 @@ def test_the_defaults_are_valid_and_frozen():
     ("max_streams", True, "max_streams: expected an int in 0..1024 (0: no cap), found True"),
     ("max_streams", 2.0, "max_streams: expected an int in 0..1024 (0: no cap), found 2.0"),
     ("tune", "yes", "tune: expected True or False, found 'yes'"),
+    ("merge_convolutions", 1, "merge_convolutions: expected True or False, found 1"),
     ("device", "tpu", "device 'tpu': expected 'cpu' or 'cuda[:N]'"),
     ("device", "cuda:x", "device 'cuda:x': expected 'cpu' or 'cuda[:N]'"),
     ("devices", ["cpu"], "devices: expected GPUs written cuda:N, found 'cpu'"),
@@ -71,7 +72,7 @@ def test_an_unknown_keyword_is_named_with_the_valid_ones():
         oparac.compile(model, inputs, device="cpu", stream="opara")
     assert str(e.value) == ("compile(): unknown option 'stream'; valid options: streams, order, max_streams, dtype, "
                             "device, tune, shapes, fuse, cut, fuse_mode, devices, links, attention, memory_format, guard, "
-                            "merge_projections")
+                            "merge_projections, merge_convolutions")
     with pytest.raises(ModelError, match=r"unknown options 'a', 'b'"):
         CompileOptions.from_keywords(b=1, a=2)
     with pytest.raises(ModelError, match="options: expected a CompileOptions, found dict"):

@@ -148,3 +148,33 @@ class Attention(nn.Module):
 def attention():
     """Attention and an example input: three sibling projections for --merge-projections."""
     return Attention().eval(), (torch.randn(1, 8, 32),)
+
+
+class InceptionBlock(nn.Module):
+    """An Inception block: three 1x1 convolutions of one input, each followed by batch norm and ReLU (GoogLeNet's
+    BasicConv2d), then two of them widened by a 3x3 and a 5x5; plus a 1x1 after a pool and a strided 1x1, which
+    read other activations or slide otherwise and so merge with nothing."""
+
+    def __init__(self, cin: int = 16, bias: bool = False) -> None:
+        super().__init__()
+
+        def unit(i, o, k=1, stride=1):
+            return nn.Sequential(nn.Conv2d(i, o, k, stride=stride, padding=k // 2, bias=bias), nn.BatchNorm2d(o),
+                                 nn.ReLU())
+        self.b1, self.r3, self.r5 = unit(cin, 8), unit(cin, 6), unit(cin, 4)
+        self.c3, self.c5 = unit(6, 8, 3), unit(4, 8, 5)
+        self.pool = nn.Sequential(nn.MaxPool2d(3, 1, 1), unit(cin, 8))
+        self.strided = unit(cin, 8, stride=2)
+        for m in self.modules():  # running statistics of their own, so each branch's batch norm matters
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        y = torch.cat([self.b1(x), self.c3(self.r3(x)), self.c5(self.r5(x)), self.pool(x)], dim=1)
+        return y, self.strided(x)
+
+
+def inception_block():
+    """InceptionBlock and an example input: three sibling 1x1 convolutions for --merge-convolutions."""
+    return InceptionBlock().eval(), (torch.randn(2, 16, 12, 12),)

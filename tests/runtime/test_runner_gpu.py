@@ -268,3 +268,15 @@ def test_merged_projections_match_eager_and_the_unmerged_plan_fused_and_unfused(
         assert sum(n.kind == "param" and n.target == "concat" for n in plan.graph.nodes) == 24
         verdict = verify(plan, model, device="cuda", trust_compiled_code=True)  # compiled here, a moment ago
         assert verdict.ok, f"fuse={fuse!r}: rel {verdict.max_rel:.2e}"
+
+
+def test_merged_convolutions_match_eager_fused_and_unfused():
+    # GoogLeNet's Inception blocks: each block's 1x1 convolutions of its input as one (merge_convolutions), in the
+    # default layout of each (NHWC for the fused plan), on the GPU.
+    model, inputs = zoo.googlenet()
+    model, inputs = model.cuda(), tuple(x.cuda() for x in inputs)
+    for fuse in ("", "inductor"):
+        plan = oparac.compile(model, inputs, device="cuda", fuse=fuse, merge_convolutions=True)
+        assert sum(n.kind == "param" and n.target == "concat" for n in plan.graph.nodes) == 9
+        verdict = verify(plan, model, device="cuda", trust_compiled_code=True)  # compiled here, a moment ago
+        assert verdict.ok, f"fuse={fuse!r}: rel {verdict.max_rel:.2e}"

@@ -1,11 +1,14 @@
-"""Sibling projections merged into one GEMM (compile option merge_projections, on by default).
+"""Sibling projections merged into one op: linears (compile option merge_projections, on by default) and
+convolutions (merge_convolutions, experimental).
 
 Linears that read the same activation through weights of their own (BERT's query, key and value; a Llama block's
 q, k and v, and its MLP's gate and up) become one linear over their weights stacked, and each consumer reads its
 slice of the output, a view. At batch 1 each of those GEMMs is too small to fill the GPU, so several of them take
 about as long each as one over the stacked weight (same rows, the columns of all), and streams recovered little of
 that (BERT-base fp16 on the H200: its best kernel schedule was 3% faster than one stream, docs/design.md 6.1);
-torch.compile does not merge them either.
+torch.compile does not merge them either. Convolutions of one activation with the same kernel size, stride,
+padding and dilation (an Inception block's 1x1 convolutions) merge the same way along their output channels, as
+TensorRT's horizontal fusion does; whether that beats running them on parallel streams is not yet measured.
 
 The stacked weight is no constant of the plan: its param node names the weights it stacks (CONCAT_PARAM), and the
 runtime concatenates them when it binds the model's weights, so new weights still take effect and the plan
@@ -21,11 +24,18 @@ import torch.fx
 from oparac.ingest.weight_products import leading_dims_merge
 
 LINEAR = torch.ops.aten.linear.default
+CONVOLUTION = torch.ops.aten.convolution.default
+CONV2D = torch.ops.aten.conv2d.default  # what export leaves of nn.Conv2d
+CONVOLUTIONS = (CONVOLUTION, CONV2D)
+# What can merge: "linear" (merge_projections, on by default) and "convolution" (merge_convolutions, experimental).
+MERGEABLE = {"linear": (LINEAR,), "convolution": CONVOLUTIONS}
 
 
 @dataclass(frozen=True)
 class Merge:
-    """Linears reading one activation, in graph order, their weights' (and biases') parameter names."""
+    """Linears (or convolutions) reading one activation, in graph order, their weights' (and biases') parameter
+    names. The merged op's output stacks theirs along `out_dim`: a linear's last dimension, a convolution's
+    channels."""
 
     linears: tuple[torch.fx.Node, ...]
     weights: tuple[str, ...]
@@ -35,15 +45,23 @@ class Merge:
     def widths(self) -> tuple[int, ...]:
         return tuple(int(n.args[1].meta["val"].shape[0]) for n in self.linears)
 
+    @property
+    def out_dim(self) -> int:
+        return 1 if self.linears[0].target in CONVOLUTIONS else -1
 
-def sibling_projections(graph: torch.fx.Graph, parameters: dict[torch.fx.Node, str]) -> dict[torch.fx.Node, Merge]:
-    """Each linear of a mergeable group -> its Merge. `parameters`: the placeholders that are the model's
-    parameters, with their names. A group is two or more linears reading the same activation (one whose leading
-    dimensions merge, as ATen's own GEMM wants), each weight a distinct 2-D parameter of one dtype, and each with a
-    parameter bias or none without one."""
+
+def sibling_projections(graph: torch.fx.Graph, parameters: dict[torch.fx.Node, str],
+                        kinds=("linear",)) -> dict[torch.fx.Node, Merge]:
+    """Each linear (or convolution, where `kinds` names it) of a mergeable group -> its Merge. `parameters`: the
+    placeholders that are the model's parameters, with their names. A group is two or more linears reading the
+    same activation (one whose leading dimensions merge, as ATen's own GEMM wants), each weight a distinct 2-D
+    parameter of one dtype, and each with a parameter bias or none without one; or two or more convolutions reading
+    the same activation with the same kernel size, stride, padding and dilation (not transposed, not grouped),
+    likewise."""
+    targets = {t for k in kinds for t in MERGEABLE[k]}
     groups: dict[tuple, list[torch.fx.Node]] = {}
     for node in graph.nodes:
-        key = _group_key(node, parameters)
+        key = _group_key(node, parameters) if node.target in targets else None
         if key is not None:
             groups.setdefault(key, []).append(node)
     merges = {}
@@ -62,6 +80,8 @@ def sibling_projections(graph: torch.fx.Graph, parameters: dict[torch.fx.Node, s
 
 def _group_key(node: torch.fx.Node, parameters: dict) -> tuple | None:
     """(activation, dtype, bias or not) for a linear that may merge with others of the same key; None otherwise."""
+    if node.op == "call_function" and node.target in CONVOLUTIONS:
+        return _convolution_key(node, parameters)
     if node.op != "call_function" or node.target is not LINEAR or node.kwargs or len(node.args) not in (2, 3):
         return None
     x, w = node.args[0], node.args[1]
@@ -76,6 +96,32 @@ def _group_key(node: torch.fx.Node, parameters: dict) -> tuple | None:
     if bias is not None and (bias.meta.get("val") is None or bias.meta["val"].dim() != 1):
         return None
     return (x, wv.dtype, bias is not None)
+
+
+def _convolution_key(node: torch.fx.Node, parameters: dict) -> tuple | None:
+    """(activation, dtype, bias or not, the weight's shape past its output channels, stride, padding, dilation,
+    output padding) for a plain convolution that may merge with others of the same key; None otherwise. Output
+    channels of a convolution are independent of each other, so stacking weights along dimension 0 computes each
+    member's channels as a slice of the merged output."""
+    if node.kwargs:
+        return None
+    if node.target is CONV2D:  # (input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1)
+        x, w, bias, stride, padding, dilation, groups = (*node.args, *(None, [1, 1], [0, 0], [1, 1], 1)[
+            len(node.args) - 2:])
+        transposed, output_padding = False, ()
+    elif len(node.args) == 9:
+        x, w, bias, stride, padding, dilation, transposed, output_padding, groups = node.args
+    else:
+        return None
+    if transposed or groups != 1 or not isinstance(x, torch.fx.Node) or w not in parameters:
+        return None
+    if bias is not None and (bias not in parameters or bias.meta.get("val") is None or bias.meta["val"].dim() != 1):
+        return None
+    xv, wv = x.meta.get("val"), w.meta.get("val")
+    if not isinstance(xv, torch.Tensor) or not isinstance(wv, torch.Tensor) or wv.dim() < 3:
+        return None
+    return (x, wv.dtype, bias is not None, tuple(wv.shape[1:]), tuple(stride), tuple(padding), tuple(dilation),
+            tuple(output_padding), node.target)
 
 
 def is_view(node: torch.fx.Node) -> bool:

@@ -14,7 +14,7 @@ from oparac.ingest.export_errors import export_error, quiet_export
 from oparac.ingest.causal_attention import causal_attention, mask_of
 from oparac.ingest.fold_constants import FOLD_BUDGET_BYTES, fold_constants, nbytes, read_by_kept_ops
 from oparac.ingest.graph_builder import MAX_CONSTANT_BYTES, GraphBuilder
-from oparac.ingest.merge_projections import LINEAR, is_view, only_merged_use, sibling_projections
+from oparac.ingest.merge_projections import is_view, only_merged_use, sibling_projections
 from oparac.ingest.module_state import kept_module_state
 from oparac.ingest.weight_products import fold_weight_product
 from oparac.models.reference import warn_if_training
@@ -34,9 +34,10 @@ METADATA_ASSERTIONS = frozenset({"aten._assert_tensor_metadata", "aten.sym_const
 
 
 def graph_from_module(model: torch.nn.Module, example_inputs: tuple, *, decompositions: dict | None = None,
-                      fold: bool = True, merge: bool = False) -> tuple[GraphBuilder, str]:
+                      fold: bool = True, merge: tuple[str, ...] = ()) -> tuple[GraphBuilder, str]:
     """Export `model` on `example_inputs` to the functional ATen graph (`decompositions`: ops lowered further,
-    see ingest/attention.py; merge: sibling projections as one GEMM, ingest/merge_projections.py). The model is
+    see ingest/attention.py; merge: the kinds of sibling ops merged into one, "linear" and "convolution",
+    ingest/merge_projections.py). The model is
     exported in eval mode (warned about if it is in train mode) and left as it came in (ingest/module_state.py)."""
     _check_inputs(example_inputs)
     _check_arity(model, example_inputs)
@@ -101,22 +102,23 @@ def _check_arity(model: torch.nn.Module, example_inputs) -> None:
                          f"{len(example_inputs)} tensors were given; if it takes a list of tensors, {_WRAP_HINT}")
 
 
-def graph_from_exported(ep: torch.export.ExportedProgram, *, fold: bool = True, merge: bool = False) -> GraphBuilder:
+def graph_from_exported(ep: torch.export.ExportedProgram, *, fold: bool = True,
+                        merge: tuple[str, ...] = ()) -> GraphBuilder:
     """The plan graph of an exported program; fold: compute input-independent values now (ingest/fold_constants);
-    merge: linears reading one activation as one GEMM over their stacked weights (ingest/merge_projections).
-    Where a consumer cannot view a merged linear's slice, the same program is built again without merging, and
-    the builder's merge_refused says why."""
+    merge: the kinds of op ("linear", "convolution") whose siblings reading one activation become one op over
+    their stacked weights (ingest/merge_projections). Where a consumer cannot view a merged op's slice, the same
+    program is built again without merging, and the builder's merge_refused says why."""
     if not merge:
-        return _graph_of_exported(ep, fold, merge=False)
+        return _graph_of_exported(ep, fold, merge=())
     try:
-        return _graph_of_exported(ep, fold, merge=True)
+        return _graph_of_exported(ep, fold, merge=tuple(merge))
     except UnsupportedOpError as e:
-        b = _graph_of_exported(ep, fold, merge=False)
+        b = _graph_of_exported(ep, fold, merge=())
         b.merge_refused = str(e)
         return b
 
 
-def _graph_of_exported(ep: torch.export.ExportedProgram, fold: bool, *, merge: bool) -> GraphBuilder:
+def _graph_of_exported(ep: torch.export.ExportedProgram, fold: bool, *, merge: tuple[str, ...]) -> GraphBuilder:
     from torch.export.graph_signature import InputKind, OutputKind
 
     check_weights(ep.state_dict.items(), ep.constants.items())
@@ -132,7 +134,7 @@ def _graph_of_exported(ep: torch.export.ExportedProgram, fold: bool, *, merge: b
     constants = _Folded(ep.graph, {n: v for n, v in lifted.items() if isinstance(v, torch.Tensor)}, b, fold)
     parameters = {node: specs[node.name].target for node in ep.graph.nodes if node.op == "placeholder"
                   and node.name in specs and specs[node.name].kind == InputKind.PARAMETER}
-    merges = sibling_projections(ep.graph, parameters) if merge else {}
+    merges = sibling_projections(ep.graph, parameters, merge) if merge else {}
     b.merged_projections = (len(merges), len({id(m) for m in merges.values()}))
     strided: set[torch.fx.Node] = set()  # nodes reading a merged linear's slice, directly or through others
     for node in ep.graph.nodes:
@@ -243,8 +245,9 @@ def _call(node: torch.fx.Node, env, b: GraphBuilder, rewrite: tuple | None = Non
 
 
 def _merged(merge, env, b: GraphBuilder) -> None:
-    """One linear over the group's stacked weights (and biases), and each of the group's linears as its slice of
-    the output, placed where the group's first linear was (every weight is a leaf, so all are defined there)."""
+    """One linear (or convolution) over the group's stacked weights (and biases), and each of the group's ops as
+    its slice of the output, placed where the group's first op was (every weight is a leaf, so all are defined
+    there). A convolution keeps its first member's stride, padding and the rest: the group shares them."""
     first = merge.linears[0]
     weight_vals = [n.args[1].meta["val"] for n in merge.linears]
     dtype = weight_vals[0].dtype
@@ -252,10 +255,13 @@ def _merged(merge, env, b: GraphBuilder) -> None:
     if merge.biases is not None:
         args.append(b.stacked_param(list(merge.biases), [tuple(n.args[2].meta["val"].shape) for n in merge.linears],
                                     dtype))
-    out = b.op(LINEAR, tuple(args), name=f"{first.name}_merged")
-    last, start = b.meta_of(out).dim() - 1, 0
+    elif len(first.args) > 2:  # a convolution without bias: its None stays in place
+        args.append(None)
+    args += list(first.args[3:])
+    out = b.op(first.target, tuple(args), name=f"{first.name}_merged")
+    dim, start = merge.out_dim % b.meta_of(out).dim(), 0
     for node, width in zip(merge.linears, merge.widths):
-        env[node] = b.op(torch.ops.aten.slice.Tensor, (out, last, start, start + width), name=node.name)
+        env[node] = b.op(torch.ops.aten.slice.Tensor, (out, dim, start, start + width), name=node.name)
         start += width
 
 

@@ -32,7 +32,7 @@ def test_sibling_projections_become_one_gemm_over_weights_stacked_at_load(bias):
         [("q.bias", "k.bias", "v.bias")] if bias else [])
     assert stacked[0].outputs[0].shape == (96, 32) and stacked[0].name == "q.weight+k.weight+v.weight"
     assert not {"q.weight", "k.weight", "v.weight"} & {n.name for n in plan.graph.nodes if n.kind == "param"}
-    assert any("3 projections merged into 1 GEMMs" in str(n) for n in notes)
+    assert any("3 projections merged into 1 ops over stacked weights" in str(n) for n in notes)
     with torch.no_grad():
         want = model(x)
     # stored and read back, as a deployed plan is
