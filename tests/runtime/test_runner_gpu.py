@@ -259,24 +259,17 @@ def test_a_plan_on_streams_survives_torch_compile_clearing_the_cublas_workspaces
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
-def test_merged_projections_match_eager_and_the_unmerged_plan_fused_and_unfused():
-    # BERT-base's Q/K/V as one GEMM over weights stacked at load (ingest/merge_projections.py), on the GPU.
-    model, inputs = zoo.bert()
+@pytest.mark.parametrize("name, option, stacked", [
+    ("bert", "merge_projections", 24),  # BERT-base's Q/K/V (and their biases) as one GEMM
+    ("googlenet", "merge_convolutions", 9),  # each Inception block's 1x1 convolutions of its input as one
+])
+def test_merged_siblings_match_eager_fused_and_unfused(name, option, stacked):
+    # Sibling ops as one over weights stacked at load (ingest/merge_projections.py), on the GPU, in each plan's
+    # default layout (NHWC for GoogLeNet's fused plan).
+    model, inputs = getattr(zoo, name)()
     model, inputs = model.cuda(), tuple(x.cuda() for x in inputs)
     for fuse in ("", "inductor"):
-        plan = oparac.compile(model, inputs, device="cuda", fuse=fuse, merge_projections=True)
-        assert sum(n.kind == "param" and n.target == "concat" for n in plan.graph.nodes) == 24
+        plan = oparac.compile(model, inputs, device="cuda", fuse=fuse, **{option: True})
+        assert sum(n.kind == "param" and n.target == "concat" for n in plan.graph.nodes) == stacked
         verdict = verify(plan, model, device="cuda", trust_compiled_code=True)  # compiled here, a moment ago
-        assert verdict.ok, f"fuse={fuse!r}: rel {verdict.max_rel:.2e}"
-
-
-def test_merged_convolutions_match_eager_fused_and_unfused():
-    # GoogLeNet's Inception blocks: each block's 1x1 convolutions of its input as one (merge_convolutions), in the
-    # default layout of each (NHWC for the fused plan), on the GPU.
-    model, inputs = zoo.googlenet()
-    model, inputs = model.cuda(), tuple(x.cuda() for x in inputs)
-    for fuse in ("", "inductor"):
-        plan = oparac.compile(model, inputs, device="cuda", fuse=fuse, merge_convolutions=True)
-        assert sum(n.kind == "param" and n.target == "concat" for n in plan.graph.nodes) == 9
-        verdict = verify(plan, model, device="cuda", trust_compiled_code=True)  # compiled here, a moment ago
-        assert verdict.ok, f"fuse={fuse!r}: rel {verdict.max_rel:.2e}"
+        assert verdict.ok, f"{name} fuse={fuse!r}: rel {verdict.max_rel:.2e}"
