@@ -37,21 +37,21 @@ class Merge:
     names. The merged op's output stacks theirs along `out_dim`: a linear's last dimension, a convolution's
     channels."""
 
-    linears: tuple[torch.fx.Node, ...]
+    ops: tuple[torch.fx.Node, ...]
     weights: tuple[str, ...]
     biases: tuple[str, ...] | None
 
     @property
     def widths(self) -> tuple[int, ...]:
-        return tuple(int(n.args[1].meta["val"].shape[0]) for n in self.linears)
+        return tuple(int(n.args[1].meta["val"].shape[0]) for n in self.ops)
 
     @property
     def out_dim(self) -> int:
-        return 1 if self.linears[0].target in CONVOLUTIONS else -1
+        return 1 if self.ops[0].target in CONVOLUTIONS else -1
 
 
 def sibling_projections(graph: torch.fx.Graph, parameters: dict[torch.fx.Node, str],
-                        kinds=("linear",)) -> dict[torch.fx.Node, Merge]:
+                        kinds: tuple[str, ...] = ("linear",)) -> dict[torch.fx.Node, Merge]:
     """Each linear (or convolution, where `kinds` names it) of a mergeable group -> its Merge. `parameters`: the
     placeholders that are the model's parameters, with their names. A group is two or more linears reading the
     same activation (one whose leading dimensions merge, as ATen's own GEMM wants), each weight a distinct 2-D
@@ -120,8 +120,12 @@ def _convolution_key(node: torch.fx.Node, parameters: dict) -> tuple | None:
     xv, wv = x.meta.get("val"), w.meta.get("val")
     if not isinstance(xv, torch.Tensor) or not isinstance(wv, torch.Tensor) or wv.dim() < 3:
         return None
-    return (x, wv.dtype, bias is not None, tuple(wv.shape[1:]), tuple(stride), tuple(padding), tuple(dilation),
-            tuple(output_padding), node.target)
+    return (x, wv.dtype, bias is not None, tuple(wv.shape[1:]), _ints(stride), _ints(padding), _ints(dilation),
+            _ints(output_padding), node.target)
+
+
+def _ints(v) -> tuple:
+    return tuple(v) if isinstance(v, (list, tuple)) else (v,)
 
 
 def is_view(node: torch.fx.Node) -> bool:

@@ -37,8 +37,8 @@ def graph_from_module(model: torch.nn.Module, example_inputs: tuple, *, decompos
                       fold: bool = True, merge: tuple[str, ...] = ()) -> tuple[GraphBuilder, str]:
     """Export `model` on `example_inputs` to the functional ATen graph (`decompositions`: ops lowered further,
     see ingest/attention.py; merge: the kinds of sibling ops merged into one, "linear" and "convolution",
-    ingest/merge_projections.py). The model is
-    exported in eval mode (warned about if it is in train mode) and left as it came in (ingest/module_state.py)."""
+    ingest/merge_projections.py). The model is exported in eval mode (warned about if it is in train mode) and
+    left as it came in (ingest/module_state.py)."""
     _check_inputs(example_inputs)
     _check_arity(model, example_inputs)
     check_weights(model.named_parameters(), model.named_buffers())
@@ -248,19 +248,19 @@ def _merged(merge, env, b: GraphBuilder) -> None:
     """One linear (or convolution) over the group's stacked weights (and biases), and each of the group's ops as
     its slice of the output, placed where the group's first op was (every weight is a leaf, so all are defined
     there). A convolution keeps its first member's stride, padding and the rest: the group shares them."""
-    first = merge.linears[0]
-    weight_vals = [n.args[1].meta["val"] for n in merge.linears]
+    first = merge.ops[0]
+    weight_vals = [n.args[1].meta["val"] for n in merge.ops]
     dtype = weight_vals[0].dtype
     args = [env[first.args[0]], b.stacked_param(list(merge.weights), [tuple(v.shape) for v in weight_vals], dtype)]
     if merge.biases is not None:
-        args.append(b.stacked_param(list(merge.biases), [tuple(n.args[2].meta["val"].shape) for n in merge.linears],
+        args.append(b.stacked_param(list(merge.biases), [tuple(n.args[2].meta["val"].shape) for n in merge.ops],
                                     dtype))
     elif len(first.args) > 2:  # a convolution without bias: its None stays in place
         args.append(None)
     args += list(first.args[3:])
     out = b.op(first.target, tuple(args), name=f"{first.name}_merged")
     dim, start = merge.out_dim % b.meta_of(out).dim(), 0
-    for node, width in zip(merge.linears, merge.widths):
+    for node, width in zip(merge.ops, merge.widths):
         env[node] = b.op(torch.ops.aten.slice.Tensor, (out, dim, start, start + width), name=node.name)
         start += width
 
