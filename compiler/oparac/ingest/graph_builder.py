@@ -47,8 +47,8 @@ class GraphBuilder:
         self.nodes: list[Node] = []
         self._meta: list[object] = []  # meta tensor, or tuple of them, per node
         self._constant_bytes = 0
-        # (linears, groups) built as slices of merged linears (ingest/merge_projections), and why merging was
-        # given up where it was
+        # (ops, groups) built as slices of merged linears or convolutions (ingest/merge_projections), and why
+        # merging was given up where it was
         self.merged_projections = (0, 0)
         self.merge_refused = ""
 

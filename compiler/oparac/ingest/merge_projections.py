@@ -86,14 +86,12 @@ def _group_key(node: torch.fx.Node, parameters: dict) -> tuple | None:
         return None
     x, w = node.args[0], node.args[1]
     bias = node.args[2] if len(node.args) > 2 else None
-    if not isinstance(x, torch.fx.Node) or w not in parameters or (bias is not None and bias not in parameters):
+    if not isinstance(x, torch.fx.Node) or w not in parameters or not _no_or_vector_param(bias, parameters):
         return None
     xv, wv = x.meta.get("val"), w.meta.get("val")
     if not isinstance(xv, torch.Tensor) or not isinstance(wv, torch.Tensor) or wv.dim() != 2 or xv.dim() < 2:
         return None
     if xv.dim() > 2 and not leading_dims_merge(xv):  # weight_products spells those out as eager runs them
-        return None
-    if bias is not None and (bias.meta.get("val") is None or bias.meta["val"].dim() != 1):
         return None
     return (x, wv.dtype, bias is not None)
 
@@ -115,13 +113,21 @@ def _convolution_key(node: torch.fx.Node, parameters: dict) -> tuple | None:
         return None
     if transposed or groups != 1 or not isinstance(x, torch.fx.Node) or w not in parameters:
         return None
-    if bias is not None and (bias not in parameters or bias.meta.get("val") is None or bias.meta["val"].dim() != 1):
+    if not _no_or_vector_param(bias, parameters):
         return None
     xv, wv = x.meta.get("val"), w.meta.get("val")
     if not isinstance(xv, torch.Tensor) or not isinstance(wv, torch.Tensor) or wv.dim() < 3:
         return None
     return (x, wv.dtype, bias is not None, tuple(wv.shape[1:]), _ints(stride), _ints(padding), _ints(dilation),
             _ints(output_padding), node.target)
+
+
+def _no_or_vector_param(bias, parameters: dict) -> bool:
+    """Whether a member's bias is absent or a 1-D parameter (what a stacked bias is made of)."""
+    if bias is None:
+        return True
+    val = bias.meta.get("val") if isinstance(bias, torch.fx.Node) else None
+    return bias in parameters and isinstance(val, torch.Tensor) and val.dim() == 1
 
 
 def _ints(v) -> tuple:
@@ -138,6 +144,6 @@ def is_view(node: torch.fx.Node) -> bool:
 
 
 def only_merged_use(placeholder: torch.fx.Node, merges: dict) -> bool:
-    """Whether every user of a parameter reads it as a merged linear's weight or bias (it then needs no node)."""
+    """Whether every user of a parameter reads it as a merged op's weight or bias (it then needs no node)."""
     users = list(placeholder.users)
     return bool(users) and all(u in merges and placeholder in u.args[1:3] for u in users)

@@ -136,7 +136,7 @@ def _graph_of_exported(ep: torch.export.ExportedProgram, fold: bool, *, merge: t
                   and node.name in specs and specs[node.name].kind == InputKind.PARAMETER}
     merges = sibling_projections(ep.graph, parameters, merge) if merge else {}
     b.merged_projections = (len(merges), len({id(m) for m in merges.values()}))
-    strided: set[torch.fx.Node] = set()  # nodes reading a merged linear's slice, directly or through others
+    strided: set[torch.fx.Node] = set()  # nodes reading a merged op's slice, directly or through others
     for node in ep.graph.nodes:
         if node.op == "placeholder":
             spec = specs.get(node.name)
@@ -156,7 +156,7 @@ def _graph_of_exported(ep: torch.export.ExportedProgram, fold: bool, *, merge: t
             else:
                 raise UnsupportedOpError(f"input {node.name!r}: {kind.name} inputs are not supported")
         elif node.op == "call_function" and node in merges:
-            if node not in env:  # the group's first linear builds them all
+            if node not in env:  # the group's first op builds them all
                 _merged(merges[node], env, b)
             strided.add(node)
         elif node.op == "call_function":
@@ -255,7 +255,7 @@ def _merged(merge, env, b: GraphBuilder) -> None:
     if merge.biases is not None:
         args.append(b.stacked_param(list(merge.biases), [tuple(n.args[2].meta["val"].shape) for n in merge.ops],
                                     dtype))
-    elif len(first.args) > 2:  # a convolution without bias: its None stays in place
+    elif len(first.args) > 2:  # a bias spelled None (a convolution's is positional) stays in place
         args.append(None)
     args += list(first.args[3:])
     out = b.op(first.target, tuple(args), name=f"{first.name}_merged")

@@ -20,7 +20,7 @@ def summarize(plan: Plan) -> dict:
                               for x in plan.model.outputs]},
         "graph": {"nodes": len(nodes), "ops": len(ops), "kernels": len(kernels),
                   "params": sum(n.kind == "param" for n in nodes),
-                  # merged projections: weights the runtime stacks at load (ingest/merge_projections.py)
+                  # merged linears and convolutions: weights the runtime stacks at load (ingest/merge_projections)
                   "stacked_params": sum(n.kind == "param" and n.target == CONCAT_PARAM for n in nodes),
                   "constants": sum(n.kind == "constant" for n in nodes)},
         "schedule": {"streams": s.num_streams, "stream_algorithm": s.stream_algorithm,
