@@ -192,6 +192,9 @@ def never_lose(result: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (model, batch, dtype), m in sorted(by.items()):
         d, tc, seq, k = (m.get(x) for x in ("opara_default", "torch_compile", "cudagraph", "opara_fused_kernels"))
+        # A run from before convolutions were merged by default that measured the plan with them merged: that
+        # plan is what the default is now.
+        d = m.get("opara_default_convmerge") or d
         if d is None:  # a run that built the default plan in each layout: the one 'auto' gives a convolution model
             d = m.get("opara_default_cl")
         if d is None:
@@ -277,12 +280,17 @@ def write_markdown(paths: list[Path], out: Path) -> None:
                  "in runs from 2026-12-02T05:00 on, the whole graph is compiled first and segments only where the "
                  "profile says they could clearly beat its kernels on streams (docs/design.md, section 5); in runs "
                  "from 2026-12-03T17:00 on, linears reading the same activation (BERT's query, key and value, the "
-                 "decoder's q/k/v and gate/up) are one GEMM over their stacked weights (docs/design.md, section 2). "
+                 "decoder's q/k/v and gate/up) are one GEMM over their stacked weights (docs/design.md, section "
+                 "2); in runs from 2026-12-03T19:00 on, convolutions reading the same activation with the same "
+                 "geometry (an Inception block's 1x1 convolutions) are one convolution likewise: where a run of that "
+                 "day measured the plan with them merged (*opara_default_convmerge*) beside the plan without, the "
+                 "row shows the merged one, which is the default since. "
                  "*kernel-level* is `--fuse-mode kernels` "
                  "(*opara_fused_kernels*); *critical path* is the longest path of its compiled program's measured "
                  "kernel times, and *reached* is that bound over the best Opara plan's time. It is shown only where the "
                  "kernel times were scaled to the one-stream replay (runs from 2026-12-01T14:00); earlier runs took "
-                 "them eagerly, each with its timing event's cost, which overstated the path. *max abs diff* is "
+                 "them eagerly, each with its timing event's cost, which overstated the path; and not where the "
+                 "default plan kept segments, whose kernels are others than the whole graph's. *max abs diff* is "
                  "against eager in the same precision. *compile s* is each method's setup: `oparac compile` (export, "
                  "profile, compile, measure) against torch.compile's compile and three warm-up calls, in the same "
                  "process. Each model, batch and precision comes whole from the newest file that measured it: Llama fp16 from the run after the kernel-streams memory fix (its earlier "

@@ -126,10 +126,9 @@ def _load_model(ref: str, shapes: str | None):
 @click.option("--merge-projections/--no-merge-projections", default=True, show_default=True,
               help="linears reading the same activation (BERT's Q/K/V, Llama's gate and up) as one GEMM over "
                    "their weights, stacked at load (PyTorch models)")
-@click.option("--merge-convolutions", is_flag=True,
-              help="experimental: convolutions reading the same activation with the same kernel size, stride and "
-                   "padding (an Inception block's 1x1 convs) as one over their stacked weights (PyTorch models; not "
-                   "yet measured on a GPU)")
+@click.option("--merge-convolutions/--no-merge-convolutions", default=True, show_default=True,
+              help="convolutions reading the same activation with the same kernel size, stride and padding (an "
+                   "Inception block's 1x1 convs) as one over their weights, stacked at load (PyTorch models)")
 def compile_cmd(model, output, shapes, batches, streams, order, max_streams, dtype, device, tune, fuse, cut, fuse_mode,
                 devices, attention, memory_format, sign_key, no_guard, merge_projections, merge_convolutions) -> None:
     """Compile MODEL (.pt2, .onnx or package.module:factory) into a plan file (a plan set with --batch or several

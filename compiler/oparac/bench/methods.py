@@ -24,9 +24,11 @@ METHODS = ("eager", "cudagraph", "torch_compile", "ort_cuda", "opara", "opara_tu
 # "opara_default_cl" and "opara_default_nchw": that plan with the layout fixed (NHWC, NCHW) instead of 'auto',
 # to measure what 'auto' chooses between; "opara_default_unmerged": that plan with --no-merge-projections (any
 # "_unmerged" method; "opara_default_merged" named the default plan with merging when it was not the default);
-# "opara_default_convmerge": that plan with --merge-convolutions (any "_convmerge" method).
+# "opara_default_noconvmerge": that plan with --no-merge-convolutions (any "_noconvmerge" method;
+# "opara_default_convmerge" named the default plan with merged convolutions when they were not the default).
 DEFAULT_LAYOUTS = {"opara_default": None, "opara_default_cl": "channels_last", "opara_default_nchw": "contiguous",
-                   "opara_default_merged": None, "opara_default_unmerged": None, "opara_default_convmerge": None}
+                   "opara_default_merged": None, "opara_default_unmerged": None, "opara_default_convmerge": None,
+                   "opara_default_noconvmerge": None}
 
 
 @dataclass
@@ -216,7 +218,9 @@ def _build(method: str, model, inputs, device: torch.device, plan_options: dict 
             options["cut"] = "coarse"
         if "unmerged" in method:
             options["merge_projections"] = False
-        if "convmerge" in method:
+        if "noconvmerge" in method:
+            options["merge_convolutions"] = False
+        elif "convmerge" in method:
             options["merge_convolutions"] = True
         if "kernels" in method:
             options["fuse_mode"] = "kernels"
