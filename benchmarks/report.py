@@ -91,6 +91,14 @@ def mark_warm_dynamo(records: list[dict]) -> None:
         last[forward] = r["batch"]
 
 
+RIVALS = frozenset({"cudagraph", "torch_compile"})
+
+
+def _rivals(group: list[dict]) -> set:
+    """The baselines a group of records measured without error."""
+    return {rec["method"] for rec in group if "error" not in rec} & RIVALS
+
+
 def merge(paths: list[Path]) -> dict:
     """Records of several runs of one session (same GPU, torch and CUDA) as one result."""
     paths = sorted(paths)
@@ -105,7 +113,8 @@ def merge(paths: list[Path]) -> dict:
     # Ratios compare methods of one run: each (model, batch, dtype) group comes whole from the newest file
     # (names sort by time) that measured it. A newer run in which every method of a group failed (its process
     # died, say) does not erase the measurement before it: it is kept aside as `failed`, which the never-lose
-    # table lists under its rows.
+    # table lists under its rows. Nor does a newer run of neither rival (the default plan alone, run again for
+    # its compile log): it has no ratio to show, so a group that has one stays.
     groups: dict[tuple, list] = {}
     failed: dict[tuple, dict] = {}
     for r, path in zip(results, paths):
@@ -115,6 +124,8 @@ def merge(paths: list[Path]) -> dict:
         for key, group in mine.items():
             if all("error" in rec for rec in group):
                 failed[key] = {"file": Path(path).name, "error": group[0]["error"]}
+            elif key in groups and _rivals(groups[key]) and not _rivals(group):
+                continue
             else:
                 groups[key] = group
                 failed.pop(key, None)
@@ -284,7 +295,12 @@ def write_markdown(paths: list[Path], out: Path) -> None:
                  "2); in runs from 2026-12-03T19:00 on, convolutions reading the same activation with the same "
                  "geometry (an Inception block's 1x1 convolutions) are one convolution likewise: where a run of that "
                  "day measured the plan with them merged (*opara_default_convmerge*) beside the plan without, the "
-                 "row shows the merged one, which is the default since. "
+                 "row shows the merged one, which is the default since. Runs up to 2026-12-04T18:30 compiled "
+                 "segments where their forecast was 1.25x the gain of the kernels on streams; the margin is 1.43x "
+                 "since (docs/design.md, section 5), under which the rows whose plan reads *inductor N segments* "
+                 "at batch 8 (GoogLeNet and Inception-v3 fp16) would keep the kernel-level plan: 3% and 7% slower "
+                 "as their compiles measured it, in about half the compile time. A later run of the default plan "
+                 "alone, for its compile log, leaves the row of the run before it. "
                  "*kernel-level* is `--fuse-mode kernels` "
                  "(*opara_fused_kernels*); *critical path* is the longest path of its compiled program's measured "
                  "kernel times, and *reached* is that bound over the best Opara plan's time. It is shown only where the "

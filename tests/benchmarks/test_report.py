@@ -122,3 +122,16 @@ def test_a_run_that_failed_in_every_method_keeps_the_measurement_before_it_and_i
         _rec("torch_compile", 0.52, 7.8e-3), _rec("opara_default", 0.4, 7.8e-3)])
     table = report.never_lose(report.merge([old, crashed, again]))
     assert "failed in every method" not in table and "| 0.520 | 0.400 |" in table
+
+
+def test_a_later_run_of_the_default_plan_alone_leaves_the_comparison_before_it(tmp_path):
+    compared = _run(tmp_path / "suite-20261204T181533.json", "2026-12-04T18:15:33", [
+        _rec("cudagraph", 1.9, 0.0), _rec("torch_compile", 0.873, 2e-3), _rec("opara_default", 0.481, 2e-3)])
+    alone = _run(tmp_path / "suite-20261204T182134.json", "2026-12-04T18:21:34", [_rec("opara_default", 0.478, 2e-3)])
+    table = report.never_lose(report.merge([compared, alone]))
+    row = next(line for line in table.splitlines() if line.startswith("| llama"))
+    assert [c.strip() for c in row.strip("|").split("|")][3:6] == ["0.873", "0.481", "1.81x"]
+    # a later run that has a rival replaces it, as any newer run does
+    again = _run(tmp_path / "suite-20261205T000000.json", "2026-12-05T00:00:00", [
+        _rec("torch_compile", 0.9, 2e-3), _rec("opara_default", 0.45, 2e-3)])
+    assert "| 0.900 | 0.450 |" in report.never_lose(report.merge([compared, alone, again]))

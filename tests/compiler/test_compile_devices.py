@@ -22,12 +22,14 @@ from helpers.models import two_branches
 
 CHEAP = nominal_links(2, latency_ms=0.001, ms_per_byte=1e-10)
 DEAR = nominal_links(2, latency_ms=5.0, ms_per_byte=1e-6)
+# the branches' first convolutions kept apart, so that a whole branch can move: merged, they are one op
+WIDE = dict(device="cpu", devices=["cuda:0", "cuda:1"], links=CHEAP, merge_convolutions=False)
 
 
 @functools.lru_cache(maxsize=1)
 def _wide_plan():
     model, inputs = two_branches()
-    return model, inputs, oparac.compile(model, inputs, device="cpu", devices=["cuda:0", "cuda:1"], links=CHEAP)
+    return model, inputs, oparac.compile(model, inputs, **WIDE)
 
 
 def test_two_heavy_branches_split_over_two_gpus_with_copies_on_the_cut():
@@ -64,7 +66,7 @@ def test_the_split_plan_runs_on_the_cpu_path_like_eager():
 
 def test_the_same_inputs_give_the_same_bytes():
     model, inputs, plan = _wide_plan()
-    again = oparac.compile(model, inputs, device="cpu", devices=["cuda:0", "cuda:1"], links=CHEAP)
+    again = oparac.compile(model, inputs, **WIDE)
     assert again.to_bytes() == plan.to_bytes()
 
 

@@ -176,5 +176,5 @@ class InceptionBlock(nn.Module):
 
 
 def inception_block():
-    """InceptionBlock and an example input: three sibling 1x1 convolutions for --merge-convolutions."""
+    """InceptionBlock and an example input: three sibling 1x1 convolutions, which merged convolutions make one."""
     return InceptionBlock().eval(), (torch.randn(2, 16, 12, 12),)

@@ -42,7 +42,8 @@ def _matches_eager(plan, model, inputs, tmp_path) -> None:
                                   pytest.param("nasnet", marks=pytest.mark.slow)])
 def test_branchy_zoo_models_cut_coarse_into_fewer_segments_and_match_eager(name, tmp_path):
     model, inputs = getattr(zoo, name)()
-    plan = oparac.compile(model, inputs, device="cpu")
+    # convolutions kept apart, as in the tests of the schedules: the cut, compared tightly with eager, is under test
+    plan = oparac.compile(model, inputs, device="cpu", merge_convolutions=False)
     maximal, coarse = (fuse_plan(plan, "inductor", cut=cut) for cut in CUTS)
     validate(coarse)
     assert len(coarse.fusion.segments) < len(maximal.fusion.segments)
@@ -53,8 +54,10 @@ def test_branchy_zoo_models_cut_coarse_into_fewer_segments_and_match_eager(name,
 
 def test_the_api_cuts_coarse_and_the_plan_says_so(tmp_path):
     model, inputs = side_branch()
-    maximal = oparac.compile(model, inputs, device="cpu", fuse="inductor")
-    coarse = oparac.compile(model, inputs, device="cpu", fuse="inductor", cut="coarse")
+    # kept apart, the stacks' first convolutions are two ops of two streams: the cut is what is under test here
+    apart = dict(device="cpu", fuse="inductor", merge_convolutions=False)
+    maximal = oparac.compile(model, inputs, **apart)
+    coarse = oparac.compile(model, inputs, **apart, cut="coarse")
     assert maximal.schedule.stream_algorithm == "opara" and coarse.schedule.stream_algorithm == "opara+coarse"
     # the pooling branch joined a convolution stack's stream; the two stacks still run side by side
     assert (maximal.schedule.num_streams, len(maximal.fusion.segments)) == (3, 4)

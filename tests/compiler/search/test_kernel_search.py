@@ -304,7 +304,7 @@ def test_a_default_plan_compiles_the_whole_graph_first_and_skips_segments_that_c
     assert out.fusion.mode == "kernels" and out.fusion.kernels.algorithm == "opara/opara"
     assert out.profile.guard.startswith("guard: segments not compiled (the profile predicts the 2-stream schedule "
                                         "at 1.30x one stream")
-    assert "(1.25x their one stream) clearly needs 1.56x" in out.profile.guard
+    assert "(1.25x their one stream) clearly needs 1.79x" in out.profile.guard
     assert out.profile.guard.endswith("the unfused plan on one stream: 2.0000 ms")
     assert notes[0].startswith("guard: compiling the whole graph first")
     validate(out)
@@ -316,7 +316,7 @@ def test_a_default_plan_compiles_segments_too_where_they_could_clearly_beat_the_
     world["ms"] = {"single/program": 1.0, "opara/opara": 0.8, "opara/opara/cap 2": 0.9, "unfused": 2.0,
                    "segments": 0.6}
     notes = []
-    out = _fuse_default(_predicted(tiny_plan, 3.0), notes)
+    out = _fuse_default(_predicted(tiny_plan, 3.5), notes)
     assert compiled and any(n.startswith("guard: compiling the segments too (the profile predicts") for n in notes)
     # timed against the kernel plan and the unfused plan in the same rounds, on the runner the segments were
     # measured on; the faster, segments, is written
@@ -330,7 +330,7 @@ def test_segments_compiled_next_to_the_kernel_plan_are_dropped_where_they_lose(w
     _segments_measured_at(monkeypatch, 0.95)
     world["ms"] = {"single/program": 1.0, "opara/opara": 0.8, "opara/opara/cap 2": 0.9, "unfused": 2.0,
                    "segments": 0.95}
-    out = _fuse_default(_predicted(tiny_plan, 3.0), [])
+    out = _fuse_default(_predicted(tiny_plan, 3.5), [])
     assert out.fusion.mode == "kernels" and out.fusion.kernels.algorithm == "opara/opara"
     assert "the whole graph's kernels on 3 streams is faster: 0.8000 ms against 0.9500 ms" in out.profile.guard
     # the segment plan, the kernel plan, then the unfused plan on one stream, all from the one head-to-head
@@ -353,7 +353,7 @@ def test_a_whole_graph_that_fails_to_compile_leaves_the_segments(monkeypatch, ti
     monkeypatch.setattr(segments, "measure_fused_runner", lambda plan, w, d: (compiled.append(plan) or plan, 0.5, None))
     monkeypatch.setattr(guard, "guard_fused", lambda fused, ms, *a, **k: given.append(fused) or fused)
     notes = []
-    out = _fuse_default(_predicted(tiny_plan, 3.0), notes)
+    out = _fuse_default(_predicted(tiny_plan, 3.5), notes)
     assert compiled and given == compiled and out.fusion.mode == "segments"
     assert calls == [1], "the whole graph is compiled once"
     assert any("whole graph failed to compile or run (RuntimeError: inductor: Lowering" in n for n in notes)
@@ -366,7 +366,7 @@ def test_segments_that_fail_to_compile_leave_the_measured_kernel_plan(world, mon
         raise RuntimeError("segment worker 3 exited with code 1")
     monkeypatch.setattr(segments, "measure_fused_runner", fails)
     world["ms"] = {"single/program": 1.0, "opara/opara": 0.8, "opara/opara/cap 2": 0.9, "unfused": 2.0}
-    out = _fuse_default(_predicted(tiny_plan, 3.0), [])
+    out = _fuse_default(_predicted(tiny_plan, 3.5), [])
     assert out.fusion.mode == "kernels" and out.fusion.kernels.algorithm == "opara/opara"
     assert out.profile.guard.startswith("guard: segments failed to compile (RuntimeError: segment worker 3 exited")
     validate(out)
@@ -391,10 +391,19 @@ def _search(schedules: dict) -> kernels.KernelSearch:
     # segments compiled then measured 1.86x, 2% slower than the kernels: not a clear win
     (2.76, {"single": (0.5603, 0.5650), "opara/opara": (0.2988, 0.2390), "opara/opara/cap 4": (0.3399, 0.2855)},
      False),
+    # merged convolutions, fp16, batch 8 (suite-20261204T181353, -182134, -182245): forecast at 1.08x, 1.02x and
+    # 1.01x of what 0.8 needed, the segments won by 3% (GoogLeNet), lost by 2% (HRNet-W18-small), won by 7%
+    # (Inception-v3), each for 25-28 s more compile
+    (1.99, {"single": (0.4892, 0.4891), "opara/opara": (0.4246, 0.3322), "opara/opara/cap 16": (0.4253, 0.3322),
+            "opara/opara/cap 2": (0.4453, 0.3719)}, False),
+    (2.58, {"single": (0.6741, 0.6666), "opara/opara": (0.4708, 0.3328), "opara/opara/cap 4": (0.5023, 0.3588)},
+     False),
+    (1.79, {"single": (1.2278, 1.2271), "opara/opara": (1.0907, 0.8643), "opara/opara/cap 16": (1.0881, 0.8643)},
+     False),
     # a graph far wider than its kernels' streams realise: segments forecast at 2.4x against 1.5x
     (3.0, {"single": (1.0, 1.0), "opara/opara": (0.6667, 0.5333)}, True),
     # a simulator that underrates streams is not taken at its word: its error counts as 1
-    (1.5, {"single": (1.0, 1.0), "opara/opara": (0.9, 1.2)}, True),
+    (1.7, {"single": (1.0, 1.0), "opara/opara": (0.9, 1.2)}, True),
 ])
 def test_segments_may_beat_the_kernels_where_their_discounted_forecast_clearly_does(tiny_plan, predicted, schedules,
                                                                                     worth):

@@ -26,8 +26,10 @@ pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]
 def test_fused_googlenet_matches_and_embeds_artifacts(tmp_path):
     model, inputs = zoo.googlenet()
     model, inputs = model.cuda(), tuple(x.cuda() for x in inputs)
-    # segment-level: the default ('auto') keeps GoogLeNet's whole-graph kernels on streams, one segment
-    plan = oparac.compile(model, inputs, device="cuda", fuse="inductor", fuse_mode="segments")
+    # segment-level: the default ('auto') keeps GoogLeNet's whole-graph kernels on streams, one segment. The guard
+    # off: it may keep the whole graph as one segment instead, by a timing (with merged convolutions, on the
+    # H200, the segments' streams gain little at batch 1), and the segment plan itself is what is checked here.
+    plan = oparac.compile(model, inputs, device="cuda", fuse="inductor", fuse_mode="segments", guard=False)
     assert plan.fusion.backend == "inductor" and len(plan.fusion.segments) > 1
     assert all(seg.ms > 0 for seg in plan.fusion.segments)
     assert plan.fusion.programs and all(seg.program >= 0 for seg in plan.fusion.segments), \
@@ -44,7 +46,8 @@ def test_coarse_fused_googlenet_matches_with_no_more_segments():
 
     model, inputs = zoo.googlenet()
     model, inputs = model.cuda(), tuple(x.cuda() for x in inputs)
-    plan = oparac.compile(model, inputs, device="cuda", fuse="inductor", fuse_mode="segments", cut="coarse")
+    plan = oparac.compile(model, inputs, device="cuda", fuse="inductor", fuse_mode="segments", cut="coarse",
+                          guard=False)  # as above: the coarse segment plan, not what a timing replaces it with
     assert plan.schedule.stream_algorithm == "opara+coarse" and plan.fusion.programs
     maximal = make_schedule(plan.graph, plan.profile.ops, streams="opara", order="opara", max_streams=0)
     assert len(plan.fusion.segments) <= len(cut_segments(maximal))
