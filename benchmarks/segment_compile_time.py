@@ -1,11 +1,12 @@
 """Where a segment-level fused compile spends its time: the worker processes, loading their programs, the first
 run of every segment, the capture, timing the replay and each segment, storing the programs.
 
-The default plan compiles segments only where the profile says they could clearly beat the whole graph's kernels
-on streams, and then they are most of its compile time (GoogLeNet and Inception-v3 at batch 8 on the H200: 23 and
-28 s of a 46 and 61 s compile). This compiles one model with `--fuse-mode segments` and every step of the fuse
-stage timed (a wall-clock total per step, and its count of calls), so the step to make cheaper is measured, not
-guessed.
+Where segments are compiled (`--fuse-mode segments`, `--tune`, and a default plan whose profile says they could
+clearly beat the whole graph's kernels on streams) they are most of the compile: on the H200 at batch 8 in fp16,
+25-28 s of a 54-55 s default compile of GoogLeNet, Inception-v3 and HRNet-W18-small, before the guard stopped
+compiling them on those models (docs/design.md, section 5). This compiles one model with `--fuse-mode segments` and
+every step of the fuse stage timed (a wall-clock total per step, and its count of calls), so the step to make
+cheaper is measured, not guessed. Not run on a GPU yet.
 
     python benchmarks/segment_compile_time.py --model googlenet --batch 8 --dtype float16
 """
