@@ -199,8 +199,9 @@ def never_lose(result: dict) -> str:
     lines = [f"GPU **{result['gpu']}**, torch {result['torch']}, CUDA {result['cuda']}, run {result['date']}.", "",
              "| model | batch | dtype | torch.compile ms | default plan ms | vs torch.compile | vs cudagraph | "
              "default latency vs torch.compile | kernel-level ms | critical path ms | reached | max abs diff: "
-             "default, torch.compile | compile s: default, torch.compile | timed | what the default plan is |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "default, torch.compile | compile s: default, torch.compile | of it measuring s | timed | what the "
+             "default plan is |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (model, batch, dtype), m in sorted(by.items()):
         d, tc, seq, k = (m.get(x) for x in ("opara_default", "torch_compile", "cudagraph", "opara_fused_kernels"))
         # A run from before convolutions were merged by default that measured the plan with them merged: that
@@ -220,12 +221,23 @@ def never_lose(result: dict) -> str:
                      f"{ratio(tc)} | {ratio(seq)} | {ratio(tc, 'ms_latency')} | {_fmt(k and k['ms_b2b'])} | "
                      f"{_fmt(cp)} | {f'{cp / best:.0%}' if cp else '-'} | {_fmt(d.get('max_abs_diff'), '.1e')}, "
                      f"{_fmt(tc and tc.get('max_abs_diff'), '.1e')} | {_compile_s(d)}, "
-                     f"{_compile_s(tc)} | {d.get('timing', 'alone')} | "
+                     f"{_compile_s(tc)} | {_fmt(_measuring_s(d), '.1f')} | {d.get('timing', 'alone')} | "
                      f"{d.get('plan', '')}{'' if d['method'] == 'opara_default' else ' (' + d['method'] + ')'} |")
     for (model, batch, dtype), f in sorted(result.get("failed", {}).items()):
         lines += ["", f"A later run of {model} batch {batch} {dtype} failed in every method (`{f['file']}`: "
                       f"{f['error']}); its row, if any, is from the run before."]
     return "\n".join(lines)
+
+
+def _measuring_s(rec: dict) -> float | None:
+    """Seconds of a fused default compile after inductor compiled the whole graph, from its progress lines: what
+    the kernel search and the guard add (capturing and timing the schedules, the rounds against the unfused plan on
+    one stream) and the segments where they were compiled too. None where the run kept no progress lines or the
+    whole graph was not compiled first."""
+    def stamp(prefix: str) -> float | None:
+        return next((t for t, line in rec.get("compile_notes") or () if line.startswith(prefix)), None)
+    whole, done = stamp("fuse: whole graph compiled"), stamp("fuse: done in")
+    return done - whole if whole is not None and done is not None else None
 
 
 def _compile_s(rec: dict | None) -> str:
@@ -309,7 +321,10 @@ def write_markdown(paths: list[Path], out: Path) -> None:
                  "default plan kept segments, whose kernels are others than the whole graph's. *max abs diff* is "
                  "against eager in the same precision. *compile s* is each method's setup: `oparac compile` (export, "
                  "profile, compile, measure) against torch.compile's compile and three warm-up calls, in the same "
-                 "process. Each model, batch and precision comes whole from the newest file that measured it: Llama fp16 from the run after the kernel-streams memory fix (its earlier "
+                 "process; *of it measuring s* is the part of the default's compile after inductor compiled the "
+                 "whole graph (the kernel search capturing and timing its schedules, the guard's rounds against the "
+                 "unfused plan on one stream, and the segments where they were compiled too), from the compile's "
+                 "progress lines where the run kept them. Each model, batch and precision comes whole from the newest file that measured it: Llama fp16 from the run after the kernel-streams memory fix (its earlier "
                  "kernel-level plans were 0.5 off, design.md section 6.1). *timed* says how: *interleaved* rows (from "
                  "2026-12-01T19:16) built every method of the group first and timed them in 15 interleaved rounds "
                  "(the figure is the median round), *alone* rows timed each method right after building it. At batch "

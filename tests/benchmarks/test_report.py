@@ -56,7 +56,7 @@ def test_each_row_says_how_it_was_timed(tmp_path):
                                                                      model="gpt2")])
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
             for line in report.never_lose(report.merge([older, only])).splitlines()[4:]}
-    assert rows["llama"][13] == "interleaved" and rows["gpt2"][13] == "alone"
+    assert rows["llama"][14] == "interleaved" and rows["gpt2"][14] == "alone"
 
 
 def test_a_torch_compile_recompiled_after_another_batch_of_its_forward_is_marked(tmp_path):
@@ -135,3 +135,14 @@ def test_a_later_run_of_the_default_plan_alone_leaves_the_comparison_before_it(t
     again = _run(tmp_path / "suite-20261205T000000.json", "2026-12-05T00:00:00", [
         _rec("torch_compile", 0.9, 2e-3), _rec("opara_default", 0.45, 2e-3)])
     assert "| 0.900 | 0.450 |" in report.never_lose(report.merge([compared, alone, again]))
+
+
+def test_the_seconds_after_the_whole_graph_compiled_are_shown_where_the_run_kept_progress_lines(tmp_path):
+    notes = [[4.0, "profile: done in 1.40 s"], [21.7, "fuse: whole graph compiled, 83 kernels"],
+             [26.0, "fuse: kernel schedules single (1 streams) 0.4892 ms"], [27.2, "fuse: done in 21.80 s"]]
+    run = _run(tmp_path / "suite-20261204T181133.json", "2026-12-04T18:11:33", [
+        _rec("torch_compile", 0.8, 2e-3), _rec("opara_default", 0.6, 2e-3, compile_notes=notes)])
+    old = _run(tmp_path / "suite-20261201T114826.json", "2026-12-01T11:48:26", [
+        {**_rec("torch_compile", 0.8, 2e-3), "batch": 8}, {**_rec("opara_default", 0.6, 2e-3), "batch": 8}])
+    rows = [line for line in report.never_lose(report.merge([old, run])).splitlines() if line.startswith("| llama")]
+    assert [[c.strip() for c in row.strip("|").split("|")][13] for row in rows] == ["5.5", "-"]
