@@ -51,13 +51,9 @@ from oparac.search.tune import FINAL_ROUNDS, SINGLE, measure_rounds
 CLEAR_WIN = 0.85
 # Segments are compiled next to the measured kernel plan only where they are forecast to take at most this fraction
 # of its time (segments_may_beat). The margin stands for the fusion segments lose at their boundaries and for what
-# the forecast still overstates: on HRNet-W18-small (H200, fp16, NHWC) segments forecast at 2.21x the kernels' one
-# stream measured 1.86x, 2% slower than the kernels on streams (1.88x), so a margin of 0.85 compiled them for a
-# loss and doubled the compile time. 0.8 left that case out, but with merged convolutions (H200, fp16, batch 8)
-# it compiled segments on GoogLeNet, Inception-v3 and HRNet-W18-small, forecast at 1.08x, 1.01x and 1.02x what it
-# needed: they won by 3% and 7% and lost by 2%, each for 25-28 s more compile, more than doubling it. The forecast
-# did not rank those outcomes, so no margin near them tells the wins apart; 0.7 leaves all three out
-# (docs/design.md section 5) and keeps segments for graphs forecast far wider than their kernels' streams realise.
+# the forecast still overstates, and it is wide because a segment compile about doubles the default compile: on the
+# H200, forecasts at 1.00-1.08x of what the narrower margins 0.85 and 0.8 needed foretold two losses of 2% and
+# wins of 3% and 7%, in an order the forecast did not tell (docs/design.md section 5 has the runs).
 SEGMENTS_CLEAR_WIN = 0.7
 # Below this predicted speedup of the unfused streams over one stream, segments are not compiled (fuse_mode 'auto').
 SEGMENTS_PREDICTED_GAIN = 1 / CLEAR_WIN
