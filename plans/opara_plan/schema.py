@@ -14,7 +14,9 @@ from typing import Union
 # 1.4 adds Fusion.mode and Fusion.kernels (the kernel-level fused mode), written only for such a plan: older plans
 # load unchanged, and a 1.3 reader ignores both keys and runs the plan's one segment as compiled, on one stream
 # (correct, only without the kernel streams).
-SCHEMA_VERSION: tuple[int, int] = (1, 5)
+# 1.5 adds stacked params (CONCAT_PARAM). 1.6 adds KernelStreams.priority, written only where a stream is raised:
+# a 1.5 reader ignores it and runs the schedule with every stream at normal priority (correct, only unprioritised).
+SCHEMA_VERSION: tuple[int, int] = (1, 6)
 FORMAT = "opara-plan"
 NODE_KINDS = ("input", "param", "constant", "op", "output")
 # A param node of this target stacks the weights its args name (schema 1.5; oparac's merged projections).
@@ -223,7 +225,9 @@ class KernelStreams:
     """1.4, the kernel-level fused mode: the plan's one program (the whole graph, compiled by inductor) has its
     kernels put on streams. stream and ms are per kernel, in the program's order; launch_order is a permutation
     of the kernels. call_digest names the compiled call the schedule was made for (opara_runtime.fused.
-    wrapper_ir); the waits between streams are derived from the program at load, never read from here."""
+    wrapper_ir); the waits between streams are derived from the program at load, never read from here.
+    priority (1.6): each stream's CUDA priority, 0 (normal) or HIGH_PRIORITY, stream 0 (the caller's) always 0;
+    () where every stream runs at normal priority."""
 
     call_digest: str = ""
     stream: tuple[int, ...] = ()
@@ -232,6 +236,7 @@ class KernelStreams:
     algorithm: str = ""                   # '<streams>/<order>' that made it
     critical_path_ms: float = -1.0        # the longest path of measured kernel times
     predicted_ms: float = -1.0            # the simulator's makespan of this schedule
+    priority: tuple[int, ...] = field(default=(), metadata=OMIT_DEFAULT)
 
     @property
     def num_streams(self) -> int:
@@ -239,6 +244,9 @@ class KernelStreams:
 
 
 NO_KERNEL_STREAMS = KernelStreams()
+# A stream's priority in a kernel schedule: CUDA serves the blocks of a higher-priority stream's kernels first
+# (lower numbers are higher). One level above normal is all a schedule asks for.
+HIGH_PRIORITY = -1
 FUSION_MODES = ("segments", "kernels")
 
 

@@ -7,8 +7,8 @@ from opara_plan.allowlist import ALLOWED_OPS
 from opara_plan.clocks import iter_clocks
 from opara_plan.errors import PlanFormatError, UnsupportedOpError
 from opara_plan.fingerprint import graph_fingerprint
-from opara_plan.schema import (CONCAT_PARAM, FUSION_MODES, MAX_CONCAT_PARTS, MEMORY_FORMATS, NO_KERNEL_STREAMS,
-                               NODE_KINDS, Graph, Plan, Ref, Sym)
+from opara_plan.schema import (CONCAT_PARAM, FUSION_MODES, HIGH_PRIORITY, MAX_CONCAT_PARTS, MEMORY_FORMATS,
+                               NO_KERNEL_STREAMS, NODE_KINDS, Graph, Plan, Ref, Sym)
 
 DTYPE_SIZES = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
@@ -363,6 +363,7 @@ def _check_kernel_streams(f) -> None:
         raise PlanFormatError(f"plan fusion.kernels.launch_order: expected a permutation of the {n} kernels")
     if k.ms and len(k.ms) != n:
         raise PlanFormatError(f"plan fusion.kernels.ms: expected one time per kernel ({n}), found {len(k.ms)}")
+    _check_priorities(k)
     for name in ("critical_path_ms", "predicted_ms"):
         v = getattr(k, name)
         if not math.isfinite(v):
@@ -372,6 +373,22 @@ def _check_kernel_streams(f) -> None:
     if len(k.call_digest) != 64 or any(c not in "0123456789abcdef" for c in k.call_digest):
         raise PlanFormatError(f"plan fusion.kernels.call_digest: expected a sha256 hex digest, found "
                               f"{k.call_digest[:80]!r}")
+
+
+def _check_priorities(k) -> None:
+    """A kernel schedule's stream priorities: none, or one per stream, each normal (0) or HIGH_PRIORITY, and
+    stream 0 normal: it is the caller's stream, whose priority the runtime does not set."""
+    if not k.priority:
+        return
+    if len(k.priority) != k.num_streams:
+        raise PlanFormatError(f"plan fusion.kernels.priority: expected one priority per stream ({k.num_streams}), "
+                              f"found {len(k.priority)}")
+    bad = next((p for p in k.priority if p not in (0, HIGH_PRIORITY)), None)
+    if bad is not None:
+        raise PlanFormatError(f"plan fusion.kernels.priority: expected 0 or {HIGH_PRIORITY}, found {bad!r}")
+    if k.priority[0] != 0:
+        raise PlanFormatError(f"plan fusion.kernels.priority[0]: expected 0 (stream 0 is the caller's stream), "
+                              f"found {k.priority[0]}")
 
 
 def _check_programs(f) -> None:

@@ -213,11 +213,11 @@ def test_unsigned_plans_keep_their_golden_bytes_and_fingerprints(name):
     data = plan_to_bytes(plan)
     assert (hashlib.sha256(data).hexdigest(), graph_fingerprint(plan.graph)) == GOLDEN[name]
     assert plan_from_bytes(data) == plan
-    # An unsigned 1.5 plan of fusion mode 'segments' without merged weights differs from the 1.2 one in its version
+    # An unsigned 1.6 plan of fusion mode 'segments' without merged weights differs from the 1.2 one in its version
     # only.
     current = dataclasses.replace(plan, schema_version=SCHEMA_VERSION)
-    assert SCHEMA_VERSION == (1, 5)
-    assert plan_to_bytes(current) == data.replace(b"\xaeschema_version\x92\x01\x02", b"\xaeschema_version\x92\x01\x05")
+    assert SCHEMA_VERSION == (1, 6)
+    assert plan_to_bytes(current) == data.replace(b"\xaeschema_version\x92\x01\x02", b"\xaeschema_version\x92\x01\x06")
 
 
 def test_canonical_value_and_bytes_agree(two_device_plan):

@@ -1,4 +1,5 @@
-"""Schema 1.4's kernel-level fields: written only for such a plan, read back equal, and refused when malformed."""
+"""Schema 1.4's kernel-level fields and 1.6's stream priorities: written only for such a plan, read back equal, and
+refused when malformed."""
 from __future__ import annotations
 
 import dataclasses
@@ -23,6 +24,17 @@ def test_a_kernel_plan_round_trips_and_validates(tiny_plan):
     assert plan_from_bytes(plan_to_bytes(plan)) == plan
 
 
+def test_stream_priorities_round_trip_and_are_written_only_where_a_stream_is_raised(tiny_plan):
+    from opara_plan.canonical import canonical_value
+
+    plan = _kernel_plan(tiny_plan)
+    assert "priority" not in canonical_value(plan)["fusion"]["kernels"]
+    raised = dataclasses.replace(plan, fusion=dataclasses.replace(
+        plan.fusion, kernels=dataclasses.replace(plan.fusion.kernels, priority=(0, -1, 0))))
+    validate(raised)
+    assert plan_from_bytes(plan_to_bytes(raised)).fusion.kernels.priority == (0, -1, 0)
+
+
 def test_a_segments_plan_writes_neither_field(tiny_plan):
     from oparac.fuse.segments import fuse_plan
 
@@ -40,6 +52,10 @@ def test_a_segments_plan_writes_neither_field(tiny_plan):
     (dict(ms=(float("nan"),) * 5), "finite, non-negative"),
     (dict(critical_path_ms=float("inf")), "finite number"),
     (dict(call_digest="not a digest"), "sha256 hex digest"),
+    (dict(priority=(0, -1)), r"one priority per stream \(3\), found 2"),
+    (dict(priority=(0, -1, -7)), "expected 0 or -1, found -7"),
+    (dict(priority=(0, 1, 0)), "expected 0 or -1, found 1"),
+    (dict(priority=(-1, 0, 0)), r"priority\[0\]: expected 0 \(stream 0 is the caller's stream\)"),
 ])
 def test_malformed_kernel_streams_are_refused(tiny_plan, change, message):
     plan = _kernel_plan(tiny_plan)

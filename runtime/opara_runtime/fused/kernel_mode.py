@@ -69,10 +69,12 @@ class KernelProgram:
         self.namespace = func.__globals__
         self.wrapper: WrapperProgram = parse_wrapper(source)
 
-    def install(self, stream: tuple[int, ...], order: tuple[int, ...], device, *, timed: bool = False):
-        """Make the compiled graph launch on these streams; returns the launcher (its ticks, when timed)."""
+    def install(self, stream: tuple[int, ...], order: tuple[int, ...], device, *, timed: bool = False,
+                priority: tuple[int, ...] = ()):
+        """Make the compiled graph launch on these streams (at these priorities, KernelStreams.priority); returns
+        the launcher (its ticks, when timed)."""
         make = streamed_maker(self.wrapper, self.namespace, stream, order, timed=timed)
-        launcher = CudaLauncher(max(stream, default=0) + 1, device, timed=timed)
+        launcher = CudaLauncher(max(stream, default=0) + 1, device, timed=timed, priority=priority)
         self._set(make(launcher))
         return launcher
 
@@ -141,7 +143,7 @@ def apply_kernel_streams(programs, kernels: KernelStreams, device) -> KernelProg
                                       f"(digest {kernels.call_digest[:12]}, this one is "
                                       f"{opened.wrapper.digest[:12]})")
         check_schedule(opened.wrapper, kernels.stream, kernels.launch_order)
-        opened.install(kernels.stream, kernels.launch_order, device)
+        opened.install(kernels.stream, kernels.launch_order, device, priority=kernels.priority)
     except (WrapperFormatError, KernelScheduleError) as e:
         warnings.warn(f"kernel streams not applied, the program runs on one stream: {e}", stacklevel=3)
         return None

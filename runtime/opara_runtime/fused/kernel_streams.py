@@ -327,14 +327,19 @@ def build_call(prog: WrapperProgram, namespace: dict, stream: tuple[int, ...], o
 
 class CudaLauncher:
     """Streams and events for a streamed call: stream 0 is the caller's current stream, the others are this
-    launcher's own; they fork from stream 0 at the start of each call and join it at the end."""
+    launcher's own; they fork from stream 0 at the start of each call and join it at the end.
 
-    def __init__(self, num_streams: int, device, *, timed: bool = False) -> None:
+    priority: each stream's (KernelStreams.priority; () for all normal), given to the side streams when they are
+    created. A kernel captured on a stream keeps that stream's priority in every replay (PyTorch instantiates its
+    CUDA graphs to use node priorities), so a plan's raised streams are raised in its graph too."""
+
+    def __init__(self, num_streams: int, device, *, timed: bool = False, priority: tuple[int, ...] = ()) -> None:
         import torch
 
         self.torch = torch
         self.device = device
-        self.side = [torch.cuda.Stream(device=device) for _ in range(max(0, num_streams - 1))]
+        self.side = [torch.cuda.Stream(device=device, priority=priority[k] if priority else 0)
+                     for k in range(1, max(1, num_streams))]
         self.timed = timed
         self.ticks: list = []
         self.streams: list = []

@@ -12,7 +12,7 @@ import torch
 import opara_runtime.fused as fused_pkg
 from oparac.profile import measure
 from oparac.schedule.dag import Dag
-from opara_plan import validate
+from opara_plan import HIGH_PRIORITY, validate
 from oparac.search import guard, kernels, tune
 
 CPU = torch.device("cpu")
@@ -131,9 +131,10 @@ def test_calibration_scales_the_times_to_the_one_stream_replay(world, tiny_plan)
 
 
 def test_a_schedule_that_does_not_reproduce_or_capture_is_dropped(world, tiny_plan):
-    # on this DAG the schedules are one stream, uncapped (its cap of 4 is the same schedule) and a cap of 2
-    world["ms"] = {"single/program": 1.0, "opara/opara": 0.5, "opara/opara/cap 2": 0.6}
-    world["differs"] = {"opara/opara"}
+    # on this DAG the schedules are one stream, uncapped (its cap of 4 is the same schedule), a cap of 2, and the
+    # uncapped one with its critical path's streams raised
+    world["ms"] = {"single/program": 1.0, "opara/opara": 0.5, "opara/opara/cap 2": 0.6, "opara/opara/prio": 0.4}
+    world["differs"] = {"opara/opara", "opara/opara/prio"}
     world["fails"] = {"opara/opara/cap 2"}
     notes = []
     search = kernels.kernel_fused(tiny_plan, {}, CPU, "inductor", notes.append)
@@ -444,7 +445,8 @@ def test_the_unfused_plan_is_written_where_it_beats_the_whole_graph(world, monke
     from oparac.fuse import segments
 
     monkeypatch.setattr(segments, "measure_fused_runner", lambda *a: pytest.fail("segments were compiled"))
-    world["ms"] = {"single/program": 1.7, "opara/opara": 1.8, "opara/opara/cap 2": 1.9, "unfused": 1.1}
+    world["ms"] = {"single/program": 1.7, "opara/opara": 1.8, "opara/opara/cap 2": 1.9, "opara/opara/prio": 1.8,
+                   "unfused": 1.1}
     out = _fuse_default(_predicted(tiny_plan, 1.05), [])
     assert not out.fusion.backend and out.schedule.num_streams == 1 and not out.fusion.programs
     assert out.profile.guard.startswith("guard: the unfused plan on one stream is faster: 1.1000 ms against "
@@ -479,3 +481,32 @@ def test_the_unfused_rival_has_the_layout_an_unfused_plan_gets(world, monkeypatc
     [given] = seen
     assert given[guard.UNFUSED].model.memory_format == rival_layout
     assert not out.fusion.backend and out.model.memory_format == rival_layout  # it won, and is written so
+
+
+def test_the_critical_paths_streams_are_raised_with_a_stream_off_the_path_as_stream_0():
+    # 0 -> 1 -> 3 is the path (0.9 ms); 2 beside 1 and 4 on its own are off it
+    kd = kernels.KernelDag(dag=Dag.from_edges(5, EDGES), ms=(0.2, 0.4, 0.3, 0.3, 0.1), launch=("triton",) * 5,
+                           digest="ab" * 32)
+    ks = kernels.kernel_schedule(kd, "opara", "opara", 0)
+    on_path = {ks.stream[k] for k in (0, 1, 3)}
+    assert 0 in on_path and ks.num_streams > len(on_path)
+    raised = kernels.prioritized(kd, ks)
+    assert raised.algorithm == "opara/opara/prio" and raised.launch_order == ks.launch_order
+    assert raised.priority[0] == 0 and {raised.stream[k] for k in (0, 1, 3)} == {
+        s for s, p in enumerate(raised.priority) if p == HIGH_PRIORITY}
+    # the same schedule, its streams renumbered: kernels that shared a stream still do
+    pairs = lambda s: {(a, b) for a in range(5) for b in range(5) if s[a] == s[b]}
+    assert pairs(raised.stream) == pairs(ks.stream)
+    # every stream on the path: nothing to raise
+    assert kernels.prioritized(kd, kernels.one_stream(kd)) is None
+
+
+def test_the_raised_schedule_is_kept_where_it_measures_fastest_and_the_plan_validates(world, tiny_plan):
+    world["ms"] = {"single/program": 1.0, "opara/opara": 0.7, "opara/opara/cap 2": 0.9, "opara/opara/prio": 0.6}
+    search = kernels.kernel_fused(tiny_plan, {}, CPU, "inductor")
+    kept = search.plan.fusion.kernels
+    assert kept.algorithm == "opara/opara/prio" and HIGH_PRIORITY in kept.priority and search.ms == 0.6
+    validate(search.plan)
+    # where it is slower the plain schedule is kept, with no priorities
+    world["ms"]["opara/opara/prio"] = 0.8
+    assert kernels.kernel_fused(tiny_plan, {}, CPU, "inductor").plan.fusion.kernels.priority == ()

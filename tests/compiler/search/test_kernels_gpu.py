@@ -67,12 +67,16 @@ def test_every_stream_schedule_gives_the_one_stream_outputs_bitwise():
     kd = kernel_dag(programs, base, device)
     assert kd.dag.ops and max(len(ps) for ps in kd.dag.preds.values()) >= 1
     from opara_runtime.fused import artifact_bytes, cache_key
-    from oparac.search.kernels import one_stream, with_kernels
+    from oparac.search.kernels import one_stream, prioritized, with_kernels
 
     blob = artifact_bytes(programs[0].fn)
     outs = []
     schedules = [one_stream(kd)] + [kernel_schedule(kd, "opara", "opara", cap) for cap in (0, 2, 3)]
     assert max(schedules[1].stream) >= 1, "the four branches go on more than one stream"
+    # and the uncapped schedule with its critical path's streams raised (schema 1.6 priorities)
+    raised = prioritized(kd, schedules[1])
+    assert raised is not None and -1 in raised.priority, "three of the four chains are off the critical path"
+    schedules.append(raised)
     for ks in schedules:
         plan = with_kernels(one, ks, blob, cache_key(device))
         runner = opara_runtime.load(plan, model, trust_compiled_code=True)

@@ -296,6 +296,41 @@ def test_a_schedule_the_program_cannot_take_runs_it_on_one_stream_with_a_warning
     assert all(torch.equal(a, b) for a, b in zip(compiled(x, w), want))
 
 
+def test_a_plans_stream_priorities_reach_its_side_streams(monkeypatch):
+    """KernelStreams.priority is given to the side streams the launcher creates (stream 0 is the caller's)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from opara_plan import KernelStreams
+    from opara_runtime.fused import kernel_mode
+    from opara_runtime.fused.compile import INDUCTOR_KERNEL_CONFIG, compile_one
+    from opara_runtime.fused.kernel_streams import CudaLauncher
+
+    made = []
+
+    class Stream:  # what CudaLauncher asks of torch.cuda.Stream, recorded: there is no GPU here
+        def __init__(self, device=None, priority=0):
+            made.append(priority)
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    CudaLauncher(3, torch.device("cpu"), priority=(0, -1, 0))
+    CudaLauncher(3, torch.device("cpu"))
+    assert made == [-1, 0, 0, 0]
+
+    x, w = torch.randn(8, 8), torch.randn(8, 8)
+    compiled = compile_one(make_fx(lambda x, w: (torch.relu(x @ w), torch.sigmoid(x)))(x, w), [x, w],
+                           INDUCTOR_KERNEL_CONFIG)
+    prog = kernel_mode.KernelProgram(compiled).wrapper
+    n = prog.num_kernels
+    assert n >= 2
+    ks = KernelStreams(call_digest=prog.digest, stream=(0,) * (n - 1) + (1,), launch_order=tuple(range(n)),
+                       ms=(0.1,) * n, algorithm="opara/opara/prio", critical_path_ms=0.1, predicted_ms=0.1,
+                       priority=(0, -1))
+    made.clear()
+    program = type("Program", (), {"fn": compiled})()
+    opened = kernel_mode.apply_kernel_streams([program], ks, torch.device("cpu"))
+    assert opened is not None and made == [-1]
+    opened.restore()
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_one_stream_in_program_order_keeps_the_programs_frees(seed):
     # The one-stream program is inductor's call as compiled, its `del`s included, so a buffer goes back to the
