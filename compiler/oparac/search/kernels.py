@@ -241,7 +241,8 @@ def kernel_fused(plan: Plan, weights: dict, device: torch.device, backend: str,
         # side by side run at their one-stream speed, and where they contend instead (the wide CNNs at batch 8
         # measured 1.26-1.41x slower than predicted) the path's kernels are served first.
         widest = next((ks for name, ks in schedules.items() if name != "single"), None)
-        if (raised := widest and prioritized(kd, widest)) is not None and _streamable(kd, raised, progress):
+        raised = prioritized(kd, widest) if widest is not None else None
+        if raised is not None and _streamable(kd, raised, progress):
             schedules[raised.algorithm] = raised
         plans = {name: with_kernels(base_plan, ks, blob, key) for name, ks in schedules.items()}
         for name, p in plans.items():
