@@ -91,3 +91,22 @@ def test_inspect_shows_the_kernel_schedule(tiny_plan):
     fusion = summarize(_kernel_plan(tiny_plan))["fusion"]
     assert fusion["mode"] == "kernels" and fusion["kernels"] == 5 and fusion["kernel_streams"] == 3
     assert fusion["kernel_schedule"] == "opara/opara" and fusion["critical_path_ms"] == 0.03
+    assert fusion["raised_streams"] == []
+
+
+def test_inspect_says_which_streams_a_kernel_schedule_raises(tiny_plan):
+    import io
+
+    from rich.console import Console
+
+    from oparac.observe.report import print_summary
+    from oparac.observe.summary import summarize
+
+    plan = _kernel_plan(tiny_plan)
+    raised = dataclasses.replace(plan, fusion=dataclasses.replace(
+        plan.fusion, kernels=dataclasses.replace(plan.fusion.kernels, priority=(0, -1, -1))))
+    info = summarize(raised)
+    assert info["fusion"]["raised_streams"] == [1, 2]
+    out = io.StringIO()
+    print_summary(info, Console(file=out, width=400))
+    assert "5 kernels on 3 streams, 2 at high priority (opara/opara;" in out.getvalue()

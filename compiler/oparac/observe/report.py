@@ -34,8 +34,9 @@ def print_summary(info: dict, console: Console | None = None) -> None:
                   if fusion["compiled_segments"] else "none compiled (compiled at load)")
         if fusion.get("mode") == "kernels":
             rows.insert(5, ("fusion", f"{fusion['backend']}, kernel-level: the whole graph as one program, "
-                                      f"{fusion['kernels']} kernels on {fusion['kernel_streams']} streams "
-                                      f"({fusion['kernel_schedule']}; critical path {fusion['critical_path_ms']:.4f} "
+                                      f"{fusion['kernels']} kernels on {fusion['kernel_streams']} streams"
+                                      f"{_raised(fusion)}({fusion['kernel_schedule']}; critical path "
+                                      f"{fusion['critical_path_ms']:.4f} "
                                       f"ms, predicted {fusion['kernel_predicted_ms']:.4f} ms), {stored}"))
         else:
             rows.insert(5, ("fusion", f"{fusion['backend']}: {fusion['segments']} segments, {stored}"))
@@ -60,3 +61,9 @@ def print_summary(info: dict, console: Console | None = None) -> None:
                          f"{c['predicted_ms']:.4f}",
                          measured, "chosen" if c["chosen"] else "")
         console.print(cand)
+
+
+def _raised(fusion: dict) -> str:
+    """', 2 at high priority ' for a kernel schedule that raises streams (KernelStreams.priority), else ' '."""
+    raised = fusion.get("raised_streams") or []
+    return f", {len(raised)} at high priority " if raised else " "

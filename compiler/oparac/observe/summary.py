@@ -59,9 +59,11 @@ def _fusion(plan: Plan) -> dict:
 
 
 def _kernels(plan: Plan) -> dict:
-    """The kernel-level mode's schedule: kernels, streams, what made it, its critical path and prediction."""
+    """The kernel-level mode's schedule: kernels, streams (and which run at a raised priority), what made it, its
+    critical path and prediction."""
     if plan.fusion.mode != "kernels":
         return {}
     k = plan.fusion.kernels
     return {"kernels": len(k.stream), "kernel_streams": k.num_streams, "kernel_schedule": k.algorithm,
+            "raised_streams": [s for s, p in enumerate(k.priority) if p != 0],
             "critical_path_ms": k.critical_path_ms, "kernel_predicted_ms": k.predicted_ms}
