@@ -15,6 +15,7 @@ import oparac
 from opara_plan import load_plan
 from opara_plan.signing import generate_key, load_private_key, sign_plan
 from oparac.models import zoo
+from oparac.profile.cost_model import is_free
 from oparac.verify import verify
 
 from helpers.fused import TwoBranches
@@ -28,11 +29,14 @@ def test_fused_googlenet_matches_and_embeds_artifacts(tmp_path):
     model, inputs = model.cuda(), tuple(x.cuda() for x in inputs)
     # segment-level: the default ('auto') keeps GoogLeNet's whole-graph kernels on streams, one segment. The guard
     # off: by a timing it may keep the whole graph as one segment, or the unfused plan, and the segment plan itself
-    # is what is checked here (with the guard on, this test failed on the H200 once merged convolutions became the
-    # default; the run's log was cut short before saying how, and this is the likeliest way).
+    # is what is checked here.
     plan = oparac.compile(model, inputs, device="cuda", fuse="inductor", fuse_mode="segments", guard=False)
     assert plan.fusion.backend == "inductor" and len(plan.fusion.segments) > 1
-    assert all(seg.ms > 0 for seg in plan.fusion.segments)
+    # Merged convolutions leave segments made only of the slices of a merged output: views, launching nothing,
+    # which may measure 0.0 (time_in_graph: nothing launched). Every segment with a kernel-launching op is measured.
+    for seg in plan.fusion.segments:
+        assert seg.ms >= 0 and (seg.ms > 0 or all(is_free(plan.graph.nodes[i]) for i in seg.ops)), (seg.ops, seg.ms)
+    assert any(seg.ms > 0 for seg in plan.fusion.segments)
     assert plan.fusion.programs and all(seg.program >= 0 for seg in plan.fusion.segments), \
         "compiled segments are embedded"
     verdict = verify(plan, model, device="cuda")
