@@ -60,8 +60,12 @@ class KernelDag:
                      intensity={k: "compute" if how == "torch" else "memory" for k, how in enumerate(self.launch)},
                      demand={k: 0.5 for k in range(len(self.ms))})
 
+    def critical_path(self) -> tuple[tuple[int, ...], float]:
+        """The longest path of kernel times: its kernels and its length (ms)."""
+        return critical_path(self.dag, self.costs())
+
     def critical_path_ms(self) -> float:
-        return critical_path(self.dag, self.costs())[1]
+        return self.critical_path()[1]
 
 
 def whole_graph(plan: Plan, backend: str) -> Plan:
@@ -152,7 +156,7 @@ def prioritized(kd: KernelDag, ks: KernelStreams) -> KernelStreams | None:
     every stream runs part of the path (raising them all would change nothing). Stream 0 is the caller's, whose
     priority is not set, so a stream off the path becomes stream 0 (the two swap numbers; the schedule is the
     same)."""
-    path, _ = critical_path(kd.dag, kd.costs())
+    path, _ = kd.critical_path()
     on_path = {ks.stream[k] for k in path}
     off = next((s for s in range(ks.num_streams) if s not in on_path), None)
     if off is None:
