@@ -12,6 +12,10 @@ Two open questions of issue 18 are about the program rather than the schedule:
   torch.compile (GPT-2, Swin-T), only faster kernels can. The 'autotune' variants benchmark Triton GEMM templates
   against cuBLAS and fuse epilogues into the templates (max_autotune, what torch.compile's mode='max-autotune'
   sets on top of CUDA graphs); 'autotune-cd' adds coordinate-descent tuning of every kernel's launch config.
+- Launch gaps: a chain of ~100 kernels replayed from a CUDA graph spends a microsecond or two between each kernel
+  and the next. 'pdl' has inductor's Triton kernels use programmatic dependent launch (Hopper and later): a kernel
+  is scheduled while its predecessor on the stream drains and waits on the GPU for its results, so the gap
+  shrinks where two Triton kernels follow each other (cuBLAS and cuDNN calls between them keep theirs).
 
 Each Opara variant is the kernel-level search (oparac.search.kernels.kernel_fused) with that compile's options:
 its one-stream program and its best schedule, as replays of their captured graphs, then the kept plan timed like
@@ -32,7 +36,8 @@ HERE = Path(__file__).resolve().parent
 # name -> inductor options on top of each side's own (Opara: INDUCTOR_KERNEL_CONFIG; torch.compile: cudagraphs)
 VARIANTS = {"default": {}, "reuse": {"allow_buffer_reuse": True}, "no-reuse": {"allow_buffer_reuse": False},
             "combo": {"combo_kernels": True}, "autotune": {"max_autotune": True},
-            "autotune-cd": {"max_autotune": True, "coordinate_descent_tuning": True}}
+            "autotune-cd": {"max_autotune": True, "coordinate_descent_tuning": True},
+            "pdl": {"triton.enable_pdl": True}}
 
 
 def opara_config(variant: str) -> dict:

@@ -25,6 +25,7 @@ def test_opara_variants_keep_the_kernel_modes_options_and_change_only_their_own(
     assert variants.opara_config("autotune") == {**INDUCTOR_KERNEL_CONFIG, "max_autotune": True}
     assert variants.compile_options("autotune-cd") == {"triton.cudagraphs": True, "max_autotune": True,
                                                        "coordinate_descent_tuning": True}
+    assert variants.opara_config("pdl") == {**INDUCTOR_KERNEL_CONFIG, "triton.enable_pdl": True}
 
 
 def test_torch_compile_variants_are_reduce_overheads_cuda_graphs_plus_their_own():
