@@ -9,6 +9,7 @@ stream, with a warning.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
 from opara_plan import KernelStreams
@@ -16,6 +17,9 @@ from opara_runtime.fused.kernel_streams import CudaLauncher, KernelScheduleError
 from opara_runtime.fused.wrapper_ir import WrapperFormatError, WrapperProgram, parse_wrapper
 
 _MAX_DEPTH = 12
+# The compiler opens one compiled program once per schedule it captures: the wrapper is parsed once per source,
+# which for a few hundred kernels takes a tenth of a second or more (parse_wrapper is pure, its result read-only).
+_parsed = functools.lru_cache(maxsize=4)(parse_wrapper)
 _REPLACED = "_opara_replaced_call"  # on an installed streamed call: the wrapper's call it stands in for
 
 
@@ -67,7 +71,7 @@ class KernelProgram:
         self._slot, self.original = _locate_call(graph)
         func = getattr(self.original, "__func__", self.original)
         self.namespace = func.__globals__
-        self.wrapper: WrapperProgram = parse_wrapper(source)
+        self.wrapper: WrapperProgram = _parsed(source)
 
     def install(self, stream: tuple[int, ...], order: tuple[int, ...], device, *, timed: bool = False,
                 priority: tuple[int, ...] = ()):

@@ -309,13 +309,25 @@ def _args(name: str) -> ast.arguments:
                          kwarg=None, defaults=[])
 
 
+def streamed_code(prog: WrapperProgram, stream: tuple[int, ...], order: tuple[int, ...], *, timed: bool = False,
+                  free: bool | None = None):
+    """streamed_source compiled, once per program and schedule (WrapperProgram.compiled_calls); a schedule the
+    program cannot take is refused (KernelScheduleError) and not remembered."""
+    free = FREE_ON_STREAMS if free is None else free
+    key = (tuple(stream), tuple(order), timed, free)
+    code = prog.compiled_calls.get(key)
+    if code is None:
+        code = compile(streamed_source(prog, stream, order, timed=timed, free=free), "<opara kernel streams>", "exec")
+        prog.compiled_calls[key] = code
+    return code
+
+
 def streamed_maker(prog: WrapperProgram, namespace: dict, stream: tuple[int, ...], order: tuple[int, ...], *,
                    timed: bool = False, free: bool | None = None):
     """`_opara_make(launcher)`, compiled in the wrapper module's namespace (its globals: kernels and helpers);
     a schedule the program cannot take is refused here (KernelScheduleError), before any stream exists."""
-    source = streamed_source(prog, stream, order, timed=timed, free=free)
     local: dict = {}
-    exec(compile(source, "<opara kernel streams>", "exec"), namespace, local)  # noqa: S102 - trusted program
+    exec(streamed_code(prog, stream, order, timed=timed, free=free), namespace, local)  # noqa: S102 - trusted
     return local["_opara_make"]
 
 

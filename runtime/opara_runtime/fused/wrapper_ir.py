@@ -60,7 +60,8 @@ class Statement:
 @dataclass
 class WrapperProgram:
     """The parsed `call`: its prologue (unpacking, checks on the arguments), the device block's statements, the
-    device block's header, and what comes after it (the return)."""
+    device block's header, and what comes after it (the return). Read-only once parsed: one parse is shared by
+    every schedule put on the program (kernel_mode)."""
 
     prologue: list[ast.stmt]
     device_block: ast.With | None
@@ -71,6 +72,9 @@ class WrapperProgram:
     kernels: list[Statement] = field(default_factory=list)
     preds: dict[int, tuple[int, ...]] = field(default_factory=dict)  # kernel -> kernels it must follow
     storage_of: dict[str, int] = field(default_factory=dict)  # tensor name -> storage (the last binding's)
+    # The streamed calls compiled from this program, by schedule (kernel_streams.streamed_code): the compiler
+    # checks and captures several schedules of one program, and writing a call costs a tenth of a second.
+    compiled_calls: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_kernels(self) -> int:

@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from helpers.wrappers import SimLauncher, World, inputs, random_wrapper
 from opara_runtime.fused.kernel_streams import (KernelScheduleError, build_call, check_schedule, cross_stream_waits,
-                                                streamed_source)
+                                                streamed_code, streamed_source)
 from opara_runtime.fused.wrapper_ir import WrapperFormatError, parse_wrapper
 
 GPT2_LIKE = '''
@@ -114,6 +114,23 @@ def test_an_order_breaking_a_dependency_is_refused():
         check_schedule(prog, (0, 99, 0), (0, 1, 2))
 
 
+def test_a_schedules_call_is_compiled_once_per_program_and_a_refused_one_is_not_kept():
+    prog = parse_wrapper(GPT2_LIKE)
+    two = streamed_code(prog, (0, 1, 0), (0, 1, 2))
+    assert streamed_code(prog, (0, 1, 0), (0, 1, 2)) is two
+    assert streamed_code(prog, (0, 1, 0), (1, 0, 2)) is not two  # another launch order is another call
+    assert streamed_code(prog, (0, 1, 0), (0, 1, 2), free=False) is not two
+    assert streamed_code(prog, (0, 0, 0), (0, 1, 2)) is not two
+    kept = dict(prog.compiled_calls)
+    with pytest.raises(KernelScheduleError, match="launched before kernel"):
+        streamed_code(prog, (0, 1, 0), (2, 0, 1))
+    assert prog.compiled_calls == kept
+    # what is compiled is the schedule's source, the same as writing it afresh
+    assert parse_wrapper(GPT2_LIKE).compiled_calls == {}
+    assert two.co_consts == compile(streamed_source(prog, (0, 1, 0), (0, 1, 2)), "<opara kernel streams>",
+                                    "exec").co_consts
+
+
 def test_timed_source_ticks_after_every_kernel():
     prog = parse_wrapper(GPT2_LIKE)
     src = streamed_source(prog, (0, 0, 0), (0, 1, 2), timed=True)
@@ -185,6 +202,7 @@ def test_a_real_inductor_program_is_opened_and_its_streamed_call_matches(free):
     # wrapper's own call, not the streamed one, and installs its schedule in the same place.
     again = KernelProgram(compiled)
     assert again.original is opened.original and again.wrapper.digest == prog.digest
+    assert again.wrapper is prog  # parsed once per source, however often it is opened
     other = _CpuLauncher()
     again._set(build_call(again.wrapper, again.namespace, (0,) * prog.num_kernels, order, other, free=free))
     assert all(torch.equal(a, b) for a, b in zip(compiled(x, w, v), want)) and other.forks == 1
