@@ -357,6 +357,17 @@ def write_markdown(paths: list[Path], out: Path) -> None:
                      "run, interleaved: what `--memory-format auto` chooses between for a model with convolutions "
                      "(it builds NHWC). Where a run measured these two instead of *opara_default*, the table above "
                      "shows the NHWC one, named in its last column.", "", chosen, ""]
+    h100 = [p for p in sorted((Path(__file__).resolve().parent / "results").glob("suite-*.json"))
+            if p not in paths and "H100" in (run := json.loads(p.read_text()))["gpu"]
+            and any(r.get("method") == "opara_default" for r in run["records"])]
+    if h100:
+        text += ["## Never lose on the H100", "",
+                 f"From {', '.join(f'`benchmarks/results/{p.name}`' for p in h100)}: the groups of the never-lose "
+                 "grid that no H200 run had measured, run on an H100 when no H200 was lent (2026-12-06), with the "
+                 "default plan as it stood then (merged projections and convolutions, the 1.43x segments margin, "
+                 "the raised-priority kernel schedule among the candidates). Methods and columns as in the H200 "
+                 "section above; these figures are the H100's and are not comparable with that section's.", "",
+                 never_lose(merge(h100)), ""]
     served = sorted((Path(__file__).resolve().parent / "results").glob("serve-load-*.json"))
     if served:
         text += ["## Serving: concurrent callers on one GPU", "",
