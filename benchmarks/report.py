@@ -324,7 +324,14 @@ def write_markdown(paths: list[Path], out: Path) -> None:
                  "process; *of it measuring s* is the part of the default's compile after inductor compiled the "
                  "whole graph (the kernel search capturing and timing its schedules, the guard's rounds against the "
                  "unfused plan on one stream, and the segments where they were compiled too), from the compile's "
-                 "progress lines where the run kept them. Each model, batch and precision comes whole from the newest file that measured it: Llama fp16 from the run after the kernel-streams memory fix (its earlier "
+                 "progress lines where the run kept them. In every run listed here torch.compile was built "
+                 "before the Opara methods of its group, in the same process, and its compile time includes that "
+                 "process's first imports of dynamo, inductor and Triton, which Opara's compile then found done: "
+                 "the compile ratios favour Opara by those imports (on the device machines, which keep no compiled "
+                 "bytecode of the installed packages, a profile of one compile spent 6.5 s compiling library "
+                 "modules' bytecode over all of its process's imports; how much of that falls inside torch.compile's "
+                 "build is not measured). Runs from 2026-12-06T21:30 warm those imports before any method is built "
+                 "(records marked `imports: warm`). Each model, batch and precision comes whole from the newest file that measured it: Llama fp16 from the run after the kernel-streams memory fix (its earlier "
                  "kernel-level plans were 0.5 off, design.md section 6.1). *timed* says how: *interleaved* rows (from "
                  "2026-12-01T19:16) built every method of the group first and timed them in 15 interleaved rounds "
                  "(the figure is the median round), *alone* rows timed each method right after building it. At batch "
@@ -366,7 +373,9 @@ def write_markdown(paths: list[Path], out: Path) -> None:
                  "grid that no H200 run had measured, run on an H100 when no H200 was lent (2026-12-06), with the "
                  "default plan as it stood then (merged projections and convolutions, the 1.43x segments margin, "
                  "the raised-priority kernel schedule among the candidates). Methods and columns as in the H200 "
-                 "section above; these figures are the H100's and are not comparable with that section's.", "",
+                 "section above, the caveat on torch.compile's compile time included (these runs predate the "
+                 "warm-up of the imports); these figures are the H100's and are not comparable with that "
+                 "section's.", "",
                  never_lose(merge(h100)), ""]
     served = sorted((Path(__file__).resolve().parent / "results").glob("serve-load-*.json"))
     if served:

@@ -126,3 +126,39 @@ def test_a_group_process_takes_the_arguments_it_is_given(capsys):
                                      bench_run.group_argv(args, "resnet50", 1, "float32"))
     assert [r["error"] for r in records] == [
         "not measured: the group's process exited with status 1 before this method's figures were written"] * 2
+
+
+def _fake_group(monkeypatch, events: list):
+    from types import SimpleNamespace
+
+    from oparac.bench import methods
+
+    monkeypatch.setattr(methods, "zoo_model", lambda name, batch, dtype, device: (None, (), None))
+    monkeypatch.setattr(methods, "warm_imports", lambda device: events.append("warm imports"))
+    monkeypatch.setattr(methods, "build", lambda m, *a, **k: events.append(f"build {m}"))
+
+    def group(recs, makes, *a, **k):
+        for make in makes:
+            make()
+        return recs
+    monkeypatch.setattr(methods, "measure_group", group)
+    return SimpleNamespace(timing="interleaved", progress=False, rounds=1)
+
+
+def test_a_group_warms_the_compilers_imports_before_building_any_method(monkeypatch):
+    """torch.compile is built before Opara's methods: without the warm-up its compile time alone would carry
+    the process's first imports of dynamo, inductor and Triton."""
+    events: list = []
+    args = _fake_group(monkeypatch, events)
+    recs = list(bench_run.run_group("gpt2", 1, "float16", ["cudagraph", "torch_compile", "opara_default"], "cuda",
+                                    args, 10))
+    assert events == ["warm imports", "build cudagraph", "build torch_compile", "build opara_default"]
+    assert {r.method: r.imports for r in recs} == {"cudagraph": None, "torch_compile": "warm", "opara_default": "warm"}
+    assert "imports" not in recs[0].as_dict() and recs[1].as_dict()["imports"] == "warm"
+
+
+def test_a_group_that_compiles_nothing_imports_no_compiler(monkeypatch):
+    events: list = []
+    args = _fake_group(monkeypatch, events)
+    recs = list(bench_run.run_group("gpt2", 1, "float16", ["eager", "cudagraph"], "cuda", args, 10))
+    assert events == ["build eager", "build cudagraph"] and all(r.imports is None for r in recs)

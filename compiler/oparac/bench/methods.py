@@ -62,6 +62,10 @@ class Record:
     # 'empty' where the method compiled from empty inductor and Triton caches (cold_compile_caches, from
     # 2026-12-02T05:00); absent in earlier records, whose compile times after a group's first compile were warm
     caches: str | None = None
+    # 'warm' where the group's process had imported dynamo, inductor and Triton before any method was built
+    # (warm_imports, from 2026-12-06T21:30); absent in earlier records, where the group's first compiling method
+    # (torch_compile, built before every Opara method) paid those first imports inside its compile time
+    imports: str | None = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -74,7 +78,7 @@ class Record:
         if self.plan is None:
             d.pop("plan")
         for k in ("critical_path_ms", "critical_path_calibrated", "timing", "ms_b2b_rounds", "compile_stages",
-                  "compile_notes", "dynamo", "caches"):
+                  "compile_notes", "dynamo", "caches", "imports"):
             if d.get(k, 0) is None:
                 d.pop(k)
         return d
@@ -189,6 +193,22 @@ def cold_compile_caches():
     fresh_cache = getattr(utils, "fresh_cache", None) or utils.fresh_inductor_cache  # its name before torch 2.8
     with fresh_cache(dir=root, delete=False):
         yield
+
+
+def warm_imports(device: torch.device) -> None:
+    """Compile and run a one-line function with torch.compile, from empty caches, and forget it: afterwards the
+    process has imported what every compiling method imports on its first compile (dynamo, inductor, Triton and
+    their dependencies). A group's methods are built one after another in one process, so without this the first
+    to compile (torch_compile) would carry those imports in its compile time and the methods after it not (on
+    the device machines, whose packages keep no compiled bytecode, that was seconds). A user's fresh process
+    pays them once whichever compiler it runs, so neither side is charged here."""
+    with cold_compile_caches():
+        torch._dynamo.reset()
+        x = torch.ones(8, device=device)
+        torch.compile(lambda t: t * 2 + 1)(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        torch._dynamo.reset()
 
 
 def _build(method: str, model, inputs, device: torch.device, plan_options: dict | None):

@@ -42,3 +42,19 @@ def test_only_the_methods_that_compile_are_built_inside_them(monkeypatch):
     assert inside["cudagraph"] == inside["eager"] == outer
     assert len({inside[m] for m in ("torch_compile", "opara_default", "opara_fused_kernels")} - {outer}) == 3
     assert [m for m in inside if methods.compiles(m)] == ["torch_compile", "opara_default", "opara_fused_kernels"]
+
+
+def test_warming_the_imports_compiles_in_caches_of_its_own():
+    """warm_imports (run before a group's first build) really compiles, so the imports it is for are done, in
+    cache folders of its own: the methods timed after it still start from empty ones."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys, torch; from oparac.bench.methods import warm_imports; before = "
+            "(os.environ.get('TORCHINDUCTOR_CACHE_DIR'), os.environ.get('TRITON_CACHE_DIR')); "
+            "warm_imports(torch.device('cpu')); "
+            "assert (os.environ.get('TORCHINDUCTOR_CACHE_DIR'), os.environ.get('TRITON_CACHE_DIR')) == before; "
+            "print('torch._inductor.compile_fx' in sys.modules, 'torch._dynamo.convert_frame' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "True"]
