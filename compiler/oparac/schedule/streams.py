@@ -48,14 +48,31 @@ def _place_free_ops(dag, kernel_stream: dict[int, int]) -> dict[int, int]:
             rider = _rider(dag, i, stream)
             if rider is not None:
                 stream[i] = rider
-    for i in reversed(dag.ops):
-        if i not in stream:
-            stream[i] = next((stream[c] for c in dag.succs[i] if c in stream), 0)
-    # A view whose producers were all views of inputs could not ride in the first pass: those producers
-    # have a stream only now, so ride on it (otherwise it sat on a consumer's or stream 0 by default).
-    for i in dag.ops:
-        if i in dag.free and dag.preds[i] and not any(p in kernel_stream for p in dag.preds[i]):
-            stream[i] = _rider(dag, i, stream)
+    # What is left sees no kernel behind it: views of inputs and weights, and views of those. Free ops linked by
+    # their edges share one stream, that of the first consumer outside the group with one (in program order), so
+    # that every such view sits with a neighbour: placed one by one, a view of an input could join a consumer
+    # view that then moved to ride on another input view's stream, and be left on a stream of its own.
+    left = [i for i in dag.ops if i not in stream]
+    group = {i: i for i in left}
+
+    def root(i: int) -> int:
+        while group[i] != i:
+            group[i] = group[group[i]]
+            i = group[i]
+        return i
+    for i in left:
+        for p in dag.preds[i]:
+            if p in group:
+                group[root(i)] = root(p)
+    joined: dict[int, int] = {}
+    for i in left:
+        r = root(i)
+        if r not in joined:
+            consumer = next((stream[c] for c in dag.succs[i] if c in stream), None)
+            if consumer is not None:
+                joined[r] = consumer
+    for i in left:
+        stream[i] = joined.get(root(i), 0)
     return stream
 
 

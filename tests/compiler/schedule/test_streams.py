@@ -127,6 +127,17 @@ def test_a_view_of_an_input_joins_its_consumer_and_needs_no_wait(algo):
     assert all(producer != 3 for _, producer in waits)
 
 
+@pytest.mark.parametrize("algo", PARALLEL_ALGOS)
+def test_views_of_inputs_viewed_together_share_a_stream_with_their_consumer(algo):
+    # 0 and 1 view inputs and 4 views both; kernel 3 reads 0 and runs beside kernel 2. Placed one by one, 1
+    # joined its consumer 4 on stream 0, 4 then rode on its first producer 0, which had joined 3 off stream 0,
+    # and 1 was left alone on stream 0 (found by test_properties).
+    dag = Dag.from_edges(5, [(0, 3), (0, 4), (1, 4)], free=(0, 1, 4))
+    a = _assign(dag, algo)
+    assert a.num_streams == 2 and a.stream[2] != a.stream[3]
+    assert a.stream[0] == a.stream[1] == a.stream[4] == a.stream[3]
+
+
 @pytest.mark.parametrize("algo", STREAM_ALGOS)
 def test_free_ops_never_open_a_stream(algo):
     dag = Dag.from_edges(4, [(0, 1), (0, 2), (0, 3)], free=(1, 2, 3))
