@@ -370,7 +370,8 @@ def write_markdown(paths: list[Path], out: Path) -> None:
     if h100:
         text += ["## Never lose on the H100", "",
                  f"From {', '.join(f'`benchmarks/results/{p.name}`' for p in h100)}: the groups of the never-lose "
-                 "grid that no H200 run had measured, run on an H100 when no H200 was lent (2026-12-06), with the "
+                 "grid that no H200 run had measured (and ConvNeXt-T b1 fp16, whose H200 torch.compile had "
+                 "recompiled with a symbolic batch), run on an H100 when no H200 was lent (2026-12-06), with the "
                  "default plan as it stood then (merged projections and convolutions, the 1.43x segments margin, "
                  "the raised-priority kernel schedule among the candidates). Methods and columns as in the H200 "
                  "section above, the caveat on torch.compile's compile time included (these runs predate the "
