@@ -242,10 +242,14 @@ def _measuring_s(rec: dict) -> float | None:
 
 def _compile_s(rec: dict | None) -> str:
     """A compile time, marked *(shared)* where it was not compiled from empty caches (Record.caches): before
-    2026-12-02T05:00 a group's methods shared inductor's and Triton's caches, so a later compile could be warm."""
+    2026-12-02T05:00 a group's methods shared inductor's and Triton's caches, so a later compile could be warm;
+    and *(profile cached)* where Opara's compile found its op profile in the profile cache (its progress lines say
+    so), which cold_compile_caches did not empty before 2026-12-06T22:00."""
     if not rec:
         return "-"
-    return _fmt(rec.get("compile_s"), ".0f") + ("" if rec.get("caches") == "empty" else " (shared)")
+    cached = any(line == "profile: cache hit" for _, line in rec.get("compile_notes") or ())
+    return (_fmt(rec.get("compile_s"), ".0f") + ("" if rec.get("caches") == "empty" else " (shared)")
+            + (" (profile cached)" if cached else ""))
 
 
 def layouts(result: dict) -> str:
@@ -331,7 +335,10 @@ def write_markdown(paths: list[Path], out: Path) -> None:
                  "measured per group; on the H100 a fresh process's first inductor compile of a tiny graph took "
                  "7.1 s and its second 0.2 s (`probes/worker-startup-20261124T002936.json`), so up to about 7 s of "
                  "each torch.compile time here may be that. Runs from 2026-12-06T21:30 warm the compilers up before "
-                 "any method is built (records marked `imports: warm`). Each model, batch and precision comes whole from the newest file that measured it: Llama fp16 from the run after the kernel-streams memory fix (its earlier "
+                 "any method is built (records marked `imports: warm`). *(profile cached)* after a compile time: that Opara "
+                 "compile found its op profile in Opara's profile cache, left there by an earlier run of the same "
+                 "group on the machine, and skipped profiling (1-3 s); from 2026-12-06T22:00 each compile starts from "
+                 "an empty profile cache too. Each model, batch and precision comes whole from the newest file that measured it: Llama fp16 from the run after the kernel-streams memory fix (its earlier "
                  "kernel-level plans were 0.5 off, design.md section 6.1). *timed* says how: *interleaved* rows (from "
                  "2026-12-01T19:16) built every method of the group first and timed them in 15 interleaved rounds "
                  "(the figure is the median round), *alone* rows timed each method right after building it. At batch "

@@ -106,6 +106,20 @@ def test_a_compile_time_taken_with_shared_caches_is_marked(tmp_path):
     assert rows["bert"][12] == "20 (shared), 14 (shared)"
 
 
+def test_a_compile_that_found_its_op_profile_cached_is_marked(tmp_path):
+    notes = [[0.5, "profile: 294 ops on cuda"], [0.51, "profile: cache hit"], [0.52, "profile: done in 0.01 s"]]
+    run = _run(tmp_path / "suite-20261206T210557.json", "2026-12-06T21:05:57", [
+        _rec("torch_compile", 0.556, 7.8e-3, compile_s=18.2, caches="empty"),
+        _rec("opara_default", 0.412, 7.8e-3, compile_s=22.7, caches="empty", compile_notes=notes),
+        dict(_rec("torch_compile", 0.607, 1e-2, compile_s=14.1, caches="empty"), model="bert"),
+        dict(_rec("opara_default", 0.588, 1e-2, compile_s=19.7, caches="empty",
+                  compile_notes=[[0.5, "profile: done in 2.16 s"]]), model="bert")])
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                          for line in report.never_lose(report.merge([run])).splitlines()[4:])}
+    assert rows["llama"][12] == "23 (profile cached), 18"
+    assert rows["bert"][12] == "20, 14"
+
+
 def test_a_run_that_failed_in_every_method_keeps_the_measurement_before_it_and_is_listed(tmp_path):
     old = _run(tmp_path / "suite-20261201T114826.json", "2026-12-01T11:48:26", [
         _rec("torch_compile", 0.53, 7.8e-3), _rec("opara_default", 0.466, 7.8e-3)])

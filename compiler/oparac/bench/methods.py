@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -180,7 +181,9 @@ def cold_compile_caches():
     compile times of a group's later methods were such. Inside, both folders are new and empty and the
     in-memory caches cleared (inductor's fresh_cache); inductor's compile workers are restarted first, since a
     worker process keeps the cache folder it started with. The folders are kept until the process exits: a
-    compiled program may still load from them."""
+    compiled program may still load from them. Opara's own profile cache (OPARA_CACHE_DIR, by default in the
+    user's home and so shared by every run on the machine) gets a new empty folder too: until 2026-12-06T22:00
+    a group measured twice in one session profiled its ops only the first time."""
     import atexit
     import shutil
     import tempfile
@@ -191,8 +194,16 @@ def cold_compile_caches():
     atexit.register(shutil.rmtree, root, True)
     async_compile.shutdown_compile_workers()
     fresh_cache = getattr(utils, "fresh_cache", None) or utils.fresh_inductor_cache  # its name before torch 2.8
-    with fresh_cache(dir=root, delete=False):
-        yield
+    before = os.environ.get("OPARA_CACHE_DIR")
+    os.environ["OPARA_CACHE_DIR"] = os.path.join(root, "opara-profiles")
+    try:
+        with fresh_cache(dir=root, delete=False):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("OPARA_CACHE_DIR", None)
+        else:
+            os.environ["OPARA_CACHE_DIR"] = before
 
 
 def warm_imports(device: torch.device) -> None:

@@ -29,6 +29,23 @@ def test_each_build_gets_new_empty_cache_folders_and_restarted_workers(monkeypat
     assert len({s for pair in seen for s in pair}) == 4  # no folder is used twice
 
 
+def test_oparas_profile_cache_is_new_and_empty_inside_and_restored_after(monkeypatch, tmp_path):
+    from oparac.profile.cache import ProfileCache
+
+    monkeypatch.setenv("OPARA_CACHE_DIR", str(tmp_path / "mine"))
+    seen = []
+    for _ in range(2):
+        with methods.cold_compile_caches():
+            folder = ProfileCache.default().folder
+            assert folder != tmp_path / "mine" and not (folder.exists() and any(folder.iterdir()))
+            seen.append(folder)
+    assert seen[0] != seen[1] and os.environ["OPARA_CACHE_DIR"] == str(tmp_path / "mine")
+    monkeypatch.delenv("OPARA_CACHE_DIR")
+    with methods.cold_compile_caches():
+        assert ProfileCache.default().folder.name == "opara-profiles"
+    assert "OPARA_CACHE_DIR" not in os.environ  # unset before, unset after: the default in the home folder
+
+
 def test_only_the_methods_that_compile_are_built_inside_them(monkeypatch):
     inside = {}
 
