@@ -72,7 +72,7 @@ def compile(model, example_inputs=None, options: CompileOptions | None = None, *
     if why:
         hook.note(f"layout: {memory_format} (memory_format='auto'; {why})")
     target, profile = stages.run("profile", f"{sum(n.kind == 'op' for n in graph.nodes)} ops on {dev}", lambda: (
-        profile_graph(graph, dev, opts.dtype, profile_cache, hook, memory_format)))
+        profile_stage(graph, dev, opts, profile_cache, hook, memory_format)))
     if len(gpus) > 1:
         target, profile = stages.run("links", f"copy costs between {len(gpus)} GPUs", lambda: link_stage(
             gpus, dev, target, profile, opts.links, hook))
@@ -189,7 +189,10 @@ def fuse_stage(plan: Plan, weights: dict | None, dev: torch.device, opts: Compil
                                    cut=opts.cut, unfused_layout=unfused_layout)
         if kept is not None:
             return kept
-        # else the whole graph's kernels could not be put on streams (or it failed): the segment plan is guarded
+        # else the whole graph's kernels could not be put on streams (or it failed): the segment plan is guarded,
+        # and its segments are cut from a schedule on measured op times
+        if plan.profile.method == "cost-model" and plan.target.device_type == "cuda":  # profile_stage's estimate
+            plan = measured_profile(plan, dev, opts, profile_cache, progress)
     if not guarded(opts, dev):
         return measure_fused(fuse_plan(plan, opts.fuse, cut=opts.cut), weights, dev)[0]
     from oparac.search.guard import guard_fused
@@ -305,6 +308,47 @@ def bind_weights(model, plan: Plan, device: torch.device) -> dict:
     from opara_runtime.bind import weights_on_device
 
     return weights_on_device(plan, model_weights(model), device)
+
+
+def profile_stage(graph: Graph, dev: torch.device, opts: CompileOptions, cache, progress: Progress,
+                  memory_format: str = "contiguous") -> tuple[Target, Profile]:
+    """The op profile the compile schedules on. The default fused compile on a GPU (guarded, fuse_mode 'auto')
+    needs measured op times only to forecast whether fused segments could beat the whole graph's kernels on
+    streams, and the cost model's estimate settles that on most models (chains and transformers: their unfused
+    streams are forecast well under what segments would need). There the ops are not timed, which takes 1.5-3 s
+    of such a compile on an H100 or H200, and the plan carries the estimate (Profile.method 'cost-model'); the
+    kernels it runs are measured by the kernel search either way. Everywhere else the ops are timed."""
+    if deferred_profile(opts, dev):
+        from oparac.profile.profiler import gpu_target
+        from oparac.search.guard import segments_ruled_out
+
+        target = gpu_target(dev)
+        ops = cost_model.estimate(graph, gpu_spec(target), opts.dtype)
+        estimate = Profile(method="cost-model", ops=ops, sequential_ms=sum(o.ms for o in ops))
+        schedule = make_schedule(graph, ops, streams=opts.streams, order=opts.order, max_streams=opts.max_streams,
+                                 gpu=gpu_spec(target))
+        why = segments_ruled_out(schedule, estimate)
+        if why is not None:
+            progress.note(f"profile: ops not timed ({why}): the plan keeps the cost model's op times")
+            return target, estimate
+    return profile_graph(graph, dev, opts.dtype, cache, progress, memory_format)
+
+
+def measured_profile(plan: Plan, dev: torch.device, opts: CompileOptions, cache, progress: Progress) -> Plan:
+    """`plan` with its ops timed on `dev` and its schedule made again on those times (profile_stage left the cost
+    model's)."""
+    progress.note("profile: timing the ops after all: the segments are cut from their schedule")
+    _, profile = profile_graph(plan.graph, dev, opts.dtype, cache, progress, plan.model.memory_format)
+    schedule = make_schedule(plan.graph, profile.ops, streams=opts.streams, order=opts.order,
+                             max_streams=opts.max_streams, gpu=gpu_spec(plan.target))
+    return dataclasses.replace(plan, profile=profile, schedule=schedule)
+
+
+def deferred_profile(opts: CompileOptions, dev: torch.device) -> bool:
+    """Whether the compile times its ops only where the cost model leaves segments worth forecasting: the guarded
+    default fused compile on one GPU (a tuned, unfused, segment-mode or multi-GPU compile schedules on measured
+    op times)."""
+    return bool(opts.fuse) and guarded(opts, dev) and opts.fuse_mode == "auto"
 
 
 def profile_graph(graph: Graph, device: torch.device, dtype: str, cache, progress: Progress,

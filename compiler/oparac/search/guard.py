@@ -87,12 +87,18 @@ def guard_unfused(plan: Plan, weights: dict, device: torch.device, say=None) -> 
 
 def segments_cannot_pay(plan: Plan) -> str | None:
     """Why the unfused `plan`'s profile rules out a segment-level plan that clearly pays, or None where it may."""
-    s = plan.schedule
+    return segments_ruled_out(plan.schedule, plan.profile)
+
+
+def segments_ruled_out(s, profile) -> str | None:
+    """segments_cannot_pay for the unfused schedule `s` made on `profile`'s op times: measured ones, or the cost
+    model's where the compile decides from them whether measuring is worth it (pipeline.profile_stage)."""
     if s.num_streams == 1:
         return "the schedule is one stream, so its one segment would be the whole graph"
-    gain = plan.profile.sequential_ms / s.predicted_ms if s.predicted_ms > 0 else float("inf")
+    gain = profile.sequential_ms / s.predicted_ms if s.predicted_ms > 0 else float("inf")
     if gain < SEGMENTS_PREDICTED_GAIN:
-        return (f"the profile predicts the {s.num_streams}-stream schedule at {gain:.2f}x one stream, less than the "
+        source = "the cost model" if profile.method == "cost-model" else "the profile"
+        return (f"{source} predicts the {s.num_streams}-stream schedule at {gain:.2f}x one stream, less than the "
                 f"{SEGMENTS_PREDICTED_GAIN:.2f}x its segments would need to clearly pay")
     return None
 

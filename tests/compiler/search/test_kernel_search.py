@@ -268,8 +268,9 @@ def test_a_default_plan_whose_segments_cannot_pay_compiles_only_the_whole_graph(
     notes = []
     out = _fuse_default(_predicted(tiny_plan, 1.05), notes)
     assert out.fusion.mode == "kernels" and out.fusion.kernels.algorithm == "opara/opara"
-    assert out.profile.guard.startswith("guard: segments not compiled (the profile predicts the 2-stream schedule "
-                                        "at 1.05x one stream")
+    # tiny_plan was made on the CPU, so its op times are the cost model's, and the guard says so
+    assert out.profile.guard.startswith("guard: segments not compiled (the cost model predicts the 2-stream "
+                                        "schedule at 1.05x one stream")
     assert "kept opara/opara" in out.profile.guard and "segments" not in world["built"]
     assert any("segments not compiled" in n for n in notes)
     # the plan written is the fastest the search measured, one stream included
@@ -438,6 +439,37 @@ def test_segments_are_fused_when_the_whole_graph_cannot_be_read(monkeypatch, tin
     out = _fuse_default(guard.single_stream(tiny_plan), notes)
     assert compiled and out.fusion.mode == "segments"
     assert any("fusing segments instead" in n for n in notes)
+
+
+def test_a_plan_that_kept_the_cost_models_op_times_is_timed_before_its_segments_are_cut(monkeypatch, tiny_plan):
+    """profile_stage left a GPU plan the cost model's op times; where the whole graph then cannot be read, the
+    segments are cut from a schedule on measured times."""
+    import dataclasses
+
+    from opara_plan import Target
+    from opara_runtime.fused.wrapper_ir import WrapperFormatError
+    from oparac import pipeline
+    from oparac.fuse import segments
+
+    def unreadable(*a, **k):
+        raise WrapperFormatError("no compiled inductor graph found in the program")
+    monkeypatch.setattr(kernels, "kernel_fused", unreadable)
+    timed = []
+
+    def measured(plan, dev, opts, cache, progress):
+        timed.append(plan.profile.method)
+        return dataclasses.replace(plan, profile=dataclasses.replace(plan.profile, method="cuda-graph"))
+    monkeypatch.setattr(pipeline, "measured_profile", measured)
+    cut = []
+    monkeypatch.setattr(segments, "measure_fused_runner", lambda plan, w, d: (cut.append(plan) or plan, 0.5, None))
+    monkeypatch.setattr(guard, "guard_fused", lambda fused, ms, *a, **k: fused)
+    on_gpu = dataclasses.replace(guard.single_stream(tiny_plan), target=Target(device_type="cuda", gpu_name="H100"))
+    out = _fuse_default(on_gpu, [])
+    assert timed == ["cost-model"] and [p.profile.method for p in cut] == ["cuda-graph"]
+    assert out.fusion.mode == "segments"
+    timed.clear()
+    _fuse_default(guard.single_stream(tiny_plan), [])  # a preview plan made on the CPU is not timed
+    assert timed == []
 
 
 def test_the_unfused_plan_is_written_where_it_beats_the_whole_graph(world, monkeypatch, tiny_plan):
