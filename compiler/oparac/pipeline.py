@@ -314,10 +314,10 @@ def profile_stage(graph: Graph, dev: torch.device, opts: CompileOptions, cache, 
                   memory_format: str = "contiguous") -> tuple[Target, Profile]:
     """The op profile the compile schedules on. The default fused compile on a GPU (guarded, fuse_mode 'auto')
     needs measured op times only to forecast whether fused segments could beat the whole graph's kernels on
-    streams, and the cost model's estimate settles that on most models (chains and transformers: their unfused
-    streams are forecast well under what segments would need). There the ops are not timed, which takes 1.5-3 s
-    of such a compile on an H100 or H200, and the plan carries the estimate (Profile.method 'cost-model'); the
-    kernels it runs are measured by the kernel search either way. Everywhere else the ops are timed."""
+    streams. Where the unfused schedule on the cost model's op times already rules segments out (one stream, or
+    too little predicted gain: guard.segments_ruled_out), the ops are not timed, which took 0.9-3.3 s of such a
+    compile on an H100 or H200, and the plan carries the estimate (Profile.method 'cost-model'); the kernels it
+    runs are measured by the kernel search either way. Everywhere else the ops are timed (docs/design.md 4)."""
     if deferred_profile(opts, dev):
         from oparac.profile.profiler import gpu_target
         from oparac.search.guard import segments_ruled_out
