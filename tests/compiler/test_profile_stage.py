@@ -13,6 +13,7 @@ from helpers.models import two_branches
 from opara_plan import OpProfile, Profile, Target
 from oparac import pipeline
 from oparac.options import CompileOptions
+from oparac.progress import as_progress
 
 GPU = torch.device("cuda")
 H100 = Target(device_type="cuda", gpu_name="NVIDIA H100 80GB HBM3", compute_capability=(9, 0), sm_count=132,
@@ -53,7 +54,7 @@ def _graph(make):
 def test_a_chain_is_not_timed_where_the_cost_model_rules_segments_out(timed):
     notes = []
     target, profile = pipeline.profile_stage(_graph(_chain), GPU, CompileOptions(fuse="inductor"), None,
-                                             _Progress(notes))
+                                             as_progress(notes.append))
     assert timed == [] and target == H100
     assert profile.method == "cost-model" and profile.sequential_ms > 0
     assert any(n.startswith("profile: ops not timed (the schedule is one stream") for n in notes)
@@ -62,7 +63,7 @@ def test_a_chain_is_not_timed_where_the_cost_model_rules_segments_out(timed):
 def test_a_wide_model_is_timed_where_segments_might_pay(timed):
     notes = []
     _, profile = pipeline.profile_stage(_graph(two_branches), GPU, CompileOptions(fuse="inductor"), None,
-                                        _Progress(notes), "channels_last")
+                                        as_progress(notes.append), "channels_last")
     assert timed == ["channels_last"] and profile.method == "cuda-graph" and notes == []
 
 
@@ -70,7 +71,7 @@ def test_a_wide_model_is_timed_where_segments_might_pay(timed):
                                      dict(fuse="inductor", fuse_mode="segments")])
 def test_every_other_compile_times_its_ops(timed, options):
     assert not pipeline.deferred_profile(CompileOptions(**options), GPU)
-    _, profile = pipeline.profile_stage(_graph(_chain), GPU, CompileOptions(**options), None, _Progress([]))
+    _, profile = pipeline.profile_stage(_graph(_chain), GPU, CompileOptions(**options), None, as_progress([].append))
     assert timed == ["contiguous"] and profile.method == "cuda-graph"
 
 
@@ -86,15 +87,8 @@ def test_segments_fallen_back_to_are_cut_from_measured_op_times(timed):
     plan = oparac.compile(model, inputs, device="cpu")
     estimated = dataclasses.replace(plan, target=H100)
     notes = []
-    again = pipeline.measured_profile(estimated, GPU, CompileOptions(fuse="inductor"), None, _Progress(notes))
+    again = pipeline.measured_profile(estimated, GPU, CompileOptions(fuse="inductor"), None, as_progress(notes.append))
     assert timed == [plan.model.memory_format] and again.profile.method == "cuda-graph"
     assert again.schedule.predicted_ms == pytest.approx(sum(o.ms for o in again.profile.ops))  # one chain, 1 ms each
     assert notes == ["profile: timing the ops after all: the segments are cut from their schedule"]
 
-
-class _Progress:
-    def __init__(self, notes: list) -> None:
-        self.notes = notes
-
-    def note(self, line: str) -> None:
-        self.notes.append(line)

@@ -187,6 +187,7 @@ def cold_compile_caches():
     import atexit
     import shutil
     import tempfile
+    from unittest import mock  # patch.dict: the variable set inside, and as it was (or unset) after
 
     from torch._inductor import async_compile, utils
 
@@ -194,16 +195,9 @@ def cold_compile_caches():
     atexit.register(shutil.rmtree, root, True)
     async_compile.shutdown_compile_workers()
     fresh_cache = getattr(utils, "fresh_cache", None) or utils.fresh_inductor_cache  # its name before torch 2.8
-    before = os.environ.get("OPARA_CACHE_DIR")
-    os.environ["OPARA_CACHE_DIR"] = os.path.join(root, "opara-profiles")
-    try:
-        with fresh_cache(dir=root, delete=False):
-            yield
-    finally:
-        if before is None:
-            os.environ.pop("OPARA_CACHE_DIR", None)
-        else:
-            os.environ["OPARA_CACHE_DIR"] = before
+    with mock.patch.dict(os.environ, {"OPARA_CACHE_DIR": os.path.join(root, "opara-profiles")}), \
+            fresh_cache(dir=root, delete=False):
+        yield
 
 
 def warm_imports(device: torch.device) -> None:
